@@ -1,0 +1,157 @@
+package main
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/BurntSushi/toml"
+	"github.com/go-sql-driver/mysql"
+
+	"github.com/nonqueue/nonqueue/queue"
+)
+
+// ErrConfig is wrapped by every configuration error.
+var ErrConfig = errors.New("invalid configuration")
+
+// ConfigError names the key that is wrong; it never holds a secret.
+type ConfigError struct {
+	Key string
+	Err error
+}
+
+func (e *ConfigError) Error() string { return fmt.Sprintf("config %s: %v", e.Key, e.Err) }
+
+// Unwrap lets errors.Is find ErrConfig and the cause.
+func (e *ConfigError) Unwrap() []error { return []error{ErrConfig, e.Err} }
+
+// Server is how to reach one MariaDB server. The password may come from
+// the file, from the environment variable PasswordEnv, or from
+// NONQUEUE_<SECTION>_PASSWORD; it is never logged.
+type Server struct {
+	Host        string `toml:"host"`   // default 127.0.0.1
+	Port        int    `toml:"port"`   // default 3306
+	Socket      string `toml:"socket"` // unix socket; overrides host and port
+	User        string `toml:"user"`
+	Password    string `toml:"password"`
+	PasswordEnv string `toml:"password_env"`
+}
+
+// LogValue keeps the password out of logs.
+func (s Server) LogValue() slog.Value {
+	return slog.GroupValue(slog.String("addr", s.addr()), slog.String("user", s.User))
+}
+
+func (s Server) addr() string {
+	if s.Socket != "" {
+		return s.Socket
+	}
+	return fmt.Sprintf("%s:%d", s.Host, s.Port)
+}
+
+func (s Server) withDefaults() Server {
+	s.Host = cmp.Or(s.Host, "127.0.0.1")
+	s.Port = cmp.Or(s.Port, 3306)
+	return s
+}
+
+func (s Server) validate(section string) error {
+	if s.User == "" {
+		return &ConfigError{Key: section + ".user", Err: errors.New("is required")}
+	}
+	if s.Port < 1 || s.Port > 65535 {
+		return &ConfigError{Key: section + ".port", Err: fmt.Errorf("%d is not a TCP port", s.Port)}
+	}
+	return nil
+}
+
+// MySQL returns the driver configuration; section names the default
+// password variable.
+func (s Server) MySQL(section string) (*mysql.Config, error) {
+	pw := s.Password
+	env := cmp.Or(s.PasswordEnv, "NONQUEUE_"+strings.ToUpper(section)+"_PASSWORD")
+	if v, ok := os.LookupEnv(env); ok && pw == "" {
+		pw = v
+	} else if s.PasswordEnv != "" && pw == "" {
+		return nil, &ConfigError{Key: section + ".password_env", Err: fmt.Errorf("environment variable %s is not set", env)}
+	}
+	mc := mysql.NewConfig()
+	mc.User, mc.Passwd = s.User, pw
+	if s.Socket != "" {
+		mc.Net, mc.Addr = "unix", s.Socket
+	} else {
+		mc.Net, mc.Addr = "tcp", fmt.Sprintf("%s:%d", s.Host, s.Port)
+	}
+	mc.ParseTime = true
+	return mc, nil
+}
+
+// SSH is how workers reach the primary's host to ship result tables.
+type SSH struct {
+	Host       string `toml:"host"`
+	Port       int    `toml:"port"` // default 22
+	User       string `toml:"user"`
+	KeyFile    string `toml:"key_file"`
+	KnownHosts string `toml:"known_hosts"` // required: host keys are always checked
+	Datadir    string `toml:"datadir"`     // the primary's datadir as seen over SFTP
+}
+
+// Config is the whole configuration file.
+type Config struct {
+	Primary Server       `toml:"primary"`
+	Replica Server       `toml:"replica"`
+	Topics  queue.Config `toml:"topics"`
+	SSH     SSH          `toml:"ssh"`
+
+	path string
+}
+
+// LoadConfig reads and validates a TOML configuration file. Unknown keys
+// are errors, so a typo never silently falls back to a default.
+func LoadConfig(path string) (*Config, error) {
+	var c Config
+	md, err := toml.DecodeFile(path, &c)
+	if err != nil {
+		return nil, fmt.Errorf("read config %s: %w", path, err)
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		keys := make([]string, len(und))
+		for i, k := range und {
+			keys[i] = k.String()
+		}
+		return nil, &ConfigError{Key: keys[0], Err: fmt.Errorf("unknown key (all unknown: %s)", strings.Join(keys, ", "))}
+	}
+	c.path = path
+	c.Primary = c.Primary.withDefaults()
+	c.Topics = c.Topics.WithDefaults()
+	if err := c.Primary.validate("primary"); err != nil {
+		return nil, err
+	}
+	if err := c.Topics.Validate(); err != nil {
+		return nil, err
+	}
+	if md.IsDefined("replica") {
+		c.Replica = c.Replica.withDefaults()
+		if err := c.Replica.validate("replica"); err != nil {
+			return nil, err
+		}
+	}
+	if md.IsDefined("ssh") {
+		c.SSH.Port = cmp.Or(c.SSH.Port, 22)
+		for _, f := range []struct{ key, v string }{{"host", c.SSH.Host}, {"user", c.SSH.User}, {"key_file", c.SSH.KeyFile}, {"known_hosts", c.SSH.KnownHosts}, {"datadir", c.SSH.Datadir}} {
+			if f.v == "" {
+				return nil, &ConfigError{Key: "ssh." + f.key, Err: errors.New("is required")}
+			}
+		}
+		for _, p := range []*string{&c.SSH.KeyFile, &c.SSH.KnownHosts} {
+			if !filepath.IsAbs(*p) {
+				*p = filepath.Join(filepath.Dir(path), *p)
+			}
+		}
+	}
+	return &c, nil
+}

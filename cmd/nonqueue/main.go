@@ -1,0 +1,92 @@
+// Command nonqueue spreads a heavy stored-procedure recompute across
+// MariaDB replicas with no controller. See the README for the commands.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+const usage = `nonqueue: spread a stored-procedure recompute across MariaDB replicas.
+
+Usage:
+  nonqueue schema print [--config FILE]     show the DDL for the configured topic table
+  nonqueue schema apply --config FILE       create or extend the tables (idempotent)
+  nonqueue request --config FILE [flags] ID...
+                                            mark topics for recalc (see nonqueue request -h)
+  nonqueue sandbox up --dir DIR [--replicas N]
+                                            start a local primary, replicas and sshd
+  nonqueue sandbox down --dir DIR           stop what sandbox up started
+  nonqueue version
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := Run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(2)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "nonqueue:", err)
+		os.Exit(1)
+	}
+}
+
+// Run executes one command line. Only main exits.
+func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return flag.ErrHelp
+	}
+	switch args[0] {
+	case "schema":
+		return runSchema(ctx, args[1:], stdout, stderr)
+	case "request":
+		return runRequest(ctx, args[1:], stdout, stderr)
+	case "sandbox":
+		return runSandbox(ctx, args[1:], stdout, stderr, logger)
+	case "version":
+		fmt.Fprintln(stdout, "nonqueue", version)
+		return nil
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	fmt.Fprint(stderr, usage)
+	return fmt.Errorf("unknown command %q", args[0])
+}
+
+// parseInterleaved parses flags that may come before or after positional
+// arguments ("request 1 2 --config f").
+func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return pos, nil
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+}
+
+func newFlags(name string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("nonqueue "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return fs
+}

@@ -1,0 +1,147 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"text/template"
+	"time"
+
+	"github.com/nonqueue/nonqueue/internal/sandbox"
+)
+
+func runSandbox(ctx context.Context, args []string, stdout, stderr io.Writer, logger *slog.Logger) error {
+	if len(args) == 0 || (args[0] != "up" && args[0] != "down") {
+		return errors.New("usage: nonqueue sandbox up --dir DIR [--replicas N] | nonqueue sandbox down --dir DIR")
+	}
+	fs := newFlags("sandbox "+args[0], stderr)
+	dir := fs.String("dir", "", "directory for datadirs, keys, logs and the generated config")
+	replicas := fs.Int("replicas", 2, "number of replicas (0-9)")
+	if _, err := parseInterleaved(fs, args[1:]); err != nil {
+		return err
+	}
+	if *dir == "" {
+		return errors.New("sandbox needs --dir DIR")
+	}
+	if args[0] == "down" {
+		if err := sandbox.Down(ctx, *dir); err != nil {
+			return fmt.Errorf("sandbox down: %w", err)
+		}
+		fmt.Fprintf(stdout, "sandbox in %s stopped\n", *dir)
+		return nil
+	}
+	if *replicas < 0 || *replicas > 9 {
+		return fmt.Errorf("--replicas %d: want 0 to 9", *replicas)
+	}
+	if err := sandbox.Check(); err != nil {
+		return err
+	}
+	start := time.Now()
+	sb, err := sandbox.Up(ctx, sandbox.Options{Dir: *dir, Replicas: *replicas, Logger: logger})
+	if err != nil {
+		return fmt.Errorf("sandbox up: %w", err)
+	}
+	configs, err := writeSandboxConfigs(sb)
+	if err == nil {
+		err = applySandboxSchema(ctx, configs[0])
+	}
+	if err != nil {
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		return errors.Join(err, sb.Down(dctx))
+	}
+	fmt.Fprintf(stdout, "sandbox up in %s (%.1fs)\n", sb.Dir, time.Since(start).Seconds())
+	for _, s := range sb.Servers() {
+		fmt.Fprintf(stdout, "  %-9s mariadbd pid %-7d 127.0.0.1:%d  server_id %d  socket %s\n", s.Name, s.PID, s.Port, s.ServerID, s.Socket)
+	}
+	fmt.Fprintf(stdout, "  %-9s sshd     pid %-7d 127.0.0.1:%d  user %s  known_hosts %s\n", "ssh", sb.SSH.PID, sb.SSH.Port, sb.SSH.User, sb.SSH.KnownHosts)
+	for _, c := range configs {
+		fmt.Fprintf(stdout, "  config    %s\n", c)
+	}
+	fmt.Fprintf(stdout, "stop it with: nonqueue sandbox down --dir %s\n", sb.Dir)
+	return nil
+}
+
+var sandboxConfig = template.Must(template.New("cfg").Parse(`# nonqueue configuration written by "nonqueue sandbox up" for {{.Replica.Name}}.
+# It holds the sandbox's generated passwords: keep it private (mode 0600).
+
+[primary]
+host = "{{.SB.Primary.Host}}"
+port = {{.SB.Primary.Port}}
+user = "{{.SB.User}}"
+password = "{{.SB.Password}}"
+
+[replica]
+host = "{{.Replica.Host}}"
+port = {{.Replica.Port}}
+user = "{{.SB.User}}"
+password = "{{.SB.Password}}"
+
+[topics]
+schema = "nonqueue"
+table = "topic"
+meta_schema = "nonqueue"
+active_values = [1]
+lease = "30s"
+max_attempts = 5
+
+[ssh]
+host = "{{.SB.SSH.Host}}"
+port = {{.SB.SSH.Port}}
+user = "{{.SB.SSH.User}}"
+key_file = "{{.SB.SSH.KeyFile}}"
+known_hosts = "{{.SB.SSH.KnownHosts}}"
+datadir = "{{.SB.Primary.Datadir}}"
+`))
+
+// writeSandboxConfigs writes DIR/nonqueue.toml for the first replica (or
+// the primary when there is none) and DIR/nonqueue-replicaK.toml for the
+// others.
+func writeSandboxConfigs(sb *sandbox.Sandbox) ([]string, error) {
+	targets := sb.Replicas
+	if len(targets) == 0 {
+		targets = []sandbox.Server{sb.Primary}
+	}
+	var paths []string
+	for i, r := range targets {
+		name := "nonqueue.toml"
+		if i > 0 {
+			name = "nonqueue-replica" + strconv.Itoa(i+1) + ".toml"
+		}
+		path := filepath.Join(sb.Dir, name)
+		f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("write sandbox config: %w", err)
+		}
+		err = sandboxConfig.Execute(f, struct {
+			SB      *sandbox.Sandbox
+			Replica sandbox.Server
+		}{sb, r})
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return nil, fmt.Errorf("write sandbox config %s: %w", path, err)
+		}
+		paths = append(paths, path)
+	}
+	return paths, nil
+}
+
+func applySandboxSchema(ctx context.Context, path string) error {
+	c, err := LoadConfig(path)
+	if err != nil {
+		return fmt.Errorf("sandbox config: %w", err)
+	}
+	q, err := openQueue(ctx, c)
+	if err != nil {
+		return err
+	}
+	defer q.Close()
+	return q.ApplySchema(ctx)
+}

@@ -1,0 +1,213 @@
+// Package testdb gives integration tests a real topology and a private
+// database on it.
+//
+// A package's TestMain calls Main, which starts one sandbox (a MariaDB
+// primary, GTID replicas and sshd on loopback) for the whole package and
+// stops it afterwards; each test then calls Env.New for a database
+// nq_<pkg>_<n> of its own that exists on the primary and, once New returns,
+// on every replica. Set NONQUEUE_TEST_SANDBOX to the directory of a running
+// `nonqueue sandbox up` to reuse it instead of starting one.
+//
+// Without mariadbd or sshd, tests skip locally with the command that
+// installs them, and fail when the CI environment variable is set: a test
+// that did not run must not look green in CI.
+package testdb
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"os"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
+
+	"github.com/nonqueue/nonqueue/internal/sandbox"
+)
+
+// Env is one package's topology.
+type Env struct {
+	SB   *sandbox.Sandbox
+	pkg  string
+	n    atomic.Int64
+	skip string // why tests skip, when no topology could be had
+}
+
+// Main starts the topology with the given number of replicas, runs the
+// tests, stops the topology, and returns the exit code for os.Exit. *env is
+// set before the tests run.
+func Main(m *testing.M, pkg string, replicas int, env **Env) int {
+	e := &Env{pkg: pkg}
+	*env = e
+	if err := sandbox.Check(); err != nil {
+		if os.Getenv("CI") != "" {
+			fmt.Fprintf(os.Stderr, "testdb: %v\n", err)
+			return 1
+		}
+		e.skip = err.Error()
+		return m.Run()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if dir := os.Getenv("NONQUEUE_TEST_SANDBOX"); dir != "" {
+		sb, err := sandbox.Load(dir)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "testdb: NONQUEUE_TEST_SANDBOX: %v\n", err)
+			return 1
+		}
+		if len(sb.Replicas) < replicas {
+			fmt.Fprintf(os.Stderr, "testdb: sandbox %s has %d replicas, package %s needs %d\n", dir, len(sb.Replicas), pkg, replicas)
+			return 1
+		}
+		e.SB = sb
+		if err := e.dropStale(ctx); err != nil {
+			fmt.Fprintf(os.Stderr, "testdb: %v\n", err)
+			return 1
+		}
+		return m.Run()
+	}
+	dir, err := os.MkdirTemp("", "nq-"+pkg+"-")
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "testdb: %v\n", err)
+		return 1
+	}
+	sb, err := sandbox.Up(ctx, sandbox.Options{Dir: dir, Replicas: replicas})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "testdb: start sandbox: %v\n", err)
+		os.RemoveAll(dir)
+		return 1
+	}
+	e.SB = sb
+	code := m.Run()
+	dctx, dcancel := context.WithTimeout(context.Background(), time.Minute)
+	defer dcancel()
+	if err := sb.Down(dctx); err != nil {
+		fmt.Fprintf(os.Stderr, "testdb: stop sandbox: %v\n", err)
+		if code == 0 {
+			code = 1
+		}
+	}
+	if code == 0 {
+		os.RemoveAll(dir)
+	} else {
+		fmt.Fprintf(os.Stderr, "testdb: sandbox logs kept in %s\n", dir)
+	}
+	return code
+}
+
+// Primary returns a connection config for the primary, database db.
+func (e *Env) Primary(db string) *mysql.Config {
+	mc := e.SB.MySQLConfig(e.SB.Primary)
+	mc.DBName = db
+	return mc
+}
+
+// Replica returns a connection config for replica i (0-based), database db.
+func (e *Env) Replica(i int, db string) *mysql.Config {
+	mc := e.SB.MySQLConfig(e.SB.Replicas[i])
+	mc.DBName = db
+	return mc
+}
+
+// Open opens a pool for mc and closes it when t ends.
+func Open(t testing.TB, mc *mysql.Config) *sql.DB {
+	t.Helper()
+	conn, err := mysql.NewConnector(mc)
+	if err != nil {
+		t.Fatalf("testdb: %v", err)
+	}
+	db := sql.OpenDB(conn)
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+// New creates an empty database nq_<pkg>_<n> for t on the primary, waits
+// until every replica has it, and drops it when t ends. It skips t when
+// the topology could not be had outside CI.
+func (e *Env) New(t testing.TB) string {
+	t.Helper()
+	if e.SB == nil {
+		t.Skipf("testdb: %s", e.skip)
+	}
+	name := fmt.Sprintf("nq_%s_%d", e.pkg, e.n.Add(1))
+	db := Open(t, e.Primary(""))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := db.ExecContext(ctx, "DROP DATABASE IF EXISTS "+name); err != nil {
+		t.Fatalf("testdb: %v", err)
+	}
+	if _, err := db.ExecContext(ctx, "CREATE DATABASE "+name); err != nil {
+		t.Fatalf("testdb: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		db.ExecContext(ctx, "DROP DATABASE IF EXISTS "+name)
+	})
+	if err := e.WaitReplicas(ctx, db); err != nil {
+		t.Fatalf("testdb: %v", err)
+	}
+	return name
+}
+
+// WaitReplicas waits until every replica has applied everything the
+// primary (reached through primary) has committed so far.
+func (e *Env) WaitReplicas(ctx context.Context, primary *sql.DB) error {
+	var pos string
+	if err := primary.QueryRowContext(ctx, "SELECT @@gtid_binlog_pos").Scan(&pos); err != nil {
+		return fmt.Errorf("read primary position: %w", err)
+	}
+	for i, r := range e.SB.Replicas {
+		conn, err := mysql.NewConnector(e.SB.MySQLConfig(r))
+		if err != nil {
+			return err
+		}
+		db := sql.OpenDB(conn)
+		var res sql.NullInt64
+		err = db.QueryRowContext(ctx, "SELECT MASTER_GTID_WAIT(?, 30)", pos).Scan(&res)
+		db.Close()
+		if err != nil {
+			return fmt.Errorf("replica %d: wait for %s: %w", i+1, pos, err)
+		}
+		if !res.Valid || res.Int64 != 0 {
+			return fmt.Errorf("replica %d did not reach %s in 30s", i+1, pos)
+		}
+	}
+	return nil
+}
+
+func (e *Env) dropStale(ctx context.Context) error {
+	conn, err := mysql.NewConnector(e.SB.MySQLConfig(e.SB.Primary))
+	if err != nil {
+		return err
+	}
+	db := sql.OpenDB(conn)
+	defer db.Close()
+	rows, err := db.QueryContext(ctx, "SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE ?",
+		"nq\\_"+e.pkg+"\\_%")
+	if err != nil {
+		return fmt.Errorf("list stale test databases: %w", err)
+	}
+	var names []string
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			rows.Close()
+			return err
+		}
+		names = append(names, n)
+	}
+	rows.Close()
+	for _, n := range names {
+		if strings.ContainsAny(n, "`") {
+			continue
+		}
+		if _, err := db.ExecContext(ctx, "DROP DATABASE IF EXISTS `"+n+"`"); err != nil {
+			return fmt.Errorf("drop stale %s: %w", n, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,83 @@
+package queue_test
+
+import (
+	"errors"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nonqueue/nonqueue/internal/ident"
+	"github.com/nonqueue/nonqueue/queue"
+)
+
+func TestConfigValidate(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name  string
+		cfg   queue.Config
+		field string // "" = valid
+	}{
+		{"defaults are valid", queue.Config{}, ""},
+		{"the original TopicFilter mapping is valid", queue.Config{Schema: "app", Table: "TopicFilter", Mapped: true,
+			Columns: queue.Columns{ID: "topicFilterId", Required: "influencerRecalcReqd", Due: "influencerRecalcDate",
+				Priority: "influencerPriority", Running: "influencerRunning"}}, ""},
+		{"injection through a table name is refused", queue.Config{Table: "topic`; DROP TABLE x; --"}, "table"},
+		{"a dotted schema is refused (one identifier only)", queue.Config{Schema: "a.b"}, "schema"},
+		{"an all-digit column is refused", queue.Config{Columns: queue.Columns{Due: "123"}}, "columns.due"},
+		{"65 characters is too long", queue.Config{MetaSchema: strings.Repeat("x", 65)}, "meta_schema"},
+		{"two roles on one column are refused", queue.Config{Columns: queue.Columns{Due: "Running"}}, "columns.running"},
+		{"a lease under a second is refused", queue.Config{Lease: 500 * time.Millisecond}, "lease"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.cfg.WithDefaults().Validate()
+			if tc.field == "" {
+				if err != nil {
+					t.Fatalf("unexpected error: %v", err)
+				}
+				return
+			}
+			var ce *queue.ConfigError
+			if !errors.As(err, &ce) || ce.Field != tc.field || !errors.Is(err, queue.ErrConfig) {
+				t.Fatalf("got %v, want a ConfigError on %s", err, tc.field)
+			}
+			if tc.field != "lease" && tc.field != "columns.running" && !errors.Is(err, ident.ErrInvalid) {
+				t.Fatalf("%v does not wrap ident.ErrInvalid", err)
+			}
+		})
+	}
+}
+
+// TestDefaultSchemaFile keeps sql/schema.sql equal to the DDL nonqueue
+// runs for its default configuration (`make schema` rewrites it).
+func TestDefaultSchemaFile(t *testing.T) {
+	t.Parallel()
+	want := queue.Config{}.WithDefaults().Script()
+	got, err := os.ReadFile("../sql/schema.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != want {
+		t.Fatalf("sql/schema.sql is out of date: run make schema")
+	}
+}
+
+// TestMappedDDLOnlyAlters: a mapped table is never created or dropped, only
+// given the protocol columns it lacks, idempotently.
+func TestMappedDDLOnlyAlters(t *testing.T) {
+	t.Parallel()
+	cfg := queue.Config{Schema: "app", Table: "TopicFilter", Mapped: true, MetaSchema: "nonqueue"}.WithDefaults()
+	ddl := cfg.DDL()
+	if !strings.HasPrefix(ddl[0], "ALTER TABLE `app`.`TopicFilter`") {
+		t.Fatalf("first statement: %s", ddl[0])
+	}
+	for _, s := range ddl {
+		if strings.Contains(s, "`app`") && (strings.Contains(s, "CREATE") || strings.Contains(s, "DROP")) {
+			t.Fatalf("mapped DDL creates or drops in the application schema: %s", s)
+		}
+	}
+	if n := strings.Count(ddl[0], "ADD COLUMN IF NOT EXISTS"); n != 10 {
+		t.Fatalf("%d columns added, want 10", n)
+	}
+}

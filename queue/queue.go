@@ -1,0 +1,392 @@
+package queue
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
+
+	"github.com/nonqueue/nonqueue/internal/ident"
+)
+
+// Sentinel errors of the topic table.
+var (
+	// ErrNoneDue: no topic is claimable for these parameters right now.
+	ErrNoneDue = errors.New("no topic due")
+	// ErrClaimLost: the claim was taken back (reaped, released by an
+	// operator) or never existed; the holder must stop and publish nothing.
+	ErrClaimLost = errors.New("claim lost")
+)
+
+// Claim is an instance's hold on one topic. Token is the fencing token:
+// every later write about the topic checks it.
+type Claim struct {
+	TopicID        int64
+	InstanceID     int64
+	Token          uint64
+	Scope          int    // the required value at claim time: 1 partial, 2 full
+	RequestVersion uint64 // request version this claim serves
+	Attempts       int    // failed runs and rescues before this claim
+	Priority       int64
+}
+
+// Queue runs the protocols on one topic table. It owns its connection pool
+// to the primary; it is safe for concurrent use.
+type Queue struct {
+	db  *sql.DB
+	cfg Config
+	sql statements
+	// Prepared once: each call is then one round trip (EXECUTE) instead of
+	// three (PREPARE, EXECUTE, CLOSE); database/sql re-prepares per
+	// connection as needed.
+	claimStmt, claimReadStmt, heartbeatStmt, releaseStmt, finishStmt *sql.Stmt
+	stats                                                            struct{ won, lost, empty atomic.Int64 }
+}
+
+// ClaimStats counts claim outcomes since Open.
+type ClaimStats struct {
+	Won   int64 // claims that returned a topic
+	Lost  int64 // compare-and-sets that lost: deadlock or lock-wait retries, and claims taken back before they were read
+	Empty int64 // claims that found nothing due
+}
+
+// Stats returns the claim counters; safe for concurrent use.
+func (q *Queue) Stats() ClaimStats {
+	return ClaimStats{Won: q.stats.won.Load(), Lost: q.stats.lost.Load(), Empty: q.stats.empty.Load()}
+}
+
+// Open validates cfg, connects to the primary described by mc and checks
+// the connection. It sets what the protocols need on every connection of
+// its own pool: READ COMMITTED (the one-statement claim stalls in lock waits
+// under REPEATABLE READ) and found-rows counting, so a fenced write that
+// matches its row counts as done even when it changes nothing.
+func Open(ctx context.Context, mc *mysql.Config, cfg Config) (*Queue, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	mc = mc.Clone()
+	mc.ClientFoundRows = true
+	mc.ParseTime = true
+	if mc.Params == nil {
+		mc.Params = map[string]string{}
+	}
+	mc.Params["tx_isolation"] = "'READ-COMMITTED'"
+	conn, err := mysql.NewConnector(mc)
+	if err != nil {
+		return nil, fmt.Errorf("open primary %s: %w", mc.Addr, err)
+	}
+	db := sql.OpenDB(conn)
+	db.SetMaxOpenConns(64)
+	db.SetMaxIdleConns(64)
+	db.SetConnMaxIdleTime(5 * time.Minute)
+	if err := db.PingContext(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("connect to primary %s: %w", mc.Addr, err)
+	}
+	q := &Queue{db: db, cfg: cfg, sql: buildStatements(cfg)}
+	q.prepare(ctx)
+	return q, nil
+}
+
+// prepare prepares the hot statements. Preparing checks them against the
+// table, but the schema may not exist yet (schema apply), so a failure
+// leaves the statement unprepared and ApplySchema tries again.
+func (q *Queue) prepare(ctx context.Context) {
+	for _, p := range []struct {
+		dst  **sql.Stmt
+		text string
+	}{
+		{&q.claimStmt, q.sql.claim}, {&q.claimReadStmt, q.sql.claimRead}, {&q.heartbeatStmt, q.sql.heartbeat},
+		{&q.releaseStmt, q.sql.release}, {&q.finishStmt, q.sql.finish},
+	} {
+		if *p.dst != nil {
+			continue
+		}
+		if st, err := q.db.PrepareContext(ctx, p.text); err == nil {
+			*p.dst = st
+		}
+	}
+}
+
+// Close closes the pool.
+func (q *Queue) Close() error {
+	for _, st := range []*sql.Stmt{q.claimStmt, q.claimReadStmt, q.heartbeatStmt, q.releaseStmt, q.finishStmt} {
+		if st != nil {
+			st.Close()
+		}
+	}
+	return q.db.Close()
+}
+
+// exec runs a statement through its prepared form when there is one.
+func (q *Queue) exec(ctx context.Context, st *sql.Stmt, text string, args ...any) (sql.Result, error) {
+	if st != nil {
+		return st.ExecContext(ctx, args...)
+	}
+	return q.db.ExecContext(ctx, text, args...)
+}
+
+// Config returns the configuration in force, defaults filled.
+func (q *Queue) Config() Config { return q.cfg }
+
+// DB returns the queue's pool on the primary, for callers that need to read
+// the tables it manages (status, tests).
+func (q *Queue) DB() *sql.DB { return q.db }
+
+// ApplySchema runs Config.DDL. It is idempotent. It must not run
+// concurrently with other calls on q.
+func (q *Queue) ApplySchema(ctx context.Context) error {
+	for _, stmt := range q.cfg.DDL() {
+		if _, err := q.db.ExecContext(ctx, stmt); err != nil {
+			return fmt.Errorf("apply schema: %s: %w", firstLine(stmt), err)
+		}
+	}
+	q.prepare(ctx)
+	return nil
+}
+
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i]
+	}
+	return s
+}
+
+// statements are built once from the configured names; values only ever
+// travel as arguments.
+type statements struct {
+	claim, claimRead, heartbeat, release, finish string
+	reapFind, reapTake, reapRecord               string
+	request, requestCreate                       string
+	activeArgs                                   []any
+}
+
+func buildStatements(cfg Config) statements {
+	c := cfg.Columns
+	q := ident.Quote
+	t := ident.Qualified(cfg.Schema, cfg.Table)
+	run := ident.Qualified(cfg.MetaSchema, RunTable)
+	active := make([]string, len(cfg.ActiveValues))
+	args := make([]any, len(cfg.ActiveValues))
+	for i, v := range cfg.ActiveValues {
+		active[i], args[i] = "?", v
+	}
+	fence := fmt.Sprintf("%s = ? AND %s = ? AND %s = ?", q(c.ID), q(c.Running), q(c.ClaimToken))
+	r := strings.NewReplacer(
+		"{t}", t, "{run}", run, "{fence}", fence, "{active}", strings.Join(active, ", "),
+		"{id}", q(c.ID), "{required}", q(c.Required), "{due}", q(c.Due), "{priority}", q(c.Priority),
+		"{running}", q(c.Running), "{activecol}", q(c.Active), "{token}", q(c.ClaimToken),
+		"{reqv}", q(c.RequestVersion), "{claimedv}", q(c.ClaimedVersion), "{claimed_at}", q(c.ClaimedAt),
+		"{hb}", q(c.HeartbeatAt), "{lease}", q(c.LeaseUntil), "{attempts}", q(c.Attempts),
+		"{lasterr}", q(c.LastError), "{parked}", q(c.ParkedAt), "{claimable}", q(c.Claimable),
+	)
+	return statements{
+		// One statement: pick in index order, compare-and-set, and hand the
+		// id back through LAST_INSERT_ID in the OK packet.
+		// FORCE INDEX: with stale statistics (a freshly filled table) the
+		// optimizer may pick the primary key and sort every row.
+		claim: r.Replace(`UPDATE /* nonqueue claim */ {t} FORCE INDEX (nq_claim) SET {running} = ?, {token} = {token} + 1,
+ {claimedv} = {reqv}, {claimed_at} = NOW(6), {hb} = NOW(6), {lease} = NOW(6) + INTERVAL ? MICROSECOND,
+ {id} = LAST_INSERT_ID({id})
+ WHERE {claimable} = 1 AND {due} <= NOW(6) AND {activecol} IN ({active}) AND {priority} >= ?
+ ORDER BY {priority} DESC, {due}, {id} LIMIT 1`),
+		claimRead: r.Replace(`SELECT /* nonqueue claim */ {required}, {token}, {claimedv}, {attempts}, {priority}
+ FROM {t} WHERE {id} = ? AND {running} = ?`),
+		heartbeat: r.Replace(`UPDATE /* nonqueue heartbeat */ {t} SET {hb} = NOW(6), {lease} = NOW(6) + INTERVAL ? MICROSECOND
+ WHERE {fence}`),
+		// Assignments run left to right on the updated values (MariaDB and
+		// MySQL single-table UPDATE), so attempts is bumped before parked
+		// reads it.
+		release: r.Replace(`UPDATE /* nonqueue release */ {t} SET {running} = 0, {hb} = NULL, {lease} = NULL,
+ {attempts} = {attempts} + ?, {lasterr} = COALESCE(?, {lasterr}),
+ {due} = GREATEST({due}, NOW(6) + INTERVAL ? MICROSECOND),
+ {parked} = IF(? AND ? > 0 AND {attempts} >= ?, NOW(6), NULL)
+ WHERE {fence}`),
+		// A re-request during the run bumped the request version: keep it.
+		finish: r.Replace(`UPDATE /* nonqueue finish */ {t} SET {running} = 0, {hb} = NULL, {lease} = NULL,
+ {attempts} = 0, {lasterr} = NULL, {required} = IF({reqv} = {claimedv}, 0, {required})
+ WHERE {fence}`),
+		reapFind: r.Replace(`SELECT /* nonqueue reap */ {id}, {running}, {token}, {required}
+ FROM {t} WHERE {lease} < NOW(6) AND {running} <> 0 ORDER BY {lease} LIMIT ?`),
+		reapTake: r.Replace(`UPDATE /* nonqueue reap */ {t} SET {running} = 0, {hb} = NULL, {lease} = NULL,
+ {attempts} = {attempts} + 1, {lasterr} = ?,
+ {parked} = IF(? > 0 AND {attempts} >= ?, NOW(6), NULL)
+ WHERE {fence} AND {lease} < NOW(6)`),
+		reapRecord: r.Replace(`INSERT /* nonqueue reap */ INTO {run} (topic_id, instance_id, claim_token, scope, outcome, error, finished_at)
+ VALUES (?, ?, ?, ?, ?, ?, NOW(6))`),
+		// Left to right: due reads the old required. A request never
+		// lowers the scope, never delays a pending request, and unparks.
+		request: r.Replace(`UPDATE /* nonqueue request */ {t} SET
+ {due} = IF({required} > 0 AND {parked} IS NULL, LEAST({due}, NOW(6) + INTERVAL ? MICROSECOND), NOW(6) + INTERVAL ? MICROSECOND),
+ {priority} = COALESCE(?, {priority}),
+ {attempts} = IF({parked} IS NULL, {attempts}, 0),
+ {required} = GREATEST({required}, ?),
+ {parked} = NULL,
+ {reqv} = {reqv} + 1
+ WHERE {id} IN ({ids})`),
+		requestCreate: r.Replace(`INSERT IGNORE /* nonqueue request */ INTO {t} ({id}, {required}) VALUES {rows}`),
+		activeArgs:    args,
+	}
+}
+
+// ClaimParams selects what an instance may claim.
+type ClaimParams struct {
+	// InstanceID is written into the running column; must not be 0.
+	InstanceID int64
+	// MinPriority: only topics with at least this priority.
+	MinPriority int64
+}
+
+// Claim takes the most urgent due topic (priority desc, due asc, id) that
+// is claimable, active and at least MinPriority, in one compare-and-set. It
+// returns ErrNoneDue when there is none. A deadlock or lock wait timeout is
+// retried a few times before it is returned.
+func (q *Queue) Claim(ctx context.Context, p *ClaimParams) (*Claim, error) {
+	if p.InstanceID == 0 {
+		return nil, errors.New("claim: instance id 0 is reserved for 'not running'")
+	}
+	args := make([]any, 0, 3+len(q.sql.activeArgs))
+	args = append(args, p.InstanceID, q.cfg.Lease.Microseconds())
+	args = append(args, q.sql.activeArgs...)
+	args = append(args, p.MinPriority)
+
+	var res sql.Result
+	var err error
+	for try := 0; ; try++ {
+		res, err = q.exec(ctx, q.claimStmt, q.sql.claim, args...)
+		if err == nil || try == 4 || !retryable(err) {
+			break
+		}
+		q.stats.lost.Add(1)
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("claim: %w", ctx.Err())
+		case <-time.After(time.Duration(try+1) * 2 * time.Millisecond):
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("claim: %w", err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return nil, fmt.Errorf("claim: %w", err)
+	}
+	if n == 0 {
+		q.stats.empty.Add(1)
+		return nil, ErrNoneDue
+	}
+	id, err := res.LastInsertId()
+	if err != nil {
+		return nil, fmt.Errorf("claim: read topic id: %w", err)
+	}
+	c := &Claim{TopicID: id, InstanceID: p.InstanceID}
+	row := q.db.QueryRowContext
+	if q.claimReadStmt != nil {
+		row = func(ctx context.Context, _ string, args ...any) *sql.Row {
+			return q.claimReadStmt.QueryRowContext(ctx, args...)
+		}
+	}
+	err = row(ctx, q.sql.claimRead, id, p.InstanceID).
+		Scan(&c.Scope, &c.Token, &c.RequestVersion, &c.Attempts, &c.Priority)
+	if errors.Is(err, sql.ErrNoRows) {
+		// Taken back between our two statements: only a lease shorter
+		// than a round trip makes this happen.
+		q.stats.lost.Add(1)
+		return nil, fmt.Errorf("claim topic %d: %w", id, ErrClaimLost)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("claim topic %d: read claim: %w", id, err)
+	}
+	q.stats.won.Add(1)
+	return c, nil
+}
+
+// retryable reports a deadlock (1213) or lock wait timeout (1205).
+func retryable(err error) bool {
+	var me *mysql.MySQLError
+	return errors.As(err, &me) && (me.Number == 1213 || me.Number == 1205)
+}
+
+// Heartbeat extends the claim's lease by Config.Lease from now. It returns
+// ErrClaimLost when the claim is no longer the caller's.
+func (q *Queue) Heartbeat(ctx context.Context, c *Claim) error {
+	return q.fenced(ctx, "heartbeat", c, q.heartbeatStmt, q.sql.heartbeat, q.cfg.Lease.Microseconds())
+}
+
+// ReleaseParams says why a claim is given back.
+type ReleaseParams struct {
+	// Error is recorded as the topic's last error; empty keeps the old one.
+	Error string
+	// Backoff: the topic is not due again before now + Backoff.
+	Backoff time.Duration
+	// CountAttempt counts the release as a failed attempt; at
+	// Config.MaxAttempts the topic is parked. A release that is nobody's
+	// fault (shutdown, replica too far behind) leaves it false.
+	CountAttempt bool
+}
+
+// Release gives the claim back without clearing the request, so the topic
+// runs again after the back-off. It reports whether the topic is now
+// parked, and returns ErrClaimLost when the claim was no longer the
+// caller's (nothing is changed then).
+func (q *Queue) Release(ctx context.Context, c *Claim, p *ReleaseParams) (parked bool, err error) {
+	var msg any
+	if p.Error != "" {
+		msg = truncate(p.Error, 1000)
+	}
+	count := 0
+	if p.CountAttempt {
+		count = 1
+	}
+	max := q.cfg.MaxAttempts
+	err = q.fenced(ctx, "release", c, q.releaseStmt, q.sql.release, count, msg, p.Backoff.Microseconds(), p.CountAttempt, max, max)
+	if err != nil {
+		return false, err
+	}
+	return p.CountAttempt && max > 0 && c.Attempts+1 >= max, nil
+}
+
+// Finish marks the claimed run done: the claim is cleared, attempts reset,
+// and the request cleared unless a new one arrived during the run. It
+// returns ErrClaimLost, changing nothing, when the claim is gone.
+func (q *Queue) Finish(ctx context.Context, c *Claim) error {
+	return q.fenced(ctx, "finish", c, q.finishStmt, q.sql.finish)
+}
+
+func (q *Queue) fenced(ctx context.Context, op string, c *Claim, st *sql.Stmt, text string, args ...any) error {
+	args = append(args, c.TopicID, c.InstanceID, c.Token)
+	res, err := q.exec(ctx, st, text, args...)
+	if err != nil {
+		return fmt.Errorf("%s topic %d: %w", op, c.TopicID, err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return fmt.Errorf("%s topic %d: %w", op, c.TopicID, err)
+	}
+	if n == 0 {
+		return fmt.Errorf("%s topic %d (instance %d, token %d): %w", op, c.TopicID, c.InstanceID, c.Token, ErrClaimLost)
+	}
+	return nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	// Cut on a rune boundary.
+	for n > 0 && n < len(s) && s[n]&0xC0 == 0x80 {
+		n--
+	}
+	return s[:n]
+}
+
+var sqlReadOnly = sql.TxOptions{ReadOnly: true}
+
+func (q *Queue) col(name string) string { return ident.Quote(name) }
+func (q *Queue) table() string          { return ident.Qualified(q.cfg.Schema, q.cfg.Table) }

@@ -1,0 +1,490 @@
+package queue_test
+
+import (
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nonqueue/nonqueue/queue"
+)
+
+// TestConcurrentClaimersExactlyOnce: 32 claimers drain 5,000 topics; each
+// topic is claimed and finished exactly once. The count comes from a log
+// table the claimers write themselves, independent of the claim columns.
+func TestConcurrentClaimersExactlyOnce(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	const topics, claimers = 5000, 32
+	b.seed(t, dueTopics(topics)...)
+	if _, err := b.db.ExecContext(b.ctx, "CREATE TABLE done_log (seq BIGINT AUTO_INCREMENT PRIMARY KEY, topic_id BIGINT NOT NULL, instance_id BIGINT NOT NULL)"); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, claimers)
+	for i := range claimers {
+		wg.Add(1)
+		go func(inst int64) {
+			defer wg.Done()
+			for n := 0; n < 2*topics; n++ { // bounded: more than any one claimer can get
+				c, err := b.q.Claim(b.ctx, &queue.ClaimParams{InstanceID: inst})
+				if errors.Is(err, queue.ErrNoneDue) {
+					return
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+				if _, err := b.db.ExecContext(b.ctx, "INSERT INTO done_log (topic_id, instance_id) VALUES (?, ?)", c.TopicID, inst); err != nil {
+					errs <- err
+					return
+				}
+				if err := b.q.Finish(b.ctx, c); err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- fmt.Errorf("instance %d never ran out of topics", inst)
+		}(int64(101 + i))
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	var total, distinct, left int
+	if err := b.db.QueryRowContext(b.ctx, "SELECT COUNT(*), COUNT(DISTINCT topic_id) FROM done_log").Scan(&total, &distinct); err != nil {
+		t.Fatal(err)
+	}
+	if total != topics || distinct != topics {
+		t.Fatalf("log has %d runs of %d distinct topics, want %d of %d", total, distinct, topics, topics)
+	}
+	if err := b.db.QueryRowContext(b.ctx, "SELECT COUNT(*) FROM topic WHERE required <> 0 OR running <> 0").Scan(&left); err != nil {
+		t.Fatal(err)
+	}
+	if left != 0 {
+		t.Fatalf("%d topics still required or running", left)
+	}
+	var instances int
+	b.db.QueryRowContext(b.ctx, "SELECT COUNT(DISTINCT instance_id) FROM done_log").Scan(&instances)
+	t.Logf("%d topics by %d distinct claimers", total, instances)
+}
+
+// TestClaimOrderAndFilters: the original's order (priority desc, due asc,
+// id) and filters (required > 0, due, active in the set, priority >= min).
+func TestClaimOrderAndFilters(t *testing.T) {
+	t.Parallel()
+	b := setup(t, func(c *queue.Config) { c.ActiveValues = []int64{1, 2} })
+	b.seed(t,
+		topic{id: 1, required: 1, due: -time.Minute, priority: 5, active: 1},
+		topic{id: 2, required: 2, due: -time.Hour, priority: 5, active: 2},  // same priority, older: before 1
+		topic{id: 3, required: 1, due: -time.Hour, priority: 9, active: 1},  // highest priority: first
+		topic{id: 4, required: 1, due: -time.Hour, priority: 5, active: 1},  // same priority and due as 2: after 2 by id
+		topic{id: 5, required: 0, due: -time.Hour, priority: 99, active: 1}, // not required
+		topic{id: 6, required: 1, due: time.Hour, priority: 99, active: 1},  // not due yet
+		topic{id: 7, required: 1, due: -time.Hour, priority: 99, active: 0}, // inactive
+		topic{id: 8, required: 1, due: -time.Hour, priority: 99, active: 3}, // active value not in the set
+		topic{id: 9, required: 1, due: -time.Hour, priority: 1, active: 1},  // below the minimum priority
+		topic{id: 10, required: 1, due: -2 * time.Hour, priority: 2, active: 1},
+	)
+	// Topics 2 and 4 must share a due date exactly for the id tiebreak.
+	if _, err := b.db.ExecContext(b.ctx, "UPDATE topic SET due = (SELECT due FROM (SELECT due FROM topic WHERE id = 2) x) WHERE id = 4"); err != nil {
+		t.Fatal(err)
+	}
+	var got []int64
+	for range 20 {
+		c, err := b.q.Claim(b.ctx, &queue.ClaimParams{InstanceID: 101, MinPriority: 2})
+		if errors.Is(err, queue.ErrNoneDue) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, c.TopicID)
+		if c.TopicID == 2 && c.Scope != 2 {
+			t.Errorf("topic 2 claimed with scope %d, want 2", c.Scope)
+		}
+	}
+	want := []int64{3, 2, 4, 1, 10}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("claimed %v, want %v", got, want)
+	}
+}
+
+// TestClaimUsesIndexInOrder: the claim is served by the claim index in
+// order, with no filesort, on nonqueue's schema.
+func TestClaimUsesIndexInOrder(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	b.seed(t, dueTopics(2000)...)
+	b.db.ExecContext(b.ctx, "ANALYZE TABLE topic")
+	explainClaim(t, b, "topic")
+}
+
+func explainClaim(t *testing.T, b *bundle, table string) {
+	t.Helper()
+	stmt, args := b.q.ClaimStatement()
+	if !strings.Contains(stmt, "`"+table+"`") {
+		t.Fatalf("claim statement is not on %s: %s", table, stmt)
+	}
+	rows, err := b.db.QueryContext(b.ctx, "EXPLAIN "+stmt, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	cols, _ := rows.Columns()
+	for rows.Next() {
+		vals := make([]sql.NullString, len(cols))
+		ptrs := make([]any, len(cols))
+		for i := range vals {
+			ptrs[i] = &vals[i]
+		}
+		if err := rows.Scan(ptrs...); err != nil {
+			t.Fatal(err)
+		}
+		var line []string
+		m := map[string]string{}
+		for i, col := range cols {
+			s := vals[i].String
+			m[col] = s
+			line = append(line, col+"="+s)
+		}
+		t.Logf("EXPLAIN: %s", strings.Join(line, " "))
+		if m["key"] != "nq_claim" {
+			t.Errorf("claim uses key %q, want nq_claim", m["key"])
+		}
+		if strings.Contains(m["Extra"], "filesort") {
+			t.Errorf("claim sorts: %s", m["Extra"])
+		}
+	}
+}
+
+// TestLeaseExpiryAndReap: a claim that stops heartbeating is taken back
+// after its lease by any instance, recorded, counted as an attempt, and
+// the topic is due again; a heartbeating claim is left alone.
+func TestLeaseExpiryAndReap(t *testing.T) {
+	t.Parallel()
+	b := setup(t, func(c *queue.Config) { c.Lease = time.Second })
+	b.seed(t, dueTopics(2)...)
+	dead, err := b.q.Claim(b.ctx, &queue.ClaimParams{InstanceID: 101})
+	if err != nil {
+		t.Fatal(err)
+	}
+	alive, err := b.q.Claim(b.ctx, &queue.ClaimParams{InstanceID: 102})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, _ := b.q.Reap(b.ctx, 900, 10); len(r) != 0 {
+		t.Fatalf("reaped %v before any lease expired", r)
+	}
+	var reaped []queue.Reaped
+	deadline := time.Now().Add(10 * time.Second)
+	for len(reaped) == 0 && time.Now().Before(deadline) {
+		if err := b.q.Heartbeat(b.ctx, alive); err != nil {
+			t.Fatalf("live claim lost its heartbeat: %v", err)
+		}
+		reaped, err = b.q.Reap(b.ctx, 900, 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if len(reaped) != 1 || reaped[0].TopicID != dead.TopicID || reaped[0].InstanceID != 101 || reaped[0].Token != dead.Token {
+		t.Fatalf("reaped %+v, want only topic %d of instance 101", reaped, dead.TopicID)
+	}
+	r := b.row(t, dead.TopicID)
+	if r.running != 0 || r.required == 0 || r.attempts != 1 || !strings.Contains(r.lastError.String, "lease expired") {
+		t.Fatalf("after reap: %+v", r)
+	}
+	var outcome string
+	var inst int64
+	if err := b.db.QueryRowContext(b.ctx, "SELECT outcome, instance_id FROM run WHERE topic_id = ?", dead.TopicID).Scan(&outcome, &inst); err != nil {
+		t.Fatalf("reap not recorded in run history: %v", err)
+	}
+	if outcome != "reaped" || inst != 900 {
+		t.Fatalf("run row: outcome %q by %d", outcome, inst)
+	}
+	// Due again at once, for anyone.
+	again, err := b.q.Claim(b.ctx, &queue.ClaimParams{InstanceID: 103})
+	if err != nil || again.TopicID != dead.TopicID || again.Attempts != 1 {
+		t.Fatalf("reclaim after reap: %+v, %v", again, err)
+	}
+	if err := b.q.Finish(b.ctx, alive); err != nil {
+		t.Fatalf("heartbeating claim could not finish: %v", err)
+	}
+}
+
+// TestStaleTokenIsFenced: once a claim is taken back and re-claimed, the
+// old holder can neither heartbeat, finish nor release, even with the same
+// instance id, and its attempts change nothing.
+func TestStaleTokenIsFenced(t *testing.T) {
+	t.Parallel()
+	b := setup(t, func(c *queue.Config) { c.Lease = time.Second })
+	b.seed(t, dueTopics(1)...)
+	old, err := b.q.Claim(b.ctx, &queue.ClaimParams{InstanceID: 101})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Expire the lease without waiting, then reap and re-claim by the
+	// same instance id: only the token tells the claims apart.
+	if _, err := b.db.ExecContext(b.ctx, "UPDATE topic SET lease_until = NOW(6) - INTERVAL 1 SECOND"); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := b.q.Reap(b.ctx, 900, 10); err != nil || len(r) != 1 {
+		t.Fatalf("reap: %v %v", r, err)
+	}
+	cur, err := b.q.Claim(b.ctx, &queue.ClaimParams{InstanceID: 101})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cur.Token == old.Token {
+		t.Fatalf("re-claim kept token %d", cur.Token)
+	}
+	before := b.row(t, 1)
+	if err := b.q.Heartbeat(b.ctx, old); !errors.Is(err, queue.ErrClaimLost) {
+		t.Errorf("stale heartbeat: %v, want ErrClaimLost", err)
+	}
+	if err := b.q.Finish(b.ctx, old); !errors.Is(err, queue.ErrClaimLost) {
+		t.Errorf("stale finish: %v, want ErrClaimLost", err)
+	}
+	if _, err := b.q.Release(b.ctx, old, &queue.ReleaseParams{Error: "x", CountAttempt: true, Backoff: time.Hour}); !errors.Is(err, queue.ErrClaimLost) {
+		t.Errorf("stale release: %v, want ErrClaimLost", err)
+	}
+	if after := b.row(t, 1); after != before {
+		t.Fatalf("stale writes changed the topic:\nbefore %+v\nafter  %+v", before, after)
+	}
+	if err := b.q.Finish(b.ctx, cur); err != nil {
+		t.Fatalf("current claim: %v", err)
+	}
+}
+
+// TestRerequestDuringRunSurvivesFinish: a request that arrives while the
+// topic runs keeps it required after the run finishes; the next run clears it.
+func TestRerequestDuringRunSurvivesFinish(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	b.seed(t, topic{id: 1, required: 1, due: -time.Minute, priority: 0, active: 1})
+	c, err := b.q.Claim(b.ctx, &queue.ClaimParams{InstanceID: 101})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.q.Request(b.ctx, &queue.RequestParams{IDs: []int64{1}, Scope: queue.ScopeFull}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.q.Claim(b.ctx, &queue.ClaimParams{InstanceID: 102}); !errors.Is(err, queue.ErrNoneDue) {
+		t.Fatalf("a running topic was claimed twice: %v", err)
+	}
+	if err := b.q.Finish(b.ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	if r := b.row(t, 1); r.required != 2 || r.running != 0 {
+		t.Fatalf("after finish with a re-request: %+v, want required 2, not running", r)
+	}
+	c2, err := b.q.Claim(b.ctx, &queue.ClaimParams{InstanceID: 102})
+	if err != nil || c2.Scope != 2 {
+		t.Fatalf("second run: %+v %v", c2, err)
+	}
+	if err := b.q.Finish(b.ctx, c2); err != nil {
+		t.Fatal(err)
+	}
+	if r := b.row(t, 1); r.required != 0 {
+		t.Fatalf("after second finish: required %d", r.required)
+	}
+}
+
+// TestReleaseBackoffAndPark: a failed run is backed off and counted; at
+// MaxAttempts the topic is parked until requested again.
+func TestReleaseBackoffAndPark(t *testing.T) {
+	t.Parallel()
+	b := setup(t, func(c *queue.Config) { c.MaxAttempts = 3 })
+	b.seed(t, topic{id: 1, required: 2, due: -time.Minute, active: 1})
+	claim := func() *queue.Claim {
+		t.Helper()
+		c, err := b.q.Claim(b.ctx, &queue.ClaimParams{InstanceID: 101})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	c := claim()
+	parked, err := b.q.Release(b.ctx, c, &queue.ReleaseParams{Error: "proc failed: boom", Backoff: time.Hour, CountAttempt: true})
+	if err != nil || parked {
+		t.Fatalf("release: parked=%v err=%v", parked, err)
+	}
+	r := b.row(t, 1)
+	if r.running != 0 || r.attempts != 1 || r.required != 2 || !r.dueInFuture || r.lastError.String != "proc failed: boom" {
+		t.Fatalf("after release: %+v", r)
+	}
+	if _, err := b.q.Claim(b.ctx, &queue.ClaimParams{InstanceID: 101}); !errors.Is(err, queue.ErrNoneDue) {
+		t.Fatalf("claimed during back-off: %v", err)
+	}
+	// A release that is nobody's fault is not an attempt.
+	b.db.ExecContext(b.ctx, "UPDATE topic SET due = NOW(6)")
+	c = claim()
+	if _, err := b.q.Release(b.ctx, c, &queue.ReleaseParams{}); err != nil {
+		t.Fatal(err)
+	}
+	if r := b.row(t, 1); r.attempts != 1 || r.lastError.String != "proc failed: boom" {
+		t.Fatalf("plain release changed attempts or error: %+v", r)
+	}
+	for i := 2; i <= 3; i++ {
+		c = claim()
+		parked, err = b.q.Release(b.ctx, c, &queue.ReleaseParams{Error: "again", CountAttempt: true})
+		if err != nil || parked != (i == 3) {
+			t.Fatalf("release %d: parked=%v err=%v", i, parked, err)
+		}
+	}
+	if r := b.row(t, 1); !r.parked.Valid || r.required != 2 || r.attempts != 3 {
+		t.Fatalf("not parked after 3 attempts: %+v", r)
+	}
+	if _, err := b.q.Claim(b.ctx, &queue.ClaimParams{InstanceID: 101}); !errors.Is(err, queue.ErrNoneDue) {
+		t.Fatalf("claimed a parked topic: %v", err)
+	}
+	// A new request unparks it, with its attempts reset, due now.
+	if _, err := b.q.Request(b.ctx, &queue.RequestParams{IDs: []int64{1}, Scope: queue.ScopePartial}); err != nil {
+		t.Fatal(err)
+	}
+	c = claim()
+	if c.Attempts != 0 || c.Scope != 2 {
+		t.Fatalf("after unpark: attempts %d scope %d", c.Attempts, c.Scope)
+	}
+}
+
+// TestRequest: scope is never downgraded, a pending date is never delayed,
+// priority is set only when given, missing ids are reported or created,
+// and ids can come from a read-only query.
+func TestRequest(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	b.seed(t, topic{id: 1, active: 1, priority: 3}, topic{id: 2, active: 1, priority: 3})
+	res, err := b.q.Request(b.ctx, &queue.RequestParams{IDs: []int64{1, 1, 2, 77}, Scope: queue.ScopeFull})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Requested != 2 || fmt.Sprint(res.Missing) != "[77]" {
+		t.Fatalf("result %+v, want 2 requested, 77 missing", res)
+	}
+	prio := int64(8)
+	if _, err := b.q.Request(b.ctx, &queue.RequestParams{IDs: []int64{1}, Scope: queue.ScopePartial, Delay: time.Hour, Priority: &prio}); err != nil {
+		t.Fatal(err)
+	}
+	r := b.row(t, 1)
+	if r.required != 2 || r.dueInFuture || r.reqVersion != 2 {
+		t.Fatalf("partial after full: %+v, want full kept, due not delayed, version 2", r)
+	}
+	var p int64
+	b.db.QueryRowContext(b.ctx, "SELECT priority FROM topic WHERE id = 2").Scan(&p)
+	if p != 3 {
+		t.Fatalf("priority changed without --priority: %d", p)
+	}
+	b.db.QueryRowContext(b.ctx, "SELECT priority FROM topic WHERE id = 1").Scan(&p)
+	if p != 8 {
+		t.Fatalf("priority %d, want 8", p)
+	}
+	// Not yet required: the delay applies.
+	res, err = b.q.Request(b.ctx, &queue.RequestParams{IDs: []int64{77, 78}, Scope: queue.ScopePartial, Delay: time.Hour, Create: true})
+	if err != nil || res.Requested != 2 || len(res.Missing) != 0 {
+		t.Fatalf("create: %+v %v", res, err)
+	}
+	if r := b.row(t, 77); r.required != 1 || !r.dueInFuture {
+		t.Fatalf("created topic: %+v", r)
+	}
+	if _, err := b.q.Request(b.ctx, &queue.RequestParams{IDs: []int64{1}, Scope: 3}); err == nil {
+		t.Fatal("scope 3 accepted")
+	}
+	ids, err := b.q.IDsFromQuery(b.ctx, "SELECT id, 'x' FROM "+b.cfg.Schema+".topic WHERE id >= 2 ORDER BY id")
+	if err != nil || fmt.Sprint(ids) != "[2 77 78]" {
+		t.Fatalf("ids from query: %v %v", ids, err)
+	}
+	if _, err := b.q.IDsFromQuery(b.ctx, "DELETE FROM "+b.cfg.Schema+".topic"); err == nil {
+		t.Fatal("a DELETE ran as an ids query")
+	}
+	if r := b.row(t, 2); r.required != 2 {
+		t.Fatal("the refused DELETE changed data")
+	}
+}
+
+// TestMappedTopicFilter: the original TopicFilter table works unchanged
+// but for the added protocol columns; the schema is idempotent and the
+// claim is served by the index in order.
+func TestMappedTopicFilter(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	// The original table, as the application has it, with data.
+	_, err := b.db.ExecContext(b.ctx, `CREATE TABLE TopicFilter (
+  topicFilterId INT NOT NULL PRIMARY KEY,
+  name VARCHAR(100) NOT NULL,
+  influencerRecalcReqd TINYINT NOT NULL DEFAULT 0,
+  influencerRecalcDate DATETIME NOT NULL,
+  influencerPriority INT NOT NULL DEFAULT 0,
+  influencerRunning INT NOT NULL DEFAULT 0,
+  active TINYINT NOT NULL DEFAULT 1) ENGINE=InnoDB`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = b.db.ExecContext(b.ctx, `INSERT INTO TopicFilter VALUES
+  (101, 'Apples', 2, NOW() - INTERVAL 3 HOUR, 9, 0, 1),
+  (102, 'Oranges', 0, NOW() - INTERVAL 3 HOUR, 9, 0, 1),
+  (103, 'Grapes', 0, NOW() - INTERVAL 3 HOUR, 1, 0, 2),
+  (104, 'Bananas', 1, NOW() - INTERVAL 2 HOUR, 9, 0, 2),
+  (105, 'Pears', 2, NOW() - INTERVAL 1 HOUR, 1, 0, 1)`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := queue.Config{
+		Schema: b.cfg.Schema, Table: "TopicFilter", MetaSchema: b.cfg.MetaSchema, Mapped: true,
+		ActiveValues: []int64{1, 2},
+		Columns: queue.Columns{
+			ID: "topicFilterId", Required: "influencerRecalcReqd", Due: "influencerRecalcDate",
+			Priority: "influencerPriority", Running: "influencerRunning", Active: "active",
+		},
+	}
+	q, err := queue.Open(b.ctx, env.Primary(""), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	for range 2 { // idempotent
+		if err := q.ApplySchema(b.ctx); err != nil {
+			t.Fatalf("apply mapped schema: %v", err)
+		}
+	}
+	var cols int
+	b.db.QueryRowContext(b.ctx, "SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = 'TopicFilter'").Scan(&cols)
+	if cols != 7+10 {
+		t.Fatalf("TopicFilter has %d columns, want the 7 original and 10 added", cols)
+	}
+	mb := &bundle{q: q, db: b.db, cfg: q.Config(), ctx: b.ctx}
+	explainClaim(t, mb, "TopicFilter")
+
+	var got []string
+	for range 10 {
+		c, err := q.Claim(b.ctx, &queue.ClaimParams{InstanceID: 101})
+		if errors.Is(err, queue.ErrNoneDue) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		var running int64
+		b.db.QueryRowContext(b.ctx, "SELECT influencerRunning FROM TopicFilter WHERE topicFilterId = ?", c.TopicID).Scan(&running)
+		if running != 101 {
+			t.Fatalf("influencerRunning = %d while claimed by 101", running)
+		}
+		got = append(got, fmt.Sprintf("%d/%d", c.TopicID, c.Scope))
+		if err := q.Finish(b.ctx, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if fmt.Sprint(got) != "[101/2 104/1 105/2]" {
+		t.Fatalf("claimed %v, want [101/2 104/1 105/2]", got)
+	}
+	var pending int
+	b.db.QueryRowContext(b.ctx, "SELECT COUNT(*) FROM TopicFilter WHERE influencerRecalcReqd > 0 OR influencerRunning <> 0").Scan(&pending)
+	if pending != 0 {
+		t.Fatalf("%d TopicFilter rows still pending", pending)
+	}
+}

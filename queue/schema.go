@@ -1,0 +1,134 @@
+package queue
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/nonqueue/nonqueue/internal/ident"
+)
+
+// Names of nonqueue's own tables in Config.MetaSchema.
+const (
+	RunTable       = "run"
+	InstanceTable  = "instance"
+	HeartbeatTable = "heartbeat"
+)
+
+// DDL returns the statements that make the configured tables ready:
+// CREATE for nonqueue's own topic table, or ALTER TABLE … ADD COLUMN IF NOT
+// EXISTS for the protocol columns a mapped table lacks, then the run
+// history, instance registry and lag heartbeat tables. Every statement is
+// idempotent (MariaDB's IF NOT EXISTS), so applying it twice changes
+// nothing. c must have passed Validate.
+func (c Config) DDL() []string {
+	col := c.Columns
+	q := ident.Quote
+	topic := ident.Qualified(c.Schema, c.Table)
+	claimable := fmt.Sprintf("(%s = 0 AND %s > 0 AND %s IS NULL)", q(col.Running), q(col.Required), q(col.ParkedAt))
+	protocol := []string{
+		q(col.ClaimToken) + " BIGINT UNSIGNED NOT NULL DEFAULT 0 COMMENT 'nonqueue: fencing token, bumped by every claim'",
+		q(col.RequestVersion) + " BIGINT UNSIGNED NOT NULL DEFAULT 0 COMMENT 'nonqueue: bumped by every request'",
+		q(col.ClaimedVersion) + " BIGINT UNSIGNED NOT NULL DEFAULT 0 COMMENT 'nonqueue: request version the claim serves'",
+		q(col.ClaimedAt) + " DATETIME(6) NULL",
+		q(col.HeartbeatAt) + " DATETIME(6) NULL",
+		q(col.LeaseUntil) + " DATETIME(6) NULL COMMENT 'nonqueue: the claim may be reaped after this'",
+		q(col.Attempts) + " INT UNSIGNED NOT NULL DEFAULT 0",
+		q(col.LastError) + " VARCHAR(1000) NULL",
+		q(col.ParkedAt) + " DATETIME(6) NULL COMMENT 'nonqueue: failed too often, waits for a new request'",
+		q(col.Claimable) + " TINYINT AS " + claimable + " STORED",
+	}
+	indexes := []string{
+		// The claim reads this index in order: no filesort, whatever the backlog.
+		fmt.Sprintf("nq_claim (%s, %s DESC, %s, %s)", q(col.Claimable), q(col.Priority), q(col.Due), q(col.ID)),
+		fmt.Sprintf("nq_lease (%s)", q(col.LeaseUntil)),
+	}
+
+	var stmts []string
+	if c.Mapped {
+		var parts []string
+		for _, p := range protocol {
+			parts = append(parts, "ADD COLUMN IF NOT EXISTS "+p)
+		}
+		for _, ix := range indexes {
+			parts = append(parts, "ADD INDEX IF NOT EXISTS "+ix)
+		}
+		stmts = append(stmts, "ALTER TABLE "+topic+"\n  "+strings.Join(parts, ",\n  "))
+	} else {
+		stmts = append(stmts, "CREATE DATABASE IF NOT EXISTS "+q(c.Schema))
+		defs := []string{
+			q(col.ID) + " BIGINT NOT NULL",
+			q(col.Required) + " TINYINT NOT NULL DEFAULT 0 COMMENT '0 none, 1 partial, 2 full: the scope'",
+			q(col.Due) + " DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) COMMENT 'not before'",
+			q(col.Priority) + " INT NOT NULL DEFAULT 0",
+			q(col.Running) + " BIGINT NOT NULL DEFAULT 0 COMMENT '0 or the instance holding the claim'",
+			q(col.Active) + " TINYINT NOT NULL DEFAULT 1",
+		}
+		defs = append(defs, protocol...)
+		defs = append(defs, "PRIMARY KEY ("+q(col.ID)+")")
+		for _, ix := range indexes {
+			defs = append(defs, "KEY "+ix)
+		}
+		stmts = append(stmts, "CREATE TABLE IF NOT EXISTS "+topic+" (\n  "+strings.Join(defs, ",\n  ")+"\n) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4")
+	}
+
+	meta := func(t string) string { return ident.Qualified(c.MetaSchema, t) }
+	if c.Mapped || c.MetaSchema != c.Schema {
+		stmts = append(stmts, "CREATE DATABASE IF NOT EXISTS "+q(c.MetaSchema))
+	}
+	stmts = append(stmts,
+		"CREATE TABLE IF NOT EXISTS "+meta(RunTable)+` (
+  id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
+  topic_id BIGINT NOT NULL,
+  instance_id BIGINT NOT NULL COMMENT 'the instance that ran it, or that reaped it',
+  replica VARCHAR(255) NOT NULL DEFAULT '',
+  claim_token BIGINT UNSIGNED NOT NULL,
+  scope TINYINT NOT NULL DEFAULT 0,
+  outcome VARCHAR(16) NOT NULL COMMENT 'done, failed, released, reaped, lost, parked',
+  error VARCHAR(4000) NULL,
+  bytes_shipped BIGINT UNSIGNED NOT NULL DEFAULT 0,
+  started_at DATETIME(6) NULL,
+  finished_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+  claim_us BIGINT UNSIGNED NOT NULL DEFAULT 0,
+  lag_wait_us BIGINT UNSIGNED NOT NULL DEFAULT 0,
+  proc_us BIGINT UNSIGNED NOT NULL DEFAULT 0,
+  transfer_us BIGINT UNSIGNED NOT NULL DEFAULT 0,
+  publish_us BIGINT UNSIGNED NOT NULL DEFAULT 0,
+  log_path VARCHAR(1000) NULL,
+  PRIMARY KEY (id),
+  KEY topic (topic_id, id),
+  KEY finished (finished_at),
+  KEY outcome (outcome, finished_at)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4`,
+		"CREATE TABLE IF NOT EXISTS "+meta(InstanceTable)+` (
+  id BIGINT NOT NULL,
+  host VARCHAR(255) NOT NULL,
+  pid INT NOT NULL,
+  version VARCHAR(64) NOT NULL,
+  replica_server_id INT UNSIGNED NOT NULL,
+  state VARCHAR(32) NOT NULL,
+  topic_id BIGINT NULL,
+  state_since DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+  started_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+  heartbeat_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+  runs BIGINT UNSIGNED NOT NULL DEFAULT 0,
+  failures BIGINT UNSIGNED NOT NULL DEFAULT 0,
+  PRIMARY KEY (id)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4`,
+		"CREATE TABLE IF NOT EXISTS "+meta(HeartbeatTable)+` (
+  id INT UNSIGNED NOT NULL COMMENT 'writer: one row per writing process',
+  ts_us BIGINT NOT NULL COMMENT 'writer clock, microseconds since the epoch',
+  PRIMARY KEY (id)
+) ENGINE=InnoDB`,
+	)
+	return stmts
+}
+
+// Script returns DDL as one SQL script, each statement ended by ";".
+func (c Config) Script() string {
+	var b strings.Builder
+	b.WriteString("-- nonqueue schema, generated by `nonqueue schema print`; do not edit.\n")
+	for _, s := range c.DDL() {
+		b.WriteString("\n" + s + ";\n")
+	}
+	return b.String()
+}
