@@ -4,7 +4,7 @@ GO ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build test vet bench-claim schema demo clean
+.PHONY: all build deps test vet bench-claim schema demo clean
 
 all: build
 
@@ -23,6 +23,15 @@ test: vet
 # Claim throughput at 1, 8 and 32 concurrent claimers over 10,000 due topics.
 bench-claim:
 	$(GO) test -run '^$$' -bench BenchmarkClaim -benchtime 5s -count 3 ./queue/
+
+deps:
+	bash .ci/deps
+
+# The whole system on a local sandbox: primary, 2 replicas, sshd, the
+# example procedure, 4 instances per replica, a few hundred topics.
+# DEMO_ARGS=--keep leaves it running.
+demo: deps build
+	bin/nonqueue demo $(DEMO_ARGS)
 
 schema:
 	$(GO) run ./cmd/nonqueue schema print > sql/schema.sql

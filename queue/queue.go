@@ -390,3 +390,19 @@ var sqlReadOnly = sql.TxOptions{ReadOnly: true}
 
 func (q *Queue) col(name string) string { return ident.Quote(name) }
 func (q *Queue) table() string          { return ident.Qualified(q.cfg.Schema, q.cfg.Table) }
+
+// CheckSchema verifies that the topic table has every column and index the
+// protocols use and that nonqueue's own tables exist, by preparing the
+// statements that use them; nothing runs. The error names what is missing
+// as the server reports it.
+func (q *Queue) CheckSchema(ctx context.Context) error {
+	stmts := append([]string{q.sql.claim, q.sql.claimRead, q.sql.heartbeat, q.sql.release, q.sql.finish, q.sql.reapTake}, q.cfg.checkStatements()...)
+	for _, s := range stmts {
+		st, err := q.db.PrepareContext(ctx, s)
+		if err != nil {
+			return fmt.Errorf("schema check: %s: %w", firstLine(s), err)
+		}
+		st.Close()
+	}
+	return nil
+}

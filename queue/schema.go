@@ -132,3 +132,13 @@ func (c Config) Script() string {
 	}
 	return b.String()
 }
+
+// checkStatements touch each of nonqueue's own tables.
+func (c Config) checkStatements() []string {
+	meta := func(t string) string { return ident.Qualified(c.MetaSchema, t) }
+	return []string{
+		"SELECT id FROM " + meta(RunTable) + " LIMIT 0",
+		"SELECT id FROM " + meta(InstanceTable) + " LIMIT 0",
+		"SELECT id FROM " + meta(HeartbeatTable) + " LIMIT 0",
+	}
+}

@@ -8,11 +8,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/BurntSushi/toml"
 	"github.com/go-sql-driver/mysql"
 
 	"github.com/nonqueue/nonqueue/queue"
+	"github.com/nonqueue/nonqueue/worker"
 )
 
 // ErrConfig is wrapped by every configuration error.
@@ -100,12 +102,39 @@ type SSH struct {
 	Datadir    string `toml:"datadir"`     // the primary's datadir as seen over SFTP
 }
 
+// Procedure is the [procedure] section: what a run calls on the replica.
+type Procedure struct {
+	Name    string        `toml:"name"`    // "schema.procedure", called as name(topic_id, scope)
+	Marker  string        `toml:"marker"`  // success needs this text in the last result set ("SUMMARY")
+	Timeout time.Duration `toml:"timeout"` // the query is killed after this; default 1h
+}
+
+// Results is the [results] section: the tables a run produces.
+type Results struct {
+	Schema     string   `toml:"schema"`      // same schema on replica and primary
+	Tables     []string `toml:"tables"`      // templates such as "Dynamics_{id}"
+	BackupDir  string   `toml:"backup_dir"`  // optional local copy of shipped files
+	BackupKeep int      `toml:"backup_keep"` // copies kept per topic; default 3
+}
+
+// Lag is the [lag] section: the lag gate.
+type Lag struct {
+	MaxLag         time.Duration `toml:"max_lag"`         // default 2s
+	StoppedBackoff time.Duration `toml:"stopped_backoff"` // default 60s
+	BehindBackoff  time.Duration `toml:"behind_backoff"`  // default 2s
+	SampleInterval time.Duration `toml:"sample_interval"` // default 250ms
+}
+
 // Config is the whole configuration file.
 type Config struct {
-	Primary Server       `toml:"primary"`
-	Replica Server       `toml:"replica"`
-	Topics  queue.Config `toml:"topics"`
-	SSH     SSH          `toml:"ssh"`
+	Primary   Server        `toml:"primary"`
+	Replica   Server        `toml:"replica"`
+	Topics    queue.Config  `toml:"topics"`
+	SSH       SSH           `toml:"ssh"`
+	Worker    worker.Config `toml:"worker"`
+	Procedure Procedure     `toml:"procedure"`
+	Results   Results       `toml:"results"`
+	Lag       Lag           `toml:"lag"`
 
 	path string
 }

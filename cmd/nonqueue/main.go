@@ -24,9 +24,14 @@ Usage:
   nonqueue schema apply --config FILE       create or extend the tables (idempotent)
   nonqueue request --config FILE [flags] ID...
                                             mark topics for recalc (see nonqueue request -h)
+  nonqueue work --config FILE (--instances N | --instance K)
+                                            run worker instances on this replica host
+  nonqueue check --config FILE              check everything a worker needs, in plain words
   nonqueue sandbox up --dir DIR [--replicas N]
                                             start a local primary, replicas and sshd
   nonqueue sandbox down --dir DIR           stop what sandbox up started
+  nonqueue demo [--keep] [--topics N] [--instances N]
+                                            the whole system on a local sandbox, end to end
   nonqueue version
 `
 
@@ -55,6 +60,12 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runSchema(ctx, args[1:], stdout, stderr)
 	case "request":
 		return runRequest(ctx, args[1:], stdout, stderr)
+	case "work":
+		return runWork(ctx, args[1:], stdout, stderr, logger)
+	case "check":
+		return runCheck(ctx, args[1:], stdout, stderr, logger)
+	case "demo":
+		return runDemo(ctx, args[1:], stdout, stderr, logger)
 	case "sandbox":
 		return runSandbox(ctx, args[1:], stdout, stderr, logger)
 	case "version":

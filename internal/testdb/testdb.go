@@ -76,8 +76,7 @@ func Main(m *testing.M, pkg string, replicas int, env **Env) int {
 	}
 	sb, err := sandbox.Up(ctx, sandbox.Options{Dir: dir, Replicas: replicas})
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "testdb: start sandbox: %v\n", err)
-		os.RemoveAll(dir)
+		fmt.Fprintf(os.Stderr, "testdb: start sandbox: %v (logs kept in %s)\n", err, dir)
 		return 1
 	}
 	e.SB = sb

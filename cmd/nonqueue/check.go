@@ -1,0 +1,170 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// check is one line of `nonqueue check`.
+type check struct {
+	name string
+	run  func(ctx context.Context) (string, error)
+}
+
+func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer, logger *slog.Logger) error {
+	fs := newFlags("check", stderr)
+	path := fs.String("config", "", "configuration file (TOML)")
+	if _, err := parseInterleaved(fs, args); err != nil {
+		return err
+	}
+	if *path == "" {
+		return errors.New("check needs --config FILE")
+	}
+	c, err := LoadConfig(*path)
+	if err != nil {
+		fmt.Fprintf(stdout, "FAIL  configuration: %v\n", err)
+		return errors.New("check failed")
+	}
+	if err := c.validateWorker(); err != nil {
+		fmt.Fprintf(stdout, "FAIL  configuration: %v\n", err)
+		return errors.New("check failed")
+	}
+	fmt.Fprintf(stdout, "ok    configuration %s\n", *path)
+	quiet := slog.New(slog.DiscardHandler)
+	var n *node
+	checks := []check{
+		{"connect to primary, replica and SSH", func(ctx context.Context) (string, error) {
+			var err error
+			n, err = openNode(ctx, c, 1, quiet)
+			if err != nil {
+				return "", err
+			}
+			return fmt.Sprintf("replica server_id %d, %s flavor, datadir %s; SSH host key of %s verified", n.serverID, n.flavor.Name(), n.datadir, c.SSH.Host), nil
+		}},
+		{"instance ids", func(ctx context.Context) (string, error) {
+			id, err := c.Worker.InstanceID(n.serverID, 1)
+			if err != nil {
+				return "", err
+			}
+			return fmt.Sprintf("instance 1 is %d", id), nil
+		}},
+		{"topic table and nonqueue's tables on the primary", func(ctx context.Context) (string, error) {
+			if err := n.queue.CheckSchema(ctx); err != nil {
+				return "", fmt.Errorf("%w (run: nonqueue schema apply --config %s)", err, *path)
+			}
+			return fmt.Sprintf("%s.%s, meta schema %s", c.Topics.Schema, c.Topics.Table, c.Topics.MetaSchema), nil
+		}},
+		{"privileges on the primary", func(ctx context.Context) (string, error) {
+			return grantsSummary(ctx, n, true)
+		}},
+		{"privileges on the replica", func(ctx context.Context) (string, error) {
+			return grantsSummary(ctx, n, false)
+		}},
+		{"replication", func(ctx context.Context) (string, error) {
+			if err := n.gate.RunOnce(ctx); err != nil {
+				return "", err
+			}
+			st := n.gate.Status()
+			if !st.IORunning || !st.SQLRunning {
+				return "", fmt.Errorf("replication threads not running (IO %v, SQL %v) %s%s", st.IORunning, st.SQLRunning, st.LastIOError, st.LastSQLError)
+			}
+			return fmt.Sprintf("IO and SQL threads running, Seconds_Behind_Master %v", st.SecondsBehind.Int64), nil
+		}},
+		{"procedure", func(ctx context.Context) (string, error) {
+			if err := n.runner.Exists(ctx); err != nil {
+				return "", err
+			}
+			return c.Procedure.Name + " exists on the replica", nil
+		}},
+		{"result tables", func(ctx context.Context) (string, error) {
+			return fmt.Sprintf("%s.%s for topic 1", c.Results.Schema, strings.Join(c.transferConfig().TableNames(1), ", ")), nil
+		}},
+		{"primary datadir over SFTP", func(ctx context.Context) (string, error) {
+			if err := n.shipper.CheckDatadir(ctx); err != nil {
+				return "", err
+			}
+			return "can write " + filepath.Join(c.SSH.Datadir, c.Results.Schema), nil
+		}},
+		{"run log directory", func(ctx context.Context) (string, error) {
+			if err := os.MkdirAll(c.Worker.LogDir, 0o750); err != nil {
+				return "", err
+			}
+			f, err := os.CreateTemp(c.Worker.LogDir, ".nonqueue-check-*")
+			if err != nil {
+				return "", err
+			}
+			f.Close()
+			os.Remove(f.Name())
+			return c.Worker.LogDir + " writable", nil
+		}},
+	}
+	defer func() {
+		if n != nil {
+			n.close()
+		}
+	}()
+	failed := 0
+	for _, ch := range checks {
+		msg, err := ch.run(ctx)
+		if err != nil {
+			failed++
+			fmt.Fprintf(stdout, "FAIL  %s: %v\n", ch.name, err)
+			if n == nil {
+				break // nothing else can be checked without connections
+			}
+			continue
+		}
+		fmt.Fprintf(stdout, "ok    %s: %s\n", ch.name, msg)
+	}
+	if failed > 0 {
+		return fmt.Errorf("check failed: %d problem(s)", failed)
+	}
+	return nil
+}
+
+// grantsSummary checks the privileges a worker uses. SHOW GRANTS lists them
+// as text; ALL PRIVILEGES covers everything.
+func grantsSummary(ctx context.Context, n *node, primary bool) (string, error) {
+	db := n.replica
+	need := []string{"SELECT", "CREATE", "DROP", "LOCK TABLES", "RELOAD", "EXECUTE", "PROCESS"}
+	if primary {
+		db = n.primary
+		need = []string{"SELECT", "INSERT", "UPDATE", "CREATE", "DROP", "ALTER", "RELOAD"}
+	}
+	rows, err := db.QueryContext(ctx, "SHOW GRANTS")
+	if err != nil {
+		return "", err
+	}
+	defer rows.Close()
+	var all strings.Builder
+	for rows.Next() {
+		var g string
+		if err := rows.Scan(&g); err != nil {
+			return "", err
+		}
+		all.WriteString(strings.ToUpper(g) + "\n")
+	}
+	if err := rows.Err(); err != nil {
+		return "", err
+	}
+	text := all.String()
+	if strings.Contains(text, "ALL PRIVILEGES ON *.*") {
+		return "ALL PRIVILEGES", nil
+	}
+	var missing []string
+	for _, p := range need {
+		if !strings.Contains(text, p) {
+			missing = append(missing, p)
+		}
+	}
+	if len(missing) > 0 {
+		return "", fmt.Errorf("missing %s (and SUPER or BINLOG ADMIN for sql_log_bin=0)", strings.Join(missing, ", "))
+	}
+	return "needed privileges granted", nil
+}

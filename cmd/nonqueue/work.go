@@ -1,0 +1,257 @@
+package main
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
+
+	"github.com/nonqueue/nonqueue/internal/flavor"
+	"github.com/nonqueue/nonqueue/monitor"
+	"github.com/nonqueue/nonqueue/procs"
+	"github.com/nonqueue/nonqueue/queue"
+	"github.com/nonqueue/nonqueue/transfer"
+	"github.com/nonqueue/nonqueue/worker"
+)
+
+// node is everything a worker process opens, shared by its instances.
+type node struct {
+	cfg      *Config
+	queue    *queue.Queue
+	primary  *sql.DB
+	replica  *sql.DB
+	flavor   flavor.Flavor
+	serverID uint32
+	datadir  string
+	shipper  *transfer.Shipper
+	runner   *procs.Runner
+	gate     *monitor.Gate
+	log      *slog.Logger
+}
+
+// requireWorkerSections checks the sections a worker needs beyond the
+// queue's.
+func (c *Config) requireWorkerSections() error {
+	switch {
+	case c.Replica.User == "":
+		return &ConfigError{Key: "replica", Err: errors.New("section is required to run workers")}
+	case c.SSH.Host == "":
+		return &ConfigError{Key: "ssh", Err: errors.New("section is required to run workers")}
+	case c.Procedure.Name == "":
+		return &ConfigError{Key: "procedure.name", Err: errors.New("is required to run workers")}
+	case c.Results.Schema == "" || len(c.Results.Tables) == 0:
+		return &ConfigError{Key: "results", Err: errors.New("schema and tables are required to run workers")}
+	}
+	return nil
+}
+
+func (c *Config) transferConfig() transfer.Config {
+	return transfer.Config{
+		SSH: transfer.SSHConfig{
+			Host: c.SSH.Host, Port: c.SSH.Port, User: c.SSH.User, KeyFile: c.SSH.KeyFile, KnownHosts: c.SSH.KnownHosts,
+		},
+		PrimaryDatadir: c.SSH.Datadir,
+		Schema:         c.Results.Schema,
+		Tables:         c.Results.Tables,
+		BackupDir:      c.Results.BackupDir,
+		BackupKeep:     c.Results.BackupKeep,
+	}.WithDefaults()
+}
+
+func (c *Config) procsConfig() procs.Config {
+	return procs.Config{
+		Procedure: c.Procedure.Name, Marker: c.Procedure.Marker, Timeout: c.Procedure.Timeout, LogDir: c.Worker.LogDir,
+	}.WithDefaults()
+}
+
+func (c *Config) gateConfig() monitor.GateConfig {
+	return monitor.GateConfig{
+		MaxLag: c.Lag.MaxLag, StoppedBackoff: c.Lag.StoppedBackoff, BehindBackoff: c.Lag.BehindBackoff, SampleInterval: c.Lag.SampleInterval,
+	}.WithDefaults()
+}
+
+// validateWorker validates every section a worker uses, in order, so the
+// first problem is reported in plain words.
+func (c *Config) validateWorker() error {
+	if err := c.requireWorkerSections(); err != nil {
+		return err
+	}
+	c.Worker = c.Worker.WithDefaults(c.Topics.Lease)
+	if err := c.Worker.Validate(c.Topics.Lease); err != nil {
+		return err
+	}
+	if err := c.transferConfig().Validate(); err != nil {
+		return err
+	}
+	if err := c.procsConfig().Validate(); err != nil {
+		return err
+	}
+	return c.gateConfig().Validate()
+}
+
+func openPool(mc *mysql.Config, conns int) (*sql.DB, error) {
+	conn, err := mysql.NewConnector(mc)
+	if err != nil {
+		return nil, err
+	}
+	db := sql.OpenDB(conn)
+	db.SetMaxOpenConns(conns)
+	db.SetMaxIdleConns(conns)
+	db.SetConnMaxIdleTime(5 * time.Minute)
+	return db, nil
+}
+
+// openNode connects to both servers and the primary's SSH, and reads what
+// the worker needs from its replica. On error everything opened is closed.
+func openNode(ctx context.Context, c *Config, instances int, log *slog.Logger) (_ *node, err error) {
+	n := &node{cfg: c, log: log}
+	defer func() {
+		if err != nil {
+			n.close()
+		}
+	}()
+	if n.queue, err = openQueue(ctx, c); err != nil {
+		return nil, err
+	}
+	pmc, err := c.Primary.MySQL("primary")
+	if err != nil {
+		return nil, err
+	}
+	if n.primary, err = openPool(pmc, 2*instances+4); err != nil {
+		return nil, fmt.Errorf("open primary: %w", err)
+	}
+	rmc, err := c.Replica.MySQL("replica")
+	if err != nil {
+		return nil, err
+	}
+	// The procedure, the export lock and the GTID wait each hold a
+	// connection per instance.
+	if n.replica, err = openPool(rmc, 3*instances+4); err != nil {
+		return nil, fmt.Errorf("open replica: %w", err)
+	}
+	if err := n.replica.PingContext(ctx); err != nil {
+		return nil, fmt.Errorf("connect to replica %s: %w", c.Replica.addr(), err)
+	}
+	if n.flavor, err = flavor.Detect(ctx, n.replica); err != nil {
+		return nil, err
+	}
+	if err := n.replica.QueryRowContext(ctx, "SELECT @@server_id, @@datadir").Scan(&n.serverID, &n.datadir); err != nil {
+		return nil, fmt.Errorf("read replica server_id and datadir: %w", err)
+	}
+	if n.shipper, err = transfer.NewShipper(c.transferConfig(), log); err != nil {
+		return nil, err
+	}
+	if err := n.shipper.Connect(ctx); err != nil {
+		return nil, err
+	}
+	n.runner = &procs.Runner{DB: n.replica, Config: c.procsConfig(), Logger: log}
+	n.gate = &monitor.Gate{Replica: n.replica, Flavor: n.flavor, Schema: c.Topics.MetaSchema, WriterID: n.serverID,
+		Config: c.gateConfig(), Logger: log}
+	return n, nil
+}
+
+func (n *node) close() {
+	if n.shipper != nil {
+		n.shipper.Close()
+	}
+	for _, db := range []*sql.DB{n.primary, n.replica} {
+		if db != nil {
+			db.Close()
+		}
+	}
+	if n.queue != nil {
+		n.queue.Close()
+	}
+}
+
+func runWork(ctx context.Context, args []string, stdout, stderr io.Writer, logger *slog.Logger) error {
+	fs := newFlags("work", stderr)
+	path := fs.String("config", "", "configuration file (TOML)")
+	count := fs.Int("instances", 0, "run instances 1..N in this process")
+	one := fs.Int("instance", 0, "run only instance K (one process per instance, e.g. under systemd)")
+	level := fs.String("log-level", "info", "debug, info, warn or error")
+	if _, err := parseInterleaved(fs, args); err != nil {
+		return err
+	}
+	if *path == "" {
+		return errors.New("work needs --config FILE")
+	}
+	if (*count > 0) == (*one > 0) {
+		return errors.New("give exactly one of --instances N and --instance K")
+	}
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(*level)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lv}))
+	c, err := LoadConfig(*path)
+	if err != nil {
+		return err
+	}
+	if err := c.validateWorker(); err != nil {
+		return err
+	}
+	numbers := []int{*one}
+	if *count > 0 {
+		numbers = numbers[:0]
+		for i := 1; i <= *count; i++ {
+			numbers = append(numbers, i)
+		}
+	}
+	for _, k := range numbers {
+		if _, err := c.Worker.InstanceID(c.Worker.IDBase+1, k); err != nil {
+			return err
+		}
+	}
+
+	// Two-stage stop: the first signal (ctx) stops claiming; the grace
+	// period or a second signal cancels runs in flight.
+	hard, cancelHard := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelHard()
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	go func() {
+		seen := 0
+		for {
+			select {
+			case <-hard.Done():
+				return
+			case <-sigs:
+				if seen++; seen >= 2 {
+					logger.Warn("second signal: stopping runs now")
+					cancelHard()
+				}
+			}
+		}
+	}()
+	stopGrace := context.AfterFunc(ctx, func() {
+		logger.Info("stopping: no new claims; runs in flight get the grace period", "grace", c.Worker.GracePeriod)
+		time.AfterFunc(c.Worker.GracePeriod, cancelHard)
+	})
+	defer stopGrace()
+
+	n, err := openNode(ctx, c, len(numbers), logger)
+	if err != nil {
+		return err
+	}
+	defer n.close()
+	pool := &worker.Pool{
+		Config: c.Worker, ServerID: n.serverID, Numbers: numbers, Version: version,
+		Deps: &worker.Deps{
+			Queue: n.queue, History: &monitor.History{Primary: n.primary, Schema: c.Topics.MetaSchema},
+			Gate: n.gate, Flavor: n.flavor, Primary: n.primary, Replica: n.replica, Runner: n.runner, Shipper: n.shipper,
+			ReplicaDatadir: n.datadir, ReplicaName: c.Replica.addr(), Logger: logger,
+		},
+		Heartbeat: &monitor.Heartbeat{Primary: n.primary, Schema: c.Topics.MetaSchema, WriterID: n.serverID, Logger: logger},
+	}
+	return pool.Run(ctx, hard)
+}

@@ -1,0 +1,318 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nonqueue/nonqueue/internal/testdb"
+	"github.com/nonqueue/nonqueue/queue"
+)
+
+type workBundle struct {
+	db      string
+	primary *sql.DB
+	q       *queue.Queue
+	ctx     context.Context
+	dir     string
+}
+
+func setupWork(t *testing.T) *workBundle {
+	t.Helper()
+	name := env.New(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	t.Cleanup(cancel)
+	q, err := queue.Open(ctx, env.Primary(""), queue.Config{Schema: name, MetaSchema: name, Lease: 3 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { q.Close() })
+	if err := q.ApplySchema(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p := testdb.Open(t, env.Primary(name))
+	if err := testdb.InstallCalc(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	if err := env.WaitReplicas(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	return &workBundle{db: name, primary: p, q: q, ctx: ctx, dir: t.TempDir()}
+}
+
+// config writes a worker configuration for replica i (lease 3s, so lease
+// expiry tests are quick) and returns its path.
+func (b *workBundle) config(t *testing.T, i int, knownHosts string) string {
+	t.Helper()
+	sb := env.SB
+	r := sb.Replicas[i]
+	if knownHosts == "" {
+		knownHosts = sb.SSH.KnownHosts
+	}
+	body := fmt.Sprintf(`[primary]
+host = "127.0.0.1"
+port = %d
+user = %q
+password = %q
+[replica]
+host = "127.0.0.1"
+port = %d
+user = %q
+password = %q
+[topics]
+schema = %q
+meta_schema = %q
+lease = "3s"
+[procedure]
+name = "%s.calc"
+marker = "SUMMARY"
+[results]
+schema = %q
+tables = ["R_{id}", "S_{id}"]
+[worker]
+log_dir = %q
+idle_wait = "50ms"
+heartbeat_interval = "500ms"
+gtid_wait = "2s"
+grace_period = "2s"
+reap_interval = "500ms"
+backoff_base = "1h"
+[lag]
+max_lag = "5s"
+stopped_backoff = "500ms"
+sample_interval = "100ms"
+[ssh]
+host = %q
+port = %d
+user = %q
+key_file = %q
+known_hosts = %q
+datadir = %q
+`, sb.Primary.Port, sb.User, sb.Password, r.Port, sb.User, sb.Password, b.db, b.db, b.db, b.db,
+		filepath.Join(b.dir, "runs"), sb.SSH.Host, sb.SSH.Port, sb.SSH.User, sb.SSH.KeyFile, knownHosts, sb.Primary.Datadir)
+	path := filepath.Join(b.dir, fmt.Sprintf("replica%d.toml", i+1))
+	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func (b *workBundle) addTopics(t *testing.T, ids ...int64) {
+	t.Helper()
+	for _, id := range ids {
+		for k := 1; k <= 10; k++ {
+			if _, err := b.primary.ExecContext(b.ctx, "INSERT INTO src VALUES (?, ?, ?)", id, k, k); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if _, err := b.q.Request(b.ctx, &queue.RequestParams{IDs: ids, Scope: queue.ScopeFull, Create: true}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// proc is a worker process: this test binary running `nonqueue work`.
+type proc struct {
+	cmd  *exec.Cmd
+	out  *bytes.Buffer
+	done chan error
+}
+
+func startWorker(t *testing.T, cfg string, args ...string) *proc {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], append([]string{"work", "--config", cfg}, args...)...)
+	cmd.Env = append(os.Environ(), "NQ_TEST_AS_NONQUEUE=1")
+	p := &proc{cmd: cmd, out: &bytes.Buffer{}, done: make(chan error, 1)}
+	cmd.Stdout, cmd.Stderr = p.out, p.out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGCONT)
+		cmd.Process.Kill()
+		<-p.done
+		if t.Failed() {
+			t.Logf("worker output:\n%s", p.out.String())
+		}
+		p.done <- nil
+	})
+	return p
+}
+
+// wait returns the process's exit error, or fails after d.
+func (p *proc) wait(t *testing.T, d time.Duration) error {
+	t.Helper()
+	select {
+	case err := <-p.done:
+		p.done <- err
+		return err
+	case <-time.After(d):
+		t.Fatalf("worker did not exit within %v", d)
+		return nil
+	}
+}
+
+func (b *workBundle) count(t *testing.T, q string, args ...any) int {
+	t.Helper()
+	var n sql.NullInt64
+	if err := b.primary.QueryRowContext(b.ctx, q, args...).Scan(&n); err != nil {
+		t.Fatalf("%s: %v", q, err)
+	}
+	return int(n.Int64)
+}
+
+func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (b *workBundle) calls(t *testing.T, replica int, topic int64) int {
+	t.Helper()
+	var n int
+	if err := testdb.Open(t, env.Replica(replica, b.db)).QueryRowContext(b.ctx, "SELECT COUNT(*) FROM calls WHERE topic_id = ?", topic).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestSIGKILLMidProcedure: a worker killed with SIGKILL while its
+// procedure runs leaves a claim that another replica's worker reaps after
+// the lease and finishes exactly once.
+func TestSIGKILLMidProcedure(t *testing.T) {
+	b := setupWork(t)
+	b.primary.ExecContext(b.ctx, "INSERT INTO slow VALUES (1, 2)")
+	b.addTopics(t, 1)
+	a := startWorker(t, b.config(t, 0, ""), "--instances", "1")
+	waitUntil(t, 30*time.Second, "topic 1 claimed by replica 1's worker", func() bool {
+		return b.count(t, "SELECT COUNT(*) FROM topic WHERE id = 1 AND running BETWEEN 100 AND 199") == 1
+	})
+	a.cmd.Process.Kill()
+	a.wait(t, 10*time.Second)
+	// The other replica's worker may claim it only after the lease.
+	b.primary.ExecContext(b.ctx, "DELETE FROM slow")
+	startWorker(t, b.config(t, 1, ""), "--instances", "1")
+	waitUntil(t, 30*time.Second, "topic 1 done", func() bool {
+		return b.count(t, "SELECT COUNT(*) FROM run WHERE topic_id = 1 AND outcome = 'done'") == 1
+	})
+	if n := b.count(t, "SELECT COUNT(*) FROM run WHERE topic_id = 1 AND outcome = 'reaped'"); n != 1 {
+		t.Errorf("%d reaps recorded, want 1", n)
+	}
+	if n := b.calls(t, 1, 1); n != 1 {
+		t.Errorf("replica 2 computed topic 1 %d times", n)
+	}
+	if srv := b.count(t, "SELECT srv FROM S_1"); srv != int(env.SB.Replicas[1].ServerID) {
+		t.Errorf("published result from server %d, want replica 2", srv)
+	}
+	if n := b.count(t, "SELECT COUNT(*) FROM topic WHERE required > 0 OR running <> 0"); n != 0 {
+		t.Error("topic left required or running")
+	}
+}
+
+// TestSIGSTOPPastLeasePublishesNothing: a worker paused past its lease,
+// whose topic another worker took over and published, publishes nothing
+// when it resumes.
+func TestSIGSTOPPastLeasePublishesNothing(t *testing.T) {
+	b := setupWork(t)
+	b.primary.ExecContext(b.ctx, "INSERT INTO slow VALUES (1, 1)")
+	b.addTopics(t, 1)
+	a := startWorker(t, b.config(t, 0, ""), "--instances", "1")
+	waitUntil(t, 30*time.Second, "topic 1 claimed by replica 1's worker", func() bool {
+		return b.count(t, "SELECT COUNT(*) FROM topic WHERE id = 1 AND running BETWEEN 100 AND 199") == 1
+	})
+	a.cmd.Process.Signal(syscall.SIGSTOP)
+	bw := startWorker(t, b.config(t, 1, ""), "--instances", "1")
+	waitUntil(t, 30*time.Second, "topic 1 done by replica 2", func() bool {
+		return b.count(t, "SELECT COUNT(*) FROM run WHERE topic_id = 1 AND outcome = 'done'") == 1
+	})
+	bw.cmd.Process.Signal(syscall.SIGTERM)
+	if err := bw.wait(t, 30*time.Second); err != nil {
+		t.Fatalf("worker 2: %v", err)
+	}
+	a.cmd.Process.Signal(syscall.SIGCONT)
+	waitUntil(t, 30*time.Second, "the resumed worker to record its lost claim", func() bool {
+		return b.count(t, "SELECT COUNT(*) FROM run WHERE topic_id = 1 AND outcome = 'lost'") == 1
+	})
+	if srv := b.count(t, "SELECT srv FROM S_1"); srv != int(env.SB.Replicas[1].ServerID) {
+		t.Errorf("published result is from server %d: the paused worker overwrote replica 2's", srv)
+	}
+	if n := b.count(t, "SELECT COUNT(*) FROM run WHERE topic_id = 1 AND outcome = 'done'"); n != 1 {
+		t.Errorf("%d done runs", n)
+	}
+	a.cmd.Process.Signal(syscall.SIGTERM)
+	if err := a.wait(t, 30*time.Second); err != nil {
+		t.Fatalf("worker 1 after resume: %v", err)
+	}
+}
+
+// TestSIGTERMLeavesNothingRunning: SIGTERM while topics run: the process
+// exits 0 within the grace period and no topic stays running.
+func TestSIGTERMLeavesNothingRunning(t *testing.T) {
+	b := setupWork(t)
+	for id := 1; id <= 6; id++ {
+		b.primary.ExecContext(b.ctx, "INSERT INTO slow VALUES (?, 5)", id)
+	}
+	b.addTopics(t, 1, 2, 3, 4, 5, 6)
+	w := startWorker(t, b.config(t, 0, ""), "--instances", "2")
+	waitUntil(t, 30*time.Second, "two topics running", func() bool {
+		return b.count(t, "SELECT COUNT(*) FROM topic WHERE running <> 0") == 2
+	})
+	start := time.Now()
+	w.cmd.Process.Signal(syscall.SIGTERM)
+	if err := w.wait(t, 20*time.Second); err != nil {
+		t.Fatalf("exit after SIGTERM: %v\n%s", err, w.out)
+	}
+	t.Logf("stopped in %v", time.Since(start))
+	if n := b.count(t, "SELECT COUNT(*) FROM topic WHERE running <> 0"); n != 0 {
+		t.Fatalf("%d topics still running after SIGTERM", n)
+	}
+	if n := b.count(t, "SELECT COUNT(*) FROM instance WHERE state <> 'exited'"); n != 0 {
+		t.Errorf("%d instances not marked exited", n)
+	}
+}
+
+// TestWrongHostKeyRefused: a known_hosts with another key for the
+// primary's host: the worker refuses to start and says why; check says so.
+func TestWrongHostKeyRefused(t *testing.T) {
+	b := setupWork(t)
+	kh := filepath.Join(b.dir, "known_hosts")
+	// A valid line for the right host with someone else's key.
+	line := fmt.Sprintf("[127.0.0.1]:%d ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n", env.SB.SSH.Port)
+	if err := os.WriteFile(kh, []byte(line), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := b.config(t, 0, kh)
+	w := startWorker(t, cfg, "--instances", "1")
+	err := w.wait(t, 30*time.Second)
+	if err == nil || !strings.Contains(strings.ToLower(w.out.String()), "host key") {
+		t.Fatalf("worker with a wrong host key: %v\n%s", err, w.out)
+	}
+	out, err := run(t, "check", "--config", cfg)
+	if err == nil || !strings.Contains(out, "FAIL") || !strings.Contains(strings.ToLower(out), "host key") {
+		t.Fatalf("check with a wrong host key: %v\n%s", err, out)
+	}
+}
+
+// TestCheck: everything a worker needs, on a good configuration.
+func TestCheck(t *testing.T) {
+	b := setupWork(t)
+	out, err := run(t, "check", "--config", b.config(t, 0, ""))
+	if err != nil || strings.Contains(out, "FAIL") {
+		t.Fatalf("check: %v\n%s", err, out)
+	}
+	t.Log(out)
+}

@@ -1,0 +1,41 @@
+package monitor
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Sentinel errors. Callers test them with errors.Is; the errors returned
+// wrap them with details (lag, limit, GTID positions).
+var (
+	// ErrReplicaStopped: a replication thread (IO or SQL) is not running,
+	// or replication is not configured at all. The gate backs off for
+	// GateConfig.StoppedBackoff.
+	ErrReplicaStopped = errors.New("replica stopped")
+	// ErrReplicaBehind: the measured lag is over the limit, or the lag is
+	// unknown (no heartbeat row on the replica, a failed or stale sample).
+	// The gate backs off for GateConfig.BehindBackoff.
+	ErrReplicaBehind = errors.New("replica behind")
+	// ErrGTIDTimeout: the replica did not reach the primary's position
+	// within the wait's timeout; the caller should release its claim so a
+	// fresher replica takes the topic.
+	ErrGTIDTimeout = errors.New("replica did not reach the primary's GTID position in time")
+	// ErrNoSample: the gate has not sampled the replica yet, so it is
+	// closed (fail closed, as gh-ost opens its throttler only after a first
+	// sample).
+	ErrNoSample = errors.New("replica not sampled yet")
+	// ErrConfig is wrapped by every *ConfigError.
+	ErrConfig = errors.New("invalid monitor configuration")
+)
+
+// ConfigError names the configuration field that is wrong and why. Monitor
+// configuration holds no secret, so the message may show the value.
+type ConfigError struct {
+	Field string
+	Err   error
+}
+
+func (e *ConfigError) Error() string { return fmt.Sprintf("monitor: %s: %v", e.Field, e.Err) }
+
+// Unwrap lets errors.Is find ErrConfig and the cause.
+func (e *ConfigError) Unwrap() []error { return []error{ErrConfig, e.Err} }

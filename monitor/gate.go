@@ -1,0 +1,320 @@
+package monitor
+
+import (
+	"cmp"
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nonqueue/nonqueue/internal/flavor"
+	"github.com/nonqueue/nonqueue/internal/ident"
+)
+
+// Defaults for GateConfig fields left zero.
+const (
+	DefaultMaxLag         = 2 * time.Second
+	DefaultStoppedBackoff = 60 * time.Second
+	DefaultBehindBackoff  = 2 * time.Second
+	DefaultSampleInterval = 250 * time.Millisecond
+)
+
+// GateConfig sets the lag gate's limit, its back-offs and how often it
+// samples the replica.
+type GateConfig struct {
+	// MaxLag is the largest measured lag at which the gate stays open;
+	// default 2s. The measured lag includes up to one heartbeat interval.
+	MaxLag time.Duration
+	// StoppedBackoff is how long Check tells the caller to wait when a
+	// replication thread is stopped; default 60s (a stopped replica needs
+	// an operator, polling it fast helps nobody).
+	StoppedBackoff time.Duration
+	// BehindBackoff is how long Check tells the caller to wait when the
+	// replica is behind or its lag is unknown; default 2s.
+	BehindBackoff time.Duration
+	// SampleInterval is the collector's period; default 250ms. It must be
+	// under MaxLag, or the gate could not see lag come and go.
+	SampleInterval time.Duration
+}
+
+// WithDefaults returns c with every zero field set to its default.
+func (c GateConfig) WithDefaults() GateConfig {
+	c.MaxLag = cmp.Or(c.MaxLag, DefaultMaxLag)
+	c.StoppedBackoff = cmp.Or(c.StoppedBackoff, DefaultStoppedBackoff)
+	c.BehindBackoff = cmp.Or(c.BehindBackoff, DefaultBehindBackoff)
+	c.SampleInterval = cmp.Or(c.SampleInterval, DefaultSampleInterval)
+	return c
+}
+
+// Validate checks c as given (call WithDefaults first to fill zeros): every
+// duration positive and SampleInterval < MaxLag. It returns a *ConfigError
+// wrapping ErrConfig.
+func (c GateConfig) Validate() error {
+	for _, f := range []struct {
+		name string
+		d    time.Duration
+	}{
+		{"max_lag", c.MaxLag}, {"stopped_backoff", c.StoppedBackoff},
+		{"behind_backoff", c.BehindBackoff}, {"sample_interval", c.SampleInterval},
+	} {
+		if f.d <= 0 {
+			return &ConfigError{Field: "lag." + f.name, Err: fmt.Errorf("%v must be positive", f.d)}
+		}
+	}
+	if c.SampleInterval >= c.MaxLag {
+		return &ConfigError{Field: "lag.sample_interval",
+			Err: fmt.Errorf("%v must be under max_lag %v", c.SampleInterval, c.MaxLag)}
+	}
+	return nil
+}
+
+// staleAfter is the age after which a sample no longer proves anything:
+// three missed samples plus the lag the gate tolerates anyway.
+func (c GateConfig) staleAfter() time.Duration { return 3*c.SampleInterval + c.MaxLag }
+
+// Gate is the lag gate of protocol 6, shaped like gh-ost's throttler: a
+// collector goroutine samples the replica (status query + heartbeat read
+// back on the replica) every SampleInterval and stores the sample; Check
+// only reads the last sample, so it is cheap enough to call before every
+// claim.
+//
+// The gate fails closed: it is closed before the first sample, when the
+// last sample failed, when the sample is stale (the collector is stuck),
+// when the heartbeat row is missing, when a replication thread is stopped
+// and when the measured lag exceeds MaxLag. Fields must not change after
+// Start or the first RunOnce.
+type Gate struct {
+	// Replica is a pool on the local replica.
+	Replica *sql.DB
+	// Flavor supplies the status query and its column names.
+	Flavor flavor.Flavor
+	// Schema holds the heartbeat table (the meta schema, as replicated).
+	Schema string
+	// WriterID is the heartbeat row to read back: the id this process's
+	// Heartbeat writes, so the same clock is on both ends.
+	WriterID uint32
+	// Config is used through WithDefaults.
+	Config GateConfig
+	// Logger receives gate transitions (open, closed and why); nil
+	// discards.
+	Logger *slog.Logger
+
+	mu    sync.Mutex // guards last and state
+	last  *sample
+	state string // class of the last verdict, for logging transitions
+
+	svc    sync.Mutex // guards cancel and done
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// sample is one collector pass: the status, or the error that prevented
+// reading it.
+type sample struct {
+	status ReplicaStatus
+	err    error
+	at     time.Time
+}
+
+func (g *Gate) check() (GateConfig, string, error) {
+	cfg := g.Config.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return cfg, "", err
+	}
+	if g.Replica == nil {
+		return cfg, "", &ConfigError{Field: "gate.replica", Err: errors.New("no replica pool")}
+	}
+	if g.Flavor == nil {
+		return cfg, "", &ConfigError{Field: "gate.flavor", Err: errors.New("no flavor")}
+	}
+	if err := ident.Validate(g.Schema); err != nil {
+		return cfg, "", &ConfigError{Field: "gate.schema", Err: err}
+	}
+	return cfg, fmt.Sprintf(heartbeatReadSQL, ident.Qualified(g.Schema, HeartbeatTable)), nil
+}
+
+func (g *Gate) logger() *slog.Logger {
+	if g.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return g.Logger
+}
+
+// Start validates the fields, takes a first sample synchronously (so the
+// gate can open at once; a failed first sample is stored, logged, and
+// leaves the gate closed, since the collector keeps trying), then launches
+// the collector and returns. Starting a running Gate is an error.
+func (g *Gate) Start(ctx context.Context) error {
+	cfg, stmt, err := g.check()
+	if err != nil {
+		return err
+	}
+	g.svc.Lock()
+	defer g.svc.Unlock()
+	if g.cancel != nil {
+		return errors.New("gate already started")
+	}
+	if err := g.runOnce(ctx, cfg, stmt); err != nil {
+		g.logger().WarnContext(ctx, "first replica sample failed; gate closed", "err", err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	g.cancel, g.done = cancel, make(chan struct{})
+	go g.collect(ctx, cfg, stmt, g.done)
+	return nil
+}
+
+func (g *Gate) collect(ctx context.Context, cfg GateConfig, stmt string, done chan struct{}) {
+	defer close(done)
+	t := time.NewTicker(cfg.SampleInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := g.runOnce(ctx, cfg, stmt); err != nil && ctx.Err() == nil {
+			g.logger().DebugContext(ctx, "replica sample failed", "err", err)
+		}
+	}
+}
+
+// RunOnce takes one sample synchronously and stores it, so tests and
+// callers without a collector can drive the gate. It returns the error
+// that prevented sampling (also stored: the gate is then closed); a
+// stopped or lagging replica is not an error here but Check's verdict.
+func (g *Gate) RunOnce(ctx context.Context) error {
+	cfg, stmt, err := g.check()
+	if err != nil {
+		return err
+	}
+	return g.runOnce(ctx, cfg, stmt)
+}
+
+func (g *Gate) runOnce(ctx context.Context, cfg GateConfig, stmt string) error {
+	// A sample slower than the stale limit is useless: bound it there.
+	sctx, cancel := context.WithTimeout(ctx, cfg.staleAfter())
+	defer cancel()
+	st, err := readReplicaStatus(sctx, g.Flavor, g.Replica)
+	if err == nil {
+		err = readLag(sctx, g.Replica, stmt, g.WriterID, &st)
+	}
+	s := &sample{status: st, err: err, at: time.Now()}
+	if err == nil {
+		s.at = st.SampledAt
+	}
+	if ctx.Err() != nil {
+		return err // shutting down: keep the last real sample
+	}
+	g.mu.Lock()
+	g.last = s
+	_, verdict := decide(s, cfg, s.at)
+	class := classOf(verdict)
+	changed := class != g.state
+	g.state = class
+	g.mu.Unlock()
+	if changed {
+		log := g.logger()
+		attrs := []any{"writer_id", g.WriterID, "lag", st.Lag, "lag_known", st.LagKnown,
+			"io_running", st.IORunning, "sql_running", st.SQLRunning}
+		if verdict == nil {
+			log.InfoContext(ctx, "lag gate open", attrs...)
+		} else {
+			log.WarnContext(ctx, "lag gate closed", append(attrs, "reason", verdict)...)
+		}
+	}
+	return err
+}
+
+func classOf(err error) string {
+	for _, s := range []error{ErrNoSample, ErrReplicaStopped, ErrReplicaBehind} {
+		if errors.Is(err, s) {
+			return s.Error()
+		}
+	}
+	if err != nil {
+		return "error"
+	}
+	return "open"
+}
+
+// Check says whether the caller may claim now: (0, nil) when the gate is
+// open, otherwise how long to back off and why. It reads only the last
+// stored sample and never queries. The error wraps ErrNoSample (backoff
+// SampleInterval), ErrReplicaStopped (StoppedBackoff) or ErrReplicaBehind
+// (BehindBackoff: lag over MaxLag, lag unknown, the last sample failed, or
+// the sample is older than 3×SampleInterval+MaxLag), or a *ConfigError
+// when the Gate is misconfigured (backoff StoppedBackoff's default).
+func (g *Gate) Check() (time.Duration, error) {
+	cfg := g.Config.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return DefaultStoppedBackoff, err
+	}
+	g.mu.Lock()
+	s := g.last
+	g.mu.Unlock()
+	return decide(s, cfg, time.Now())
+}
+
+// decide is the gate's rule, pure so it can be table-tested.
+func decide(s *sample, cfg GateConfig, now time.Time) (time.Duration, error) {
+	if s == nil {
+		return cfg.SampleInterval, ErrNoSample
+	}
+	if age := now.Sub(s.at); age > cfg.staleAfter() {
+		return cfg.BehindBackoff, fmt.Errorf("last replica sample is %v old (limit %v), lag unknown: %w",
+			age.Round(time.Millisecond), cfg.staleAfter(), ErrReplicaBehind)
+	}
+	if s.err != nil {
+		return cfg.BehindBackoff, fmt.Errorf("lag unknown, replica sample failed (%w): %w", s.err, ErrReplicaBehind)
+	}
+	st := s.status
+	if !st.Configured {
+		return cfg.StoppedBackoff, fmt.Errorf("replication is not configured on the replica (no replica status row): %w", ErrReplicaStopped)
+	}
+	if !st.IORunning || !st.SQLRunning {
+		return cfg.StoppedBackoff, fmt.Errorf("io thread running %v (%q), sql thread running %v (%q): %w",
+			st.IORunning, st.LastIOError, st.SQLRunning, st.LastSQLError, ErrReplicaStopped)
+	}
+	if !st.LagKnown {
+		return cfg.BehindBackoff, fmt.Errorf("heartbeat row missing on the replica, lag unknown: %w", ErrReplicaBehind)
+	}
+	if st.Lag > cfg.MaxLag {
+		return cfg.BehindBackoff, fmt.Errorf("lag %v over %v: %w", st.Lag.Round(time.Millisecond), cfg.MaxLag, ErrReplicaBehind)
+	}
+	return 0, nil
+}
+
+// Status returns the last sample (zero before the first), for dashboards
+// and logs.
+func (g *Gate) Status() ReplicaStatus {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.last == nil {
+		return ReplicaStatus{}
+	}
+	return g.last.status
+}
+
+// Stop ends the collector and waits for it, or for ctx. It is idempotent
+// and safe before Start. The last sample is kept, and ages: a stopped Gate
+// closes once its sample goes stale.
+func (g *Gate) Stop(ctx context.Context) error {
+	g.svc.Lock()
+	cancel, done := g.cancel, g.done
+	g.cancel, g.done = nil, nil
+	g.svc.Unlock()
+	if cancel == nil {
+		return nil
+	}
+	cancel()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("stop gate: %w", ctx.Err())
+	}
+}

@@ -1,0 +1,171 @@
+package monitor
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nonqueue/nonqueue/internal/ident"
+)
+
+// HeartbeatTable is the heartbeat table's name inside the meta schema. It
+// must equal queue.HeartbeatTable, whose DDL creates it:
+//
+//	CREATE TABLE heartbeat (id INT UNSIGNED NOT NULL PRIMARY KEY, ts_us BIGINT NOT NULL) ENGINE=InnoDB
+const HeartbeatTable = "heartbeat"
+
+// DefaultHeartbeatInterval is Heartbeat.Interval when left zero.
+const DefaultHeartbeatInterval = 250 * time.Millisecond
+
+// heartbeatWriteSQL upserts one writer's clock; %s is the quoted table.
+// The value is bound twice instead of VALUES(ts_us), which MySQL 8
+// deprecates.
+const heartbeatWriteSQL = "INSERT /* nonqueue heartbeat */ INTO %s (id, ts_us) VALUES (?, ?) ON DUPLICATE KEY UPDATE ts_us = ?"
+
+// Heartbeat writes this process's clock (microseconds since the epoch) into
+// row WriterID of <Schema>.heartbeat on the primary every Interval, so a
+// Gate in the same process can read it back on its replica and measure lag
+// without clock skew. The write runs in an ordinary session (binary logging
+// on): it must replicate.
+//
+// A failed write is logged and retried on the next tick; it is never fatal,
+// because a heartbeat that stops advancing already closes the gate (the
+// lag read back grows). Fields must not change after Start.
+type Heartbeat struct {
+	// Primary is a pool on the primary.
+	Primary *sql.DB
+	// Schema holds the heartbeat table (the meta schema).
+	Schema string
+	// WriterID is the row written: one per writing process; the Gate that
+	// reads it back must use the same id.
+	WriterID uint32
+	// Interval between writes; default 250ms. It adds up to one Interval
+	// to the lag a Gate measures, so keep it well under GateConfig.MaxLag.
+	Interval time.Duration
+	// Logger receives write failures and recoveries; nil discards.
+	Logger *slog.Logger
+
+	mu      sync.Mutex
+	cancel  context.CancelFunc
+	done    chan struct{}
+	failing bool // last write failed; touched only by the loop goroutine
+}
+
+func (h *Heartbeat) check() (stmt string, interval time.Duration, err error) {
+	if h.Primary == nil {
+		return "", 0, &ConfigError{Field: "heartbeat.primary", Err: errors.New("no primary pool")}
+	}
+	if err := ident.Validate(h.Schema); err != nil {
+		return "", 0, &ConfigError{Field: "heartbeat.schema", Err: err}
+	}
+	if h.Interval < 0 {
+		return "", 0, &ConfigError{Field: "heartbeat.interval", Err: fmt.Errorf("%v is negative", h.Interval)}
+	}
+	interval = h.Interval
+	if interval == 0 {
+		interval = DefaultHeartbeatInterval
+	}
+	return fmt.Sprintf(heartbeatWriteSQL, ident.Qualified(h.Schema, HeartbeatTable)), interval, nil
+}
+
+func (h *Heartbeat) logger() *slog.Logger {
+	if h.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return h.Logger
+}
+
+// Start validates the fields, writes once synchronously (so a Gate started
+// right after can see a row soon and a misconfiguration surfaces at once),
+// then launches the loop and returns. A failed first write is returned and
+// nothing is started. Starting a running Heartbeat is an error.
+func (h *Heartbeat) Start(ctx context.Context) error {
+	stmt, interval, err := h.check()
+	if err != nil {
+		return err
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.cancel != nil {
+		return errors.New("heartbeat already started")
+	}
+	if err := h.write(ctx, stmt, interval); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	h.cancel, h.done = cancel, make(chan struct{})
+	go h.loop(ctx, stmt, interval, h.done)
+	return nil
+}
+
+func (h *Heartbeat) loop(ctx context.Context, stmt string, interval time.Duration, done chan struct{}) {
+	defer close(done)
+	log := h.logger()
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		err := h.write(ctx, stmt, interval)
+		switch {
+		case err != nil && ctx.Err() != nil:
+			return
+		case err != nil && !h.failing:
+			h.failing = true
+			log.WarnContext(ctx, "heartbeat write failing; measured lag will grow", "writer_id", h.WriterID, "err", err)
+		case err != nil:
+			log.DebugContext(ctx, "heartbeat write failed", "writer_id", h.WriterID, "err", err)
+		case h.failing:
+			h.failing = false
+			log.InfoContext(ctx, "heartbeat write recovered", "writer_id", h.WriterID)
+		}
+	}
+}
+
+// write upserts the row once, bounded so a hung primary cannot pile up
+// writes: a write slower than a few intervals is useless anyway.
+func (h *Heartbeat) write(ctx context.Context, stmt string, interval time.Duration) error {
+	wctx, cancel := context.WithTimeout(ctx, max(4*interval, time.Second))
+	defer cancel()
+	now := time.Now().UnixMicro()
+	if _, err := h.Primary.ExecContext(wctx, stmt, h.WriterID, now, now); err != nil {
+		return fmt.Errorf("write heartbeat %d to %s.%s on the primary: %w", h.WriterID, h.Schema, HeartbeatTable, err)
+	}
+	return nil
+}
+
+// RunOnce writes the heartbeat once, synchronously, and returns the error
+// of that write. Tests use it to drive one pass.
+func (h *Heartbeat) RunOnce(ctx context.Context) error {
+	stmt, interval, err := h.check()
+	if err != nil {
+		return err
+	}
+	return h.write(ctx, stmt, interval)
+}
+
+// Stop ends the loop and waits for it, or for ctx. It is idempotent and
+// safe before Start; after Stop the Heartbeat may be started again.
+func (h *Heartbeat) Stop(ctx context.Context) error {
+	h.mu.Lock()
+	cancel, done := h.cancel, h.done
+	h.cancel, h.done = nil, nil
+	h.mu.Unlock()
+	if cancel == nil {
+		return nil
+	}
+	cancel()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("stop heartbeat: %w", ctx.Err())
+	}
+}

@@ -1,0 +1,129 @@
+package monitor
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"time"
+
+	"github.com/nonqueue/nonqueue/internal/ident"
+)
+
+// Outcomes of a run, as recorded in the run history.
+const (
+	OutcomeDone     = "done"     // published and finished
+	OutcomeFailed   = "failed"   // procedure or transfer failed; released with a back-off
+	OutcomeParked   = "parked"   // failed and reached the attempt limit
+	OutcomeReleased = "released" // given back for no fault of the topic (replica behind, shutdown)
+	OutcomeLost     = "lost"     // the claim was taken back during the run; nothing published
+)
+
+// Run is one row of the run history: what one claim of one topic did and
+// where its time went.
+type Run struct {
+	TopicID    int64
+	InstanceID int64
+	Replica    string
+	ClaimToken uint64
+	Scope      int
+	Outcome    string
+	Error      string
+	Bytes      int64
+	StartedAt  time.Time
+	// Time spent in each phase.
+	Claim, LagWait, Proc, Transfer, Publish time.Duration
+	LogPath                                 string
+}
+
+// History writes the run history and the instance registry, the tables
+// named in queue's schema (run, instance) in the meta schema on the
+// primary. Its writes are best-effort records: a failure is returned for
+// logging and never changes a topic.
+type History struct {
+	Primary *sql.DB
+	// Schema is the meta schema holding the run and instance tables.
+	Schema string
+}
+
+// RecordRun inserts one run.
+func (h *History) RecordRun(ctx context.Context, r *Run) error {
+	if err := ident.Validate(h.Schema); err != nil {
+		return fmt.Errorf("record run: %w", err)
+	}
+	var errText, logPath any
+	if r.Error != "" {
+		errText = truncate(r.Error, 4000)
+	}
+	if r.LogPath != "" {
+		logPath = r.LogPath
+	}
+	stmt := `INSERT /* nonqueue run */ INTO ` + ident.Qualified(h.Schema, "run") + ` (topic_id, instance_id, replica, claim_token,
+ scope, outcome, error, bytes_shipped, started_at, finished_at, claim_us, lag_wait_us, proc_us, transfer_us, publish_us, log_path)
+ VALUES (?, ?, ?, ?, ?, ?, ?, ?, NOW(6) - INTERVAL ? MICROSECOND, NOW(6), ?, ?, ?, ?, ?, ?)`
+	_, err := h.Primary.ExecContext(ctx, stmt, r.TopicID, r.InstanceID, r.Replica, r.ClaimToken, r.Scope, r.Outcome, errText,
+		r.Bytes, time.Since(r.StartedAt).Microseconds(), r.Claim.Microseconds(), r.LagWait.Microseconds(),
+		r.Proc.Microseconds(), r.Transfer.Microseconds(), r.Publish.Microseconds(), logPath)
+	if err != nil {
+		return fmt.Errorf("record run of topic %d: %w", r.TopicID, err)
+	}
+	return nil
+}
+
+// Instance states shown in the registry.
+const (
+	StateStarting = "starting"
+	StateIdle     = "idle"
+	StateLagWait  = "waiting for lag"
+	StateStopped  = "replica stopped"
+	StateRunning  = "running"
+	StateStopping = "stopping"
+	StateExited   = "exited"
+)
+
+// InstanceInfo identifies an instance in the registry.
+type InstanceInfo struct {
+	ID              int64
+	Host            string
+	PID             int
+	Version         string
+	ReplicaServerID uint32
+}
+
+// Register inserts or refreshes the instance's registry row at start.
+func (h *History) Register(ctx context.Context, in InstanceInfo) error {
+	stmt := `INSERT /* nonqueue registry */ INTO ` + ident.Qualified(h.Schema, "instance") + ` (id, host, pid, version, replica_server_id, state, topic_id, state_since, started_at, heartbeat_at)
+ VALUES (?, ?, ?, ?, ?, ?, NULL, NOW(6), NOW(6), NOW(6))
+ ON DUPLICATE KEY UPDATE host = VALUES(host), pid = VALUES(pid), version = VALUES(version), replica_server_id = VALUES(replica_server_id),
+ state = VALUES(state), topic_id = NULL, state_since = NOW(6), started_at = NOW(6), heartbeat_at = NOW(6)`
+	if _, err := h.Primary.ExecContext(ctx, stmt, in.ID, in.Host, in.PID, in.Version, in.ReplicaServerID, StateStarting); err != nil {
+		return fmt.Errorf("register instance %d: %w", in.ID, err)
+	}
+	return nil
+}
+
+// SetState records the instance's state (and topic, 0 for none) and
+// refreshes its heartbeat; state_since changes only when the state does.
+// ran and failed are added to the instance's counters.
+func (h *History) SetState(ctx context.Context, id int64, state string, topicID int64, ran, failed int) error {
+	var topic any
+	if topicID != 0 {
+		topic = topicID
+	}
+	stmt := `UPDATE /* nonqueue registry */ ` + ident.Qualified(h.Schema, "instance") + ` SET
+ state_since = IF(state = ? AND topic_id <=> ?, state_since, NOW(6)), state = ?, topic_id = ?, heartbeat_at = NOW(6),
+ runs = runs + ?, failures = failures + ? WHERE id = ?`
+	if _, err := h.Primary.ExecContext(ctx, stmt, state, topic, state, topic, ran, failed, id); err != nil {
+		return fmt.Errorf("set state of instance %d: %w", id, err)
+	}
+	return nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && s[n]&0xC0 == 0x80 {
+		n--
+	}
+	return s[:n]
+}

@@ -1,0 +1,87 @@
+package monitor_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/nonqueue/nonqueue/monitor"
+)
+
+// testLogger sends a service's log lines to t.Log.
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type tWriter struct{ t *testing.T }
+
+func (w tWriter) Write(p []byte) (int, error) { w.t.Helper(); w.t.Log(string(p)); return len(p), nil }
+
+// TestGateNoSample: before any sample the gate is closed with ErrNoSample
+// and retries after one sample interval; Stop is safe before Start.
+func TestGateNoSample(t *testing.T) {
+	t.Parallel()
+	g := &monitor.Gate{}
+	backoff, err := g.Check()
+	if !errors.Is(err, monitor.ErrNoSample) || backoff != monitor.DefaultSampleInterval {
+		t.Fatalf("Check = %v, %v; want ErrNoSample after %v", backoff, err, monitor.DefaultSampleInterval)
+	}
+	if g.Status() != (monitor.ReplicaStatus{}) {
+		t.Fatalf("status %+v before any sample", g.Status())
+	}
+	if err := g.Stop(context.Background()); err != nil {
+		t.Fatalf("Stop before Start: %v", err)
+	}
+	// A gate without a pool or a valid schema refuses to start.
+	if err := g.Start(context.Background()); !errors.Is(err, monitor.ErrConfig) {
+		t.Fatalf("Start without a replica: %v, want ErrConfig", err)
+	}
+	hb := &monitor.Heartbeat{}
+	if err := hb.Stop(context.Background()); err != nil {
+		t.Fatalf("heartbeat Stop before Start: %v", err)
+	}
+	if err := hb.Start(context.Background()); !errors.Is(err, monitor.ErrConfig) {
+		t.Fatalf("heartbeat Start without a primary: %v, want ErrConfig", err)
+	}
+}
+
+// TestGateConfigValidate: each case names what it proves.
+func TestGateConfigValidate(t *testing.T) {
+	t.Parallel()
+	def := monitor.GateConfig{}.WithDefaults()
+	with := func(f func(*monitor.GateConfig)) monitor.GateConfig { c := def; f(&c); return c }
+	cases := []struct {
+		name  string
+		cfg   monitor.GateConfig
+		field string // "" = valid
+	}{
+		{"defaults are valid", def, ""},
+		{"zero config needs WithDefaults", monitor.GateConfig{}, "lag.max_lag"},
+		{"negative max lag", with(func(c *monitor.GateConfig) { c.MaxLag = -time.Second }), "lag.max_lag"},
+		{"zero stopped backoff", with(func(c *monitor.GateConfig) { c.StoppedBackoff = 0 }), "lag.stopped_backoff"},
+		{"negative behind backoff", with(func(c *monitor.GateConfig) { c.BehindBackoff = -1 }), "lag.behind_backoff"},
+		{"zero sample interval", with(func(c *monitor.GateConfig) { c.SampleInterval = 0 }), "lag.sample_interval"},
+		{"sampling as slow as the limit cannot see lag", with(func(c *monitor.GateConfig) { c.SampleInterval = c.MaxLag }), "lag.sample_interval"},
+		{"sampling just under the limit is allowed", with(func(c *monitor.GateConfig) { c.SampleInterval = c.MaxLag - time.Millisecond }), ""},
+		{"a tight limit with fast sampling", monitor.GateConfig{MaxLag: 100 * time.Millisecond, SampleInterval: 10 * time.Millisecond}.WithDefaults(), ""},
+	}
+	for _, c := range cases {
+		err := c.cfg.Validate()
+		if c.field == "" {
+			if err != nil {
+				t.Errorf("%s: %v", c.name, err)
+			}
+			continue
+		}
+		var ce *monitor.ConfigError
+		if !errors.As(err, &ce) || !errors.Is(err, monitor.ErrConfig) || ce.Field != c.field {
+			t.Errorf("%s: %v, want a ConfigError on %s", c.name, err, c.field)
+		}
+	}
+	if d := (monitor.GateConfig{}).WithDefaults(); d.MaxLag != 2*time.Second || d.StoppedBackoff != time.Minute ||
+		d.BehindBackoff != 2*time.Second || d.SampleInterval != 250*time.Millisecond {
+		t.Errorf("defaults %+v", d)
+	}
+}

@@ -1,0 +1,314 @@
+package procs_test
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
+
+	"github.com/nonqueue/nonqueue/procs"
+)
+
+// binlogState reads the replica's binlog position and the GTIDs it wrote
+// itself (entries of @@gtid_binlog_state with its own server id).
+func binlogState(t *testing.T, b *bundle) (pos, own string) {
+	t.Helper()
+	var state string
+	var serverID uint32
+	if err := b.replica.QueryRowContext(b.ctx, "SELECT @@GLOBAL.gtid_binlog_pos, @@GLOBAL.gtid_binlog_state, @@server_id").Scan(&pos, &state, &serverID); err != nil {
+		t.Fatal(err)
+	}
+	var mine []string
+	for _, g := range strings.Split(state, ",") {
+		if parts := strings.Split(g, "-"); len(parts) == 3 && parts[1] == strconv.FormatUint(uint64(serverID), 10) {
+			mine = append(mine, g)
+		}
+	}
+	return pos, strings.Join(mine, ",")
+}
+
+// replicationRunning reads both thread states on the replica by column name.
+func replicationRunning(t *testing.T, b *bundle) bool {
+	t.Helper()
+	rows, err := b.replica.QueryContext(b.ctx, "SHOW SLAVE STATUS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	cols, _ := rows.Columns()
+	if !rows.Next() {
+		t.Fatal("replica has no replication configured")
+	}
+	vals := make([]sql.NullString, len(cols))
+	ptrs := make([]any, len(cols))
+	for i := range vals {
+		ptrs[i] = &vals[i]
+	}
+	if err := rows.Scan(ptrs...); err != nil {
+		t.Fatal(err)
+	}
+	running := 0
+	for i, c := range cols {
+		if (c == "Slave_IO_Running" || c == "Slave_SQL_Running") && vals[i].String == "Yes" {
+			running++
+		}
+	}
+	return running == 2
+}
+
+// TestRunSuccess: the procedure builds a MyISAM result table on the
+// replica and returns two result sets, the last with SUMMARY: success, the
+// log has both sets, and nothing reached the replica's binary log
+// (sql_log_bin=0), so replication keeps running. Not parallel: it compares
+// the replica's binlog position before and after, which other tests'
+// writes on the primary would move.
+func TestRunSuccess(t *testing.T) {
+	b := setup(t)
+	posBefore, ownBefore := binlogState(t, b)
+
+	r := b.runner(t, "calc", nil)
+	res, err := r.Run(b.ctx, 42, 2, "runs/42.log")
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if res.ResultSets != 2 || res.Rows != 4 || res.Duration <= 0 {
+		t.Fatalf("result %+v, want 2 result sets and 4 rows", res)
+	}
+	if want := filepath.Join(b.logDir, "runs", "42.log"); res.LogPath != want {
+		t.Fatalf("log path %q, want %q", res.LogPath, want)
+	}
+
+	posAfter, ownAfter := binlogState(t, b)
+	if posAfter != posBefore || ownAfter != ownBefore {
+		t.Fatalf("replica binlog moved: pos %q -> %q, own GTIDs %q -> %q", posBefore, posAfter, ownBefore, ownAfter)
+	}
+	var n int
+	var engine string
+	if err := b.replica.QueryRowContext(b.ctx, "SELECT COUNT(*) FROM result_42").Scan(&n); err != nil || n != 3 {
+		t.Fatalf("result table on the replica: %d rows, %v", n, err)
+	}
+	if err := b.replica.QueryRowContext(b.ctx, "SELECT ENGINE FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = 'result_42'", b.name).Scan(&engine); err != nil || engine != "MyISAM" {
+		t.Fatalf("result table engine %q, %v", engine, err)
+	}
+	// Replication still applies new primary writes.
+	if _, err := b.primary.ExecContext(b.ctx, "CREATE TABLE after_run (id INT PRIMARY KEY)"); err != nil {
+		t.Fatal(err)
+	}
+	if err := env.WaitReplicas(b.ctx, b.primary); err != nil {
+		t.Fatal(err)
+	}
+	if !replicationRunning(t, b) {
+		t.Fatal("replication stopped after the run")
+	}
+
+	// The run's session (sql_log_bin=0) never went back to the pool.
+	var conns []*sql.Conn
+	for range 3 {
+		c, err := b.replica.Conn(b.ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		conns = append(conns, c)
+		var logBin int
+		if err := c.QueryRowContext(b.ctx, "SELECT @@SESSION.sql_log_bin").Scan(&logBin); err != nil || logBin != 1 {
+			t.Fatalf("pooled session has sql_log_bin=%d (%v)", logBin, err)
+		}
+	}
+
+	data, err := os.ReadFile(res.LogPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := string(data)
+	t.Logf("log:\n%s", log)
+	for _, want := range []string{
+		"# result set 1\nid\tscore\tnote\n1\t0.5\ta\\tb\n2\t1.5\tNULL\n3\t2.5\tc\n",
+		"# result set 2\nstatus\ttopic_id\tscope\nSUMMARY topic 42\t42\t2\n",
+		"sql_log_bin=0",
+	} {
+		if !strings.Contains(log, want) {
+			t.Errorf("log lacks %q", want)
+		}
+	}
+	lines := strings.Split(strings.TrimSuffix(log, "\n"), "\n")
+	if last := lines[len(lines)-1]; !strings.HasPrefix(last, "# outcome: success") {
+		t.Errorf("last log line %q, want the outcome", last)
+	}
+	fi, err := os.Stat(res.LogPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if perm := fi.Mode().Perm(); perm&^0o640 != 0 {
+		t.Errorf("log mode %v, want at most 0640", perm)
+	}
+}
+
+// TestRunMarkerMissing: SUMMARY in an earlier result set does not count:
+// only the last one decides.
+func TestRunMarkerMissing(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	res, err := b.runner(t, "nomark", nil).Run(b.ctx, 1, 1, "")
+	if !errors.Is(err, procs.ErrFailed) {
+		t.Fatalf("Run = %v, want ErrFailed", err)
+	}
+	if res == nil || res.ResultSets != 2 || !strings.HasPrefix(filepath.Base(res.LogPath), "topic_1_") {
+		t.Fatalf("result %+v", res)
+	}
+	assertOutcome(t, res.LogPath, "# outcome: failed")
+
+	// Without a marker, finishing without a SQL error is success, even
+	// with no result set at all.
+	res, err = b.runner(t, "quiet", func(c *procs.Config) { c.Marker = "" }).Run(b.ctx, 1, 1, "")
+	if err != nil || res.ResultSets != 0 {
+		t.Fatalf("quiet without marker: %+v, %v", res, err)
+	}
+	// With a marker, no result set is a failure.
+	if _, err := b.runner(t, "quiet", nil).Run(b.ctx, 1, 1, ""); !errors.Is(err, procs.ErrFailed) {
+		t.Fatalf("quiet with marker: %v, want ErrFailed", err)
+	}
+}
+
+// TestRunSignal: a procedure that SIGNALs fails with its SQL error
+// reachable, and the log keeps what came before plus the outcome.
+func TestRunSignal(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	res, err := b.runner(t, "boom", nil).Run(b.ctx, 5, 1, "boom.log")
+	var me *mysql.MySQLError
+	if !errors.As(err, &me) || me.Number != 1644 || !strings.Contains(me.Message, "no data for topic") {
+		t.Fatalf("Run = %v, want the procedure's MySQL error 1644", err)
+	}
+	if errors.Is(err, procs.ErrFailed) || errors.Is(err, procs.ErrTimeout) {
+		t.Fatalf("SQL error also reads as %v", err)
+	}
+	data, rerr := os.ReadFile(res.LogPath)
+	if rerr != nil {
+		t.Fatal(rerr)
+	}
+	if !strings.Contains(string(data), "starting") {
+		t.Errorf("log lost the first result set:\n%s", data)
+	}
+	assertOutcome(t, res.LogPath, "# outcome: failed")
+}
+
+// TestRunTimeout: a run past Config.Timeout returns ErrTimeout within
+// about the timeout, and the statement is really gone from the server.
+func TestRunTimeout(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	r := b.runner(t, "sleepy", func(c *procs.Config) { c.Timeout = 500 * time.Millisecond })
+	start := time.Now()
+	res, err := r.Run(b.ctx, 9, 1, "")
+	took := time.Since(start)
+	if !errors.Is(err, procs.ErrTimeout) {
+		t.Fatalf("Run = %v, want ErrTimeout", err)
+	}
+	if took > 2*time.Second {
+		t.Fatalf("Run returned after %v, want about 500ms", took)
+	}
+	t.Logf("after %v: %v", took, err)
+	assertOutcome(t, res.LogPath, "# outcome: failed")
+	assertNotRunning(t, b, b.name+"`.`sleepy")
+}
+
+// TestRunStubborn: a procedure that outlives KILL QUERY (a loop of
+// sleeps) is stopped by killing its connection after the grace period.
+func TestRunStubborn(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	r := b.runner(t, "stubborn", func(c *procs.Config) { c.Timeout = 300 * time.Millisecond })
+	start := time.Now()
+	_, err := r.Run(b.ctx, 11, 1, "")
+	took := time.Since(start)
+	if !errors.Is(err, procs.ErrTimeout) || !strings.Contains(err.Error(), "connection killed") {
+		t.Fatalf("Run = %v, want ErrTimeout after killing the connection", err)
+	}
+	if took > 6*time.Second {
+		t.Fatalf("Run returned after %v", took)
+	}
+	t.Logf("after %v: %v", took, err)
+	assertNotRunning(t, b, b.name+"`.`stubborn")
+}
+
+// TestRunCancelled: cancelling ctx stops the statement too, and the error
+// is the context's, not ErrTimeout.
+func TestRunCancelled(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx, cancel := context.WithTimeout(b.ctx, 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err := b.runner(t, "sleepy", nil).Run(ctx, 10, 1, "")
+	if !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, procs.ErrTimeout) {
+		t.Fatalf("Run = %v, want the context's error", err)
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Fatalf("Run returned after %v", took)
+	}
+	assertNotRunning(t, b, b.name+"`.`sleepy")
+}
+
+// assertNotRunning polls the replica's processlist until no statement
+// mentions SLEEP(30) or the procedure call, failing after 5s.
+func assertNotRunning(t *testing.T, b *bundle, proc string) {
+	t.Helper()
+	const q = "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() AND (INFO LIKE '%SLEEP(30)%' OR INFO LIKE CONCAT('%', ?, '%'))"
+	var n int
+	if !poll(5*time.Second, func() bool {
+		if err := b.replica.QueryRowContext(b.ctx, q, proc).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n == 0
+	}) {
+		t.Fatalf("%d statements still running on the replica", n)
+	}
+}
+
+func assertOutcome(t *testing.T, path, prefix string) {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSuffix(string(data), "\n"), "\n")
+	if last := lines[len(lines)-1]; !strings.HasPrefix(last, prefix) {
+		t.Errorf("last log line %q, want %q…", last, prefix)
+	}
+}
+
+// TestExists: an existing procedure is found, a missing one is
+// ErrNoProcedure, a malformed name a ConfigError.
+func TestExists(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	if err := b.runner(t, "calc", nil).Exists(b.ctx); err != nil {
+		t.Fatalf("calc: %v", err)
+	}
+	if err := b.runner(t, "missing", nil).Exists(b.ctx); !errors.Is(err, procs.ErrNoProcedure) {
+		t.Fatalf("missing: %v, want ErrNoProcedure", err)
+	}
+	r := &procs.Runner{DB: b.replica, Config: procs.Config{Procedure: "x.y`; DROP DATABASE z"}}
+	if err := r.Exists(b.ctx); !errors.Is(err, procs.ErrConfig) {
+		t.Fatalf("injection: %v, want ErrConfig", err)
+	}
+}
+
+// TestRunBadLogPath: a relative log path that leaves LogDir is refused
+// before anything runs, and the result still names the path.
+func TestRunBadLogPath(t *testing.T) {
+	t.Parallel()
+	r := &procs.Runner{DB: &sql.DB{}, Config: procs.Config{Procedure: "a.b", LogDir: t.TempDir()}}
+	res, err := r.Run(context.Background(), 1, 1, "../escape.log")
+	if err == nil || res == nil || res.LogPath != "../escape.log" {
+		t.Fatalf("Run = %+v, %v; want a refusal naming the path", res, err)
+	}
+}

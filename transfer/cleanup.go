@@ -1,0 +1,119 @@
+package transfer
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"path"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/nonqueue/nonqueue/internal/ident"
+)
+
+const primaryClockSQL = "SELECT /* nonqueue */ UNIX_TIMESTAMP(NOW(6))"
+
+// DropReplicaTables drops the topic's result tables on the replica (DROP
+// TABLE IF EXISTS, binary logging off so nothing reaches the binary log or a
+// GTID of the replica's own). Missing tables are not an error. Call it after
+// Ship, in either outcome: a failed run's tables are not reused.
+func (s *Shipper) DropReplicaTables(ctx context.Context, replica *sql.DB, topicID int64) error {
+	if topicID <= 0 {
+		return fmt.Errorf("%w: topic id %d is not positive", ErrParams, topicID)
+	}
+	sess, err := openSession(ctx, replica, "replica")
+	if err != nil {
+		return fmt.Errorf("drop result tables of topic %d: %w", topicID, err)
+	}
+	defer sess.close(ctx)
+	if _, err := sess.conn.ExecContext(ctx, fmt.Sprintf(dropSQL, s.qualifiedList(s.cfg.TableNames(topicID)))); err != nil {
+		return fmt.Errorf("drop result tables of topic %d on the replica: %w", topicID, err)
+	}
+	return nil
+}
+
+// CleanupPrimary removes what crashed runs left in the result schema on the
+// primary: staging tables and files (names starting nqtmp_ or nqold_) whose
+// newest file is older than olderThan by the primary host's clock. It drops
+// them as tables (binary logging off) and then removes any file left over
+// SFTP. olderThan must exceed the longest Ship (a slow run's staging tables
+// would be removed under it, failing that run but never touching a live
+// table); an hour is a safe choice. Call it at start-up.
+func (s *Shipper) CleanupPrimary(ctx context.Context, primary *sql.DB, olderThan time.Duration) error {
+	if olderThan < 0 {
+		return fmt.Errorf("%w: olderThan %v is negative", ErrParams, olderThan)
+	}
+	l, err := s.link(ctx)
+	if err != nil {
+		return fmt.Errorf("clean up staging tables: %w", err)
+	}
+	dir := path.Join(s.cfg.PrimaryDatadir, s.cfg.Schema)
+	entries, err := l.sftp.ReadDir(dir)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil // schema not created yet: nothing shipped
+		}
+		return fmt.Errorf("clean up staging tables: list %s over sftp: %w", dir, err)
+	}
+	newest := map[string]time.Time{}
+	files := map[string][]string{}
+	for _, e := range entries {
+		n := e.Name()
+		if e.IsDir() || !(strings.HasPrefix(n, tmpPrefix) || strings.HasPrefix(n, oldPrefix)) {
+			continue
+		}
+		table, _, _ := strings.Cut(n, ".")
+		if ident.Validate(table) != nil {
+			continue
+		}
+		if e.ModTime().After(newest[table]) {
+			newest[table] = e.ModTime()
+		}
+		files[table] = append(files[table], path.Join(dir, n))
+	}
+	if len(newest) == 0 {
+		return nil
+	}
+	sess, err := openSession(ctx, primary, "primary")
+	if err != nil {
+		return fmt.Errorf("clean up staging tables: %w", err)
+	}
+	defer sess.close(ctx)
+	// File times are the primary host's clock, so compare with that clock.
+	var now float64
+	if err := sess.conn.QueryRowContext(ctx, primaryClockSQL).Scan(&now); err != nil {
+		return fmt.Errorf("clean up staging tables: read the primary's clock: %w", err)
+	}
+	sec, frac := math.Modf(now)
+	cutoff := time.Unix(int64(sec), int64(frac*1e9)).Add(-olderThan)
+	var stale []string
+	for table, t := range newest {
+		if t.Before(cutoff) {
+			stale = append(stale, table)
+		}
+	}
+	if len(stale) == 0 {
+		return nil
+	}
+	sort.Strings(stale)
+	if _, err := sess.conn.ExecContext(ctx, fmt.Sprintf(dropSQL, s.qualifiedList(stale))); err != nil {
+		return fmt.Errorf("clean up staging tables: drop %d on the primary: %w", len(stale), err)
+	}
+	var errs []error
+	for _, table := range stale {
+		for _, f := range files[table] {
+			if err := l.sftp.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+				errs = append(errs, fmt.Errorf("remove %s over sftp: %w", f, err))
+			}
+		}
+	}
+	s.logger.InfoContext(ctx, "removed staging tables of earlier runs", "count", len(stale), "tables", stale)
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("clean up staging tables: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,202 @@
+package transfer
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"path"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nonqueue/nonqueue/internal/ident"
+)
+
+// Defaults for Config and ShipParams fields left zero.
+const (
+	DefaultSSHPort     = 22
+	DefaultDialTimeout = 10 * time.Second
+	DefaultBackupKeep  = 3
+	DefaultLockTimeout = 10 * time.Second
+)
+
+// idPlaceholder is what a table template contains exactly once.
+const idPlaceholder = "{id}"
+
+// maxIDDigits is the length of the longest positive int64 (9223372036854775807):
+// templates are checked with it, so every topic id expands to a valid name.
+const maxIDDigits = 19
+
+// Prefixes of the staging tables in the result schema on the primary.
+// Names starting with them are reserved: CleanupPrimary drops them.
+const (
+	tmpPrefix = "nqtmp_" // shipped files waiting to be verified and swapped in
+	oldPrefix = "nqold_" // a live table swapped out, dropped right after the swap
+)
+
+// SSHConfig says how to reach the primary's host for SFTP. It holds no
+// secret: the private key stays in KeyFile.
+type SSHConfig struct {
+	// Host and Port of the primary's sshd; Port defaults to 22.
+	Host string
+	Port int
+	// User logs in with the key in KeyFile and must be able to write the
+	// primary's datadir (files are created mode 0660, readable by the
+	// server's group).
+	User string
+	// KeyFile is an unencrypted OpenSSH or PEM private key. Required.
+	KeyFile string
+	// KnownHosts is an OpenSSH known_hosts file that lists the host's key.
+	// Required: nonqueue never trusts an unknown host key.
+	KnownHosts string
+	// DialTimeout bounds the TCP connect plus the SSH handshake; default 10s.
+	DialTimeout time.Duration
+}
+
+// Addr returns host:port as dialled and as looked up in known_hosts.
+func (c SSHConfig) Addr() string {
+	return joinHostPort(c.Host, c.Port)
+}
+
+// Config says where the result tables live on both ends and how to reach
+// the primary's datadir. The result tables are MyISAM tables written on the
+// replica by the procedure; the same schema name is used on the primary.
+type Config struct {
+	SSH SSHConfig
+	// PrimaryDatadir is the primary's @@datadir as seen over SFTP: an
+	// absolute path. Files land in PrimaryDatadir/Schema/.
+	PrimaryDatadir string
+	// Schema of the result tables on the replica and on the primary.
+	Schema string
+	// Tables are templates of the result table names, each containing
+	// "{id}" exactly once (replaced by the topic id), the rest letters,
+	// digits and underscores, such as "Dynamics_{id}". The names must not
+	// start with nqtmp_ or nqold_ (reserved for staging).
+	Tables []string
+	// BackupDir, if set, keeps a local copy of every shipped table's files
+	// in BackupDir/<topic id>/<UTC time>-<claim token>/.
+	BackupDir string
+	// BackupKeep is how many copies per topic are kept; default 3 when
+	// BackupDir is set.
+	BackupKeep int
+}
+
+// ConfigError names the configuration field that is wrong. Configuration
+// holds no secrets (the key stays in its file), so the message may quote
+// values.
+type ConfigError struct {
+	Field string
+	Err   error
+}
+
+// Error names the field (as in the configuration file) and the problem.
+func (e *ConfigError) Error() string { return fmt.Sprintf("transfer.%s: %v", e.Field, e.Err) }
+
+// Unwrap lets errors.Is find ErrConfig and the cause (such as
+// ident.ErrInvalid).
+func (e *ConfigError) Unwrap() []error { return []error{ErrConfig, e.Err} }
+
+// WithDefaults returns c with zero fields set to their defaults.
+func (c Config) WithDefaults() Config {
+	c.SSH.Port = cmp.Or(c.SSH.Port, DefaultSSHPort)
+	c.SSH.DialTimeout = cmp.Or(c.SSH.DialTimeout, DefaultDialTimeout)
+	if c.BackupDir != "" {
+		c.BackupKeep = cmp.Or(c.BackupKeep, DefaultBackupKeep)
+	}
+	if c.PrimaryDatadir != "" {
+		c.PrimaryDatadir = path.Clean(c.PrimaryDatadir)
+	}
+	return c
+}
+
+// Validate checks every field. Identifiers and templates are checked so
+// that neither SQL nor a path can be injected through them; the SSH host
+// key file is required (there is no "trust on first use"). Call it on
+// WithDefaults' result; NewShipper does both.
+func (c Config) Validate() error {
+	switch {
+	case c.SSH.Host == "":
+		return &ConfigError{Field: "ssh.host", Err: errors.New("is required")}
+	case strings.ContainsAny(c.SSH.Host, " \t\r\n/"):
+		return &ConfigError{Field: "ssh.host", Err: fmt.Errorf("%q is not a host name or address", c.SSH.Host)}
+	case c.SSH.Port < 1 || c.SSH.Port > 65535:
+		return &ConfigError{Field: "ssh.port", Err: fmt.Errorf("%d is not a TCP port", c.SSH.Port)}
+	case c.SSH.User == "":
+		return &ConfigError{Field: "ssh.user", Err: errors.New("is required")}
+	case c.SSH.KeyFile == "":
+		return &ConfigError{Field: "ssh.key_file", Err: errors.New("is required: nonqueue logs in with a private key")}
+	case c.SSH.KnownHosts == "":
+		return &ConfigError{Field: "ssh.known_hosts", Err: errors.New("is required: the primary's host key must be verified (add it with ssh-keyscan after checking its fingerprint)")}
+	case c.SSH.DialTimeout < 0:
+		return &ConfigError{Field: "ssh.dial_timeout", Err: fmt.Errorf("%v is negative", c.SSH.DialTimeout)}
+	case c.PrimaryDatadir == "":
+		return &ConfigError{Field: "primary_datadir", Err: errors.New("is required")}
+	case !path.IsAbs(c.PrimaryDatadir):
+		return &ConfigError{Field: "primary_datadir", Err: fmt.Errorf("%q is not an absolute path", c.PrimaryDatadir)}
+	}
+	if err := ident.Validate(c.Schema); err != nil {
+		return &ConfigError{Field: "schema", Err: err}
+	}
+	if len(c.Tables) == 0 {
+		return &ConfigError{Field: "tables", Err: errors.New("at least one table template is required")}
+	}
+	seen := map[string]int{}
+	for i, tpl := range c.Tables {
+		field := fmt.Sprintf("tables[%d]", i)
+		if err := validateTemplate(tpl); err != nil {
+			return &ConfigError{Field: field, Err: err}
+		}
+		// Compared case-insensitively: on a server with
+		// lower_case_table_names set, two templates differing in case
+		// would name the same table.
+		key := strings.ToLower(tpl)
+		if j, dup := seen[key]; dup {
+			return &ConfigError{Field: field, Err: fmt.Errorf("%q repeats tables[%d]", tpl, j)}
+		}
+		seen[key] = i
+	}
+	if c.BackupKeep < 0 {
+		return &ConfigError{Field: "backup_keep", Err: fmt.Errorf("%d is negative", c.BackupKeep)}
+	}
+	if c.BackupDir != "" && c.BackupKeep < 1 {
+		return &ConfigError{Field: "backup_keep", Err: errors.New("must be at least 1 when backup_dir is set")}
+	}
+	return nil
+}
+
+// validateTemplate checks one table template: "{id}" exactly once, the rest
+// [A-Za-z0-9_], and the longest expansion a valid identifier.
+func validateTemplate(tpl string) error {
+	if n := strings.Count(tpl, idPlaceholder); n != 1 {
+		return fmt.Errorf("template %q must contain %s exactly once (found %d)", tpl, idPlaceholder, n)
+	}
+	rest := strings.Replace(tpl, idPlaceholder, "", 1)
+	for _, r := range rest {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_') {
+			return fmt.Errorf("%w: template %q may only contain A-Z, a-z, 0-9, _ besides %s", ident.ErrInvalid, tpl, idPlaceholder)
+		}
+	}
+	// The longest id gives the longest name; id 1 catches all-digit names.
+	for _, id := range []string{strings.Repeat("9", maxIDDigits), "1"} {
+		if err := ident.Validate(strings.Replace(tpl, idPlaceholder, id, 1)); err != nil {
+			return fmt.Errorf("template %q does not expand to a valid table name for every topic id: %w", tpl, err)
+		}
+	}
+	lower := strings.ToLower(tpl)
+	if strings.HasPrefix(lower, tmpPrefix) || strings.HasPrefix(lower, oldPrefix) {
+		return fmt.Errorf("template %q starts with a prefix reserved for staging tables (%s, %s)", tpl, tmpPrefix, oldPrefix)
+	}
+	return nil
+}
+
+// TableNames returns the result table names of a topic, in template
+// order. For a Config that passed Validate and a positive topic id they are
+// valid identifiers.
+func (c Config) TableNames(topicID int64) []string {
+	id := strconv.FormatInt(topicID, 10)
+	out := make([]string, len(c.Tables))
+	for i, tpl := range c.Tables {
+		out[i] = strings.Replace(tpl, idPlaceholder, id, 1)
+	}
+	return out
+}

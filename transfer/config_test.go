@@ -1,0 +1,138 @@
+package transfer_test
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/nonqueue/nonqueue/internal/ident"
+	"github.com/nonqueue/nonqueue/transfer"
+)
+
+func validConfig() transfer.Config {
+	return transfer.Config{
+		SSH: transfer.SSHConfig{
+			Host: "db1.example", User: "mysql", KeyFile: "/etc/nonqueue/id_ed25519", KnownHosts: "/etc/nonqueue/known_hosts",
+		},
+		PrimaryDatadir: "/var/lib/mysql",
+		Schema:         "scores",
+		Tables:         []string{"Dynamics_{id}", "Post_{id}"},
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name    string
+		tweak   func(*transfer.Config)
+		field   string // "" = valid
+		invalid bool   // the cause is ident.ErrInvalid
+	}{
+		// The original's tables, with defaults: valid.
+		{"valid", func(*transfer.Config) {}, "", false},
+		// Backups with the default count: valid.
+		{"backup default keep", func(c *transfer.Config) { c.BackupDir = "/var/backups/nq" }, "", false},
+		// The id may sit anywhere in the name.
+		{"id in the middle", func(c *transfer.Config) { c.Tables = []string{"t_{id}_x"} }, "", false},
+		// Without {id} every topic would write the same table.
+		{"template without id", func(c *transfer.Config) { c.Tables = []string{"Dynamics"} }, "tables[0]", false},
+		// Twice {id} is ambiguous.
+		{"template with id twice", func(c *transfer.Config) { c.Tables = []string{"D_{id}_{id}"} }, "tables[0]", false},
+		// SQL injection through a template is refused before any SQL exists.
+		{"injection in template", func(c *transfer.Config) { c.Tables = []string{"D_{id}`; DROP TABLE x; --"} }, "tables[0]", true},
+		// Path traversal through a template (file names come from it).
+		{"path in template", func(c *transfer.Config) { c.Tables = []string{"../mysql/user_{id}"} }, "tables[0]", true},
+		// A template whose longest expansion (19-digit id) exceeds 64 chars.
+		{"template too long", func(c *transfer.Config) { c.Tables = []string{strings.Repeat("a", 46) + "{id}"} }, "tables[0]", true},
+		// Longest template that still fits every id.
+		{"template at the limit", func(c *transfer.Config) { c.Tables = []string{strings.Repeat("a", 45) + "{id}"} }, "", false},
+		// "{id}" alone expands to a number, not a name.
+		{"template all digits", func(c *transfer.Config) { c.Tables = []string{"{id}"} }, "tables[0]", true},
+		// Staging prefixes are reserved (CleanupPrimary drops them).
+		{"reserved prefix", func(c *transfer.Config) { c.Tables = []string{"NQTMP_{id}"} }, "tables[0]", false},
+		// Same table twice (case-insensitively).
+		{"duplicate template", func(c *transfer.Config) { c.Tables = []string{"D_{id}", "d_{id}"} }, "tables[1]", false},
+		{"no tables", func(c *transfer.Config) { c.Tables = nil }, "tables", false},
+		// SQL injection through the schema.
+		{"injection in schema", func(c *transfer.Config) { c.Schema = "scores`; DROP DATABASE mysql; --" }, "schema", true},
+		{"empty schema", func(c *transfer.Config) { c.Schema = "" }, "schema", true},
+		// No silent trust of the primary's host key.
+		{"missing known_hosts", func(c *transfer.Config) { c.SSH.KnownHosts = "" }, "ssh.known_hosts", false},
+		{"missing key file", func(c *transfer.Config) { c.SSH.KeyFile = "" }, "ssh.key_file", false},
+		{"missing host", func(c *transfer.Config) { c.SSH.Host = "" }, "ssh.host", false},
+		{"missing user", func(c *transfer.Config) { c.SSH.User = "" }, "ssh.user", false},
+		{"bad port", func(c *transfer.Config) { c.SSH.Port = 70000 }, "ssh.port", false},
+		{"relative datadir", func(c *transfer.Config) { c.PrimaryDatadir = "var/lib/mysql" }, "primary_datadir", false},
+		{"missing datadir", func(c *transfer.Config) { c.PrimaryDatadir = "" }, "primary_datadir", false},
+		{"negative keep", func(c *transfer.Config) { c.BackupKeep = -1 }, "backup_keep", false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := validConfig()
+			tc.tweak(&c)
+			err := c.WithDefaults().Validate()
+			if tc.field == "" {
+				if err != nil {
+					t.Fatalf("Validate: %v, want nil", err)
+				}
+				return
+			}
+			var ce *transfer.ConfigError
+			if !errors.As(err, &ce) || !errors.Is(err, transfer.ErrConfig) {
+				t.Fatalf("Validate: %v, want *ConfigError wrapping ErrConfig", err)
+			}
+			if ce.Field != tc.field {
+				t.Fatalf("Field = %q, want %q (%v)", ce.Field, tc.field, err)
+			}
+			if tc.invalid && !errors.Is(err, ident.ErrInvalid) {
+				t.Fatalf("Validate: %v, want it to wrap ident.ErrInvalid", err)
+			}
+		})
+	}
+}
+
+func TestConfigDefaults(t *testing.T) {
+	t.Parallel()
+	c := validConfig()
+	c.BackupDir = "/b"
+	c.PrimaryDatadir = "/var/lib/mysql/"
+	c = c.WithDefaults()
+	if c.SSH.Port != 22 || c.SSH.DialTimeout != transfer.DefaultDialTimeout || c.BackupKeep != 3 || c.PrimaryDatadir != "/var/lib/mysql" {
+		t.Fatalf("WithDefaults = %+v", c)
+	}
+	if got := c.SSH.Addr(); got != "db1.example:22" {
+		t.Fatalf("Addr = %q", got)
+	}
+	if _, err := transfer.NewShipper(transfer.Config{}, nil); !errors.Is(err, transfer.ErrConfig) {
+		t.Fatalf("NewShipper(empty) = %v, want ErrConfig", err)
+	}
+}
+
+func TestTableNames(t *testing.T) {
+	t.Parallel()
+	got := validConfig().TableNames(42)
+	if strings.Join(got, ",") != "Dynamics_42,Post_42" {
+		t.Fatalf("TableNames(42) = %v", got)
+	}
+}
+
+func TestStagingName(t *testing.T) {
+	t.Parallel()
+	// Short names stay readable.
+	if got := transfer.StagingName("nqtmp_", 12, "Dynamics_7"); got != "nqtmp_12_Dynamics_7" {
+		t.Fatalf("short: %q", got)
+	}
+	// Long ones are hashed to a valid identifier, distinct per table.
+	long1 := strings.Repeat("a", 45) + "9223372036854775807"
+	long2 := strings.Repeat("b", 45) + "9223372036854775807"
+	n1 := transfer.StagingName("nqtmp_", 18446744073709551615, long1)
+	n2 := transfer.StagingName("nqtmp_", 18446744073709551615, long2)
+	for _, n := range []string{n1, n2} {
+		if err := ident.Validate(n); err != nil || !strings.HasPrefix(n, "nqtmp_18446744073709551615_") {
+			t.Fatalf("long: %q: %v", n, err)
+		}
+	}
+	if n1 == n2 {
+		t.Fatalf("two tables share staging name %q", n1)
+	}
+}

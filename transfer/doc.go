@@ -1,0 +1,38 @@
+// Package transfer ships a topic's result tables from the replica a worker
+// runs on to the primary, and publishes them there atomically (protocol 4
+// of DESIGN.md).
+//
+// The procedure writes MyISAM tables (such as Dynamics_<id>) on the local
+// replica. A MyISAM table is its three files (.frm, .MYD, .MYI), and the
+// .frm does not record the table's name, so files copied under another name
+// form a table of that name. Ship uses this:
+//
+//   - on the replica, in a pinned session with sql_log_bin=0, FLUSH TABLES
+//     … FOR EXPORT closes the tables, makes their files consistent and holds
+//     a read lock (MariaDB 10.11 accepts it for MyISAM: checked on the
+//     sandbox); CHECKSUM TABLE … EXTENDED runs in that session while the
+//     files stream;
+//   - the files stream from the local disk over one shared SFTP session
+//     into the primary's datadir as nqtmp_<claim token>_<table>, data files
+//     first and the .frm last, so a copy cut short never forms a table;
+//     sizes are checked, then the replica is unlocked;
+//   - on the primary, in a pinned session with sql_log_bin=0 (nothing of a
+//     publish may replicate back to the replicas, whose tables are their
+//     own), the server finds the staging tables from their files and
+//     CHECKSUM TABLE must match the replica's;
+//   - under GET_LOCK(LockName), the lock the reaper also takes, the Fence
+//     callback re-checks the claim, then one RENAME TABLE moves each live
+//     table aside and each staging table in, the old tables are dropped,
+//     and the Commit callback marks the topic finished before the lock is
+//     released.
+//
+// RENAME TABLE of several pairs is one atomic step under the server's
+// metadata locks: a reader of a live table sees the old or the new table,
+// never neither and never a mix. Any failure before the swap removes the
+// staging tables and files, so a half-copied table never goes live; what a
+// crash leaves behind carries a reserved prefix (nqtmp_, nqold_) and is
+// removed by CleanupPrimary.
+//
+// The SSH host key is always verified against a known_hosts file; there is
+// no option to skip it.
+package transfer

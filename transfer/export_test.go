@@ -1,0 +1,18 @@
+package transfer
+
+// StagingName exposes stagingName to the external tests.
+var StagingName = stagingName
+
+// BreakConnection closes the SSH connection under the Shipper without
+// telling it, as a network failure would.
+func (s *Shipper) BreakConnection() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cur != nil {
+		s.cur.ssh.Close()
+	}
+}
+
+// SetStreamHook sets a function run before each streaming attempt of Ship
+// (0, then 1 for the retry after a lost connection).
+func (s *Shipper) SetStreamHook(f func(attempt int)) { s.testHookStream = f }

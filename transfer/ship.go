@@ -1,0 +1,758 @@
+package transfer
+
+import (
+	"cmp"
+	"context"
+	"crypto/sha256"
+	"database/sql"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/pkg/sftp"
+
+	"github.com/nonqueue/nonqueue/internal/ident"
+)
+
+// swapTimeout bounds the critical section after a successful fence (swap,
+// Commit). It runs detached from the caller's
+// context: once the claim is confirmed under the lock, a cancellation must
+// not leave it unknown whether the tables went live.
+const swapTimeout = 30 * time.Second
+
+// fileParallelism is how many files are streamed at once over the shared
+// SFTP session. Each stream keeps up to 64 writes of 32 KiB in flight, so
+// memory stays around 8 MiB whatever the table size.
+const fileParallelism = 4
+
+// fileMode of shipped files: the server's user or group must read and
+// write them, nobody else needs to.
+const fileMode = 0o660
+
+// myisamExts are a MyISAM table's files; the .frm goes last, so an
+// interrupted copy never leaves a .frm next to incomplete data.
+var myisamExts = []string{".MYD", ".MYI", ".frm"}
+
+// ShipParams describe one run's shipment. The databases are the caller's
+// pools; Ship pins one connection of each for its session state and gives
+// it back as it found it (sql_log_bin restored, locks released), or closes
+// it when it cannot. Fence and Commit run on the caller's connections while
+// Ship holds its own, so a primary pool they share needs two connections.
+type ShipParams struct {
+	// TopicID is the topic whose result tables (Config.TableNames) ship.
+	TopicID int64
+	// Token is the claim token. It goes into the staging names, so runs of
+	// different claims never touch each other's files.
+	Token uint64
+	// Replica is the local replica (the worker runs on the replica host, so
+	// the table files are read from the local disk).
+	Replica *sql.DB
+	// ReplicaDatadir is the replica's @@datadir on the local disk; empty
+	// reads it from the server (one more round trip per Ship).
+	ReplicaDatadir string
+	// Primary receives the tables; every statement Ship runs there has
+	// binary logging off.
+	Primary *sql.DB
+	// LockName is the per-topic GET_LOCK name, shared with the reaper (which
+	// skips a topic whose lock it cannot get). At most 64 characters.
+	LockName string
+	// LockTimeout is how long to wait for the lock; default 10s.
+	LockTimeout time.Duration
+	// Fence is called under the lock right before the swap and must return
+	// an error if the claim is no longer ours; then nothing is published,
+	// the staging tables are removed, and Ship's error wraps ErrFenced and
+	// Fence's error. Required.
+	Fence func(ctx context.Context) error
+	// Commit, if set, is called under the lock right after the swap (the
+	// worker marks the topic finished here). Its context is detached from
+	// Ship's and bounded by 30s: the tables are live already.
+	Commit func(ctx context.Context) error
+}
+
+// Shipment describes a completed Ship.
+type Shipment struct {
+	// Tables are the live names published, in template order.
+	Tables []string
+	// Bytes is the size of all files shipped.
+	Bytes int64
+	// TransferTime runs from FLUSH TABLES … FOR EXPORT on the replica to
+	// UNLOCK TABLES: export, stream, replica checksum, local backup.
+	TransferTime time.Duration
+	// PublishTime runs from the primary's CHECKSUM TABLE to the lock's
+	// release: verify, lock, fence, swap, Commit.
+	PublishTime time.Duration
+	// Backup is the local backup directory, "" if none was kept.
+	Backup string
+}
+
+// stagedTable is one result table on its way.
+type stagedTable struct {
+	live, tmp, old string
+	files          []*stagedFile
+	sum            string // CHECKSUM TABLE on the replica
+}
+
+type stagedFile struct {
+	local, remote string
+	size          int64
+	frm           bool
+}
+
+// stagingName is prefix + token + "_" + table, or, when that exceeds the 64
+// characters of an identifier, prefix + token + "_" + 16 hex digits of the
+// table name's SHA-256.
+func stagingName(prefix string, token uint64, table string) string {
+	head := prefix + strconv.FormatUint(token, 10) + "_"
+	if len(head)+len(table) <= 64 {
+		return head + table
+	}
+	sum := sha256.Sum256([]byte(table))
+	return head + hex.EncodeToString(sum[:8])
+}
+
+// SQL of a shipment. %s are lists of identifiers quoted by ident; values go
+// in as arguments.
+const (
+	replicaTablesSQL  = "SELECT /* nonqueue */ TABLE_NAME, TABLE_TYPE, ENGINE, CREATE_OPTIONS FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME IN (%s)"
+	datadirSQL        = "SELECT /* nonqueue */ @@datadir"
+	flushExportSQL    = "FLUSH /* nonqueue */ TABLES %s FOR EXPORT"
+	unlockSQL         = "UNLOCK /* nonqueue */ TABLES"
+	checksumSQL       = "CHECKSUM /* nonqueue */ TABLE %s EXTENDED"
+	dropSQL           = "DROP /* nonqueue */ TABLE IF EXISTS %s"
+	getLockSQL        = "SELECT /* nonqueue */ GET_LOCK(?, ?)"
+	releaseLockSQL    = "SELECT /* nonqueue */ RELEASE_LOCK(?)"
+	existingTablesSQL = "SELECT /* nonqueue */ TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME IN (%s)"
+	renameSQL         = "RENAME /* nonqueue */ TABLE %s"
+)
+
+// Ship exports the topic's result tables from the local replica, streams
+// their files into the primary's datadir under staging names, verifies
+// them, and publishes them atomically under the topic's lock:
+//
+//  1. replica, binary logging off: each table must exist and be MyISAM;
+//     FLUSH TABLES … FOR EXPORT makes the files consistent and holds a read
+//     lock while CHECKSUM TABLE … EXTENDED runs and the files stream;
+//  2. files go to nqtmp_<token>_<table> over SFTP, sizes are checked, the
+//     replica is unlocked;
+//  3. primary, binary logging off: CHECKSUM TABLE of the staging tables
+//     must equal the replica's (ErrChecksumMismatch);
+//  4. GET_LOCK(LockName), Fence (ErrFenced), one RENAME TABLE moving every
+//     live table aside and every staging table in, Commit (ErrCommit),
+//     RELEASE_LOCK, then DROP of the swapped-out tables.
+//
+// Readers of a live table see the old or the new version, never an error
+// or a mix. On any failure before the swap nothing is published and the
+// staging tables and files are removed (on a detached context); the error
+// says which step failed. After the swap, Ship returns its Shipment even
+// with an error (ErrCommit, or a failed drop of an old table, which is only
+// logged and left for CleanupPrimary). A transfer that fails because the
+// SSH connection dropped is retried once on a new connection.
+func (s *Shipper) Ship(ctx context.Context, p *ShipParams) (*Shipment, error) {
+	if err := s.checkParams(p); err != nil {
+		return nil, err
+	}
+	log := s.logger.With("topic_id", p.TopicID, "claim_token", p.Token)
+	names := s.cfg.TableNames(p.TopicID)
+	tables := make([]*stagedTable, len(names))
+	for i, n := range names {
+		tables[i] = &stagedTable{live: n, tmp: stagingName(tmpPrefix, p.Token, n), old: stagingName(oldPrefix, p.Token, n)}
+	}
+	// Dial before locking anything on the replica.
+	if _, err := s.link(ctx); err != nil {
+		return nil, fmt.Errorf("ship topic %d: %w", p.TopicID, err)
+	}
+	prim, err := openSession(ctx, p.Primary, "primary")
+	if err != nil {
+		return nil, fmt.Errorf("ship topic %d: %w", p.TopicID, err)
+	}
+	defer prim.close(ctx)
+
+	// Staging names carry our claim token: a table under them is an
+	// earlier attempt of this very claim, safe to remove. Dropping it makes
+	// the server forget any handle it keeps open on the files we are about
+	// to overwrite. (Files without a .frm cannot be open; they are simply
+	// overwritten.) Looking first is cheaper than a DROP, which costs a
+	// synced DDL log write even when nothing exists.
+	var staging []string
+	for _, t := range tables {
+		staging = append(staging, t.tmp, t.old)
+	}
+	leftover, err := s.existingTables(ctx, prim.conn, staging)
+	if err != nil {
+		return nil, fmt.Errorf("ship topic %d: %w", p.TopicID, err)
+	}
+	if len(leftover) > 0 {
+		if _, err := prim.conn.ExecContext(ctx, fmt.Sprintf(dropSQL, s.qualifiedList(leftover))); err != nil {
+			return nil, fmt.Errorf("ship topic %d: drop leftover staging tables on the primary: %w", p.TopicID, err)
+		}
+	}
+
+	published := false
+	backup := ""
+	defer func() {
+		if !published {
+			s.removeStaging(ctx, prim, p.Primary, tables, log)
+			if backup != "" {
+				os.RemoveAll(backup)
+			}
+		}
+	}()
+
+	ship := &Shipment{Tables: names}
+	t0 := time.Now()
+	if backup, err = s.export(ctx, p, tables, ship, log); err != nil {
+		return nil, fmt.Errorf("ship topic %d: %w", p.TopicID, err)
+	}
+	ship.TransferTime = time.Since(t0)
+
+	t0 = time.Now()
+	var old []string
+	published, old, err = s.publish(ctx, prim, p, tables, log)
+	ship.PublishTime = time.Since(t0)
+	if !published {
+		return nil, fmt.Errorf("publish topic %d: %w", p.TopicID, err)
+	}
+	if len(old) > 0 {
+		// After the lock's release: the swapped-out tables carry our token,
+		// nothing else reaches them, and the DROP (a synced DDL) need not
+		// delay the reaper or the next publish.
+		dctx, cancel := cleanupContext(ctx)
+		if _, derr := prim.conn.ExecContext(dctx, fmt.Sprintf(dropSQL, s.qualifiedList(old))); derr != nil {
+			log.WarnContext(dctx, "drop swapped-out tables on the primary; CleanupPrimary will", "tables", old, "err", derr)
+		}
+		cancel()
+	}
+	if backup != "" {
+		var berr error
+		if ship.Backup, berr = s.keepBackup(p.TopicID, backup); berr != nil {
+			log.WarnContext(ctx, "keep local backup", "err", berr)
+		}
+	}
+	log.DebugContext(ctx, "published result tables", "tables", names, "bytes", ship.Bytes,
+		"transfer", ship.TransferTime, "publish", ship.PublishTime)
+	if err != nil {
+		return ship, fmt.Errorf("publish topic %d: %w", p.TopicID, err)
+	}
+	return ship, nil
+}
+
+func (s *Shipper) checkParams(p *ShipParams) error {
+	switch {
+	case p == nil:
+		return fmt.Errorf("%w: nil", ErrParams)
+	case p.TopicID <= 0:
+		return fmt.Errorf("%w: topic id %d is not positive", ErrParams, p.TopicID)
+	case p.Replica == nil || p.Primary == nil:
+		return fmt.Errorf("%w: Replica and Primary are required", ErrParams)
+	case p.ReplicaDatadir != "" && !filepath.IsAbs(p.ReplicaDatadir):
+		return fmt.Errorf("%w: replica datadir %q is not absolute", ErrParams, p.ReplicaDatadir)
+	case p.LockName == "" || len(p.LockName) > 64:
+		return fmt.Errorf("%w: lock name %q must be 1 to 64 characters", ErrParams, p.LockName)
+	case p.LockTimeout < 0:
+		return fmt.Errorf("%w: lock timeout %v is negative", ErrParams, p.LockTimeout)
+	case p.Fence == nil:
+		return fmt.Errorf("%w: Fence is required: an unfenced publish could overwrite a newer result", ErrParams)
+	}
+	return nil
+}
+
+// export runs steps 1 and 2 on the replica: check, lock, checksum, stream,
+// back up, unlock. It returns the partial backup directory, if any.
+func (s *Shipper) export(ctx context.Context, p *ShipParams, tables []*stagedTable, ship *Shipment, log *slog.Logger) (backup string, err error) {
+	rep, err := openSession(ctx, p.Replica, "replica")
+	if err != nil {
+		return "", err
+	}
+	defer rep.close(ctx)
+	datadir := p.ReplicaDatadir
+	if datadir == "" {
+		if err := rep.conn.QueryRowContext(ctx, datadirSQL).Scan(&datadir); err != nil {
+			return "", fmt.Errorf("read the replica's datadir: %w", err)
+		}
+	}
+	if err := s.checkReplicaTables(ctx, rep.conn, tables); err != nil {
+		return "", err
+	}
+
+	live := make([]string, len(tables))
+	for i, t := range tables {
+		live[i] = t.live
+	}
+	if _, err := rep.conn.ExecContext(ctx, fmt.Sprintf(flushExportSQL, s.qualifiedList(live))); err != nil {
+		return "", fmt.Errorf("flush result tables for export on the replica: %w", err)
+	}
+	locked := true
+	defer func() {
+		if !locked {
+			return
+		}
+		cctx, cancel := cleanupContext(ctx)
+		defer cancel()
+		if _, uerr := rep.conn.ExecContext(cctx, unlockSQL); uerr != nil {
+			rep.bad = true // closing the session releases the lock
+		}
+	}()
+
+	// The files are consistent and stay so while the lock is held.
+	var files []*stagedFile
+	remoteDir := path.Join(s.cfg.PrimaryDatadir, s.cfg.Schema)
+	for _, t := range tables {
+		for _, ext := range myisamExts {
+			f := &stagedFile{
+				local:  filepath.Join(datadir, s.cfg.Schema, t.live+ext),
+				remote: path.Join(remoteDir, t.tmp+ext),
+				frm:    ext == ".frm",
+			}
+			st, err := os.Stat(f.local)
+			if err != nil {
+				return "", fmt.Errorf("stat table file on the replica host (is ReplicaDatadir %q this replica's?): %w", datadir, err)
+			}
+			f.size = st.Size()
+			ship.Bytes += f.size
+			t.files = append(t.files, f)
+			files = append(files, f)
+		}
+	}
+
+	// The replica's checksum runs in the locked session while the files
+	// stream: both only read.
+	sumCtx, cancelSum := context.WithCancel(ctx)
+	defer cancelSum()
+	type sumResult struct {
+		sums map[string]string
+		err  error
+	}
+	sumDone := make(chan sumResult, 1)
+	go func() {
+		sums, err := checksums(sumCtx, rep.conn, s.cfg.Schema, live)
+		sumDone <- sumResult{sums, err}
+	}()
+	streamErr := s.stream(ctx, files, log)
+	if streamErr != nil {
+		cancelSum()
+	}
+	res := <-sumDone
+	if streamErr != nil {
+		if res.err != nil {
+			rep.bad = true // cancelled mid-query
+		}
+		return "", streamErr
+	}
+	if res.err != nil {
+		return "", fmt.Errorf("checksum result tables on the replica: %w", res.err)
+	}
+	for _, t := range tables {
+		sum, ok := res.sums[t.live]
+		if !ok {
+			return "", fmt.Errorf("checksum of %s on the replica: %w", t.live, ErrTableMissing)
+		}
+		t.sum = sum
+	}
+
+	if s.cfg.BackupDir != "" {
+		if backup, err = s.backupFiles(ctx, p.TopicID, p.Token, tables); err != nil {
+			// A backup is a convenience; the publish does not depend on it.
+			log.WarnContext(ctx, "local backup failed; shipping without it", "err", err)
+			backup = ""
+		}
+	}
+
+	locked = false
+	if _, err := rep.conn.ExecContext(ctx, unlockSQL); err != nil {
+		rep.bad = true
+		return backup, fmt.Errorf("unlock result tables on the replica: %w", err)
+	}
+	return backup, nil
+}
+
+// checkReplicaTables fails unless every table exists on the replica as a
+// plain MyISAM base table.
+func (s *Shipper) checkReplicaTables(ctx context.Context, conn *sql.Conn, tables []*stagedTable) error {
+	args := []any{s.cfg.Schema}
+	for _, t := range tables {
+		args = append(args, t.live)
+	}
+	q := fmt.Sprintf(replicaTablesSQL, placeholders(len(tables)))
+	rows, err := conn.QueryContext(ctx, q, args...)
+	if err != nil {
+		return fmt.Errorf("look up result tables on the replica: %w", err)
+	}
+	defer rows.Close()
+	type info struct{ typ, engine, options sql.NullString }
+	found := map[string]info{}
+	for rows.Next() {
+		var name string
+		var i info
+		if err := rows.Scan(&name, &i.typ, &i.engine, &i.options); err != nil {
+			return fmt.Errorf("look up result tables on the replica: %w", err)
+		}
+		found[name] = i
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("look up result tables on the replica: %w", err)
+	}
+	for _, t := range tables {
+		i, ok := found[t.live]
+		switch {
+		case !ok:
+			return fmt.Errorf("%w: %s.%s does not exist (did the procedure create it?)", ErrTableMissing, s.cfg.Schema, t.live)
+		case i.typ.String != "BASE TABLE":
+			return fmt.Errorf("%w: %s.%s is a %s", ErrNotMyISAM, s.cfg.Schema, t.live, strings.ToLower(i.typ.String))
+		case !strings.EqualFold(i.engine.String, "MyISAM"):
+			return fmt.Errorf("%w: %s.%s uses ENGINE=%s; result tables must be ENGINE=MyISAM so their files can be shipped", ErrNotMyISAM, s.cfg.Schema, t.live, i.engine.String)
+		case strings.Contains(strings.ToLower(i.options.String), "partitioned"):
+			return fmt.Errorf("%w: %s.%s is partitioned; result tables must not be", ErrNotMyISAM, s.cfg.Schema, t.live)
+		}
+	}
+	return nil
+}
+
+// checksums runs CHECKSUM TABLE … EXTENDED (always reading the rows, never
+// a stored live checksum, which would only compare a header that was
+// copied byte for byte) and maps table name to checksum. A table the server
+// cannot open has no entry.
+func checksums(ctx context.Context, conn *sql.Conn, schema string, names []string) (map[string]string, error) {
+	q := make([]string, len(names))
+	for i, n := range names {
+		q[i] = ident.Qualified(schema, n)
+	}
+	rows, err := conn.QueryContext(ctx, fmt.Sprintf(checksumSQL, strings.Join(q, ", ")))
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[string]string{}
+	for rows.Next() {
+		var table string
+		var sum sql.NullString
+		if err := rows.Scan(&table, &sum); err != nil {
+			return nil, err
+		}
+		if !sum.Valid {
+			continue
+		}
+		out[table[strings.IndexByte(table, '.')+1:]] = sum.String
+	}
+	return out, rows.Err()
+}
+
+// stream copies the files, data files first and .frm files last, and
+// retries once on a new connection when the connection dropped.
+func (s *Shipper) stream(ctx context.Context, files []*stagedFile, log *slog.Logger) error {
+	l, err := s.link(ctx)
+	if err != nil {
+		return err
+	}
+	if s.testHookStream != nil {
+		s.testHookStream(0)
+	}
+	err = putAll(ctx, l.sftp, files)
+	if err != nil && ctx.Err() == nil && connLost(l, err) {
+		log.WarnContext(ctx, "ssh connection lost during the transfer; dialling again and retrying once", "err", err)
+		l2, derr := s.redial(ctx, l)
+		if derr != nil {
+			return fmt.Errorf("%w (dialling again failed: %w)", err, derr)
+		}
+		if s.testHookStream != nil {
+			s.testHookStream(1)
+		}
+		err = putAll(ctx, l2.sftp, files)
+	}
+	return err
+}
+
+func putAll(ctx context.Context, c *sftp.Client, files []*stagedFile) error {
+	var data, frm []*stagedFile
+	for _, f := range files {
+		if f.frm {
+			frm = append(frm, f)
+		} else {
+			data = append(data, f)
+		}
+	}
+	if err := putParallel(ctx, c, data); err != nil {
+		return err
+	}
+	return putParallel(ctx, c, frm)
+}
+
+// putParallel copies files, fileParallelism at a time; the first failure
+// stops the others.
+func putParallel(ctx context.Context, c *sftp.Client, files []*stagedFile) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	sem := make(chan struct{}, fileParallelism)
+	errs := make([]error, len(files))
+	var wg sync.WaitGroup
+	for i, f := range files {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if err := putFile(ctx, c, f); err != nil {
+				errs[i] = err
+				cancel()
+			}
+		}()
+	}
+	wg.Wait()
+	// Report the cause, not the cancellations it triggered.
+	var first error
+	for _, err := range errs {
+		if err != nil && !errors.Is(err, context.Canceled) {
+			return err
+		}
+		if first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// putFile streams one local file to its remote path (never buffering it
+// whole), checks Close, and checks the remote size. Requests that do not
+// depend on each other run concurrently (chmod with the writes, stat with
+// the close): on a small table the round trips are the cost.
+func putFile(ctx context.Context, c *sftp.Client, f *stagedFile) error {
+	src, err := os.Open(f.local)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", f.local, err)
+	}
+	defer src.Close()
+	dst, err := c.OpenFile(f.remote, os.O_WRONLY|os.O_CREATE|os.O_TRUNC)
+	if err != nil {
+		return fmt.Errorf("create %s over sftp: %w", f.remote, err)
+	}
+	chmod := make(chan error, 1)
+	go func() { chmod <- c.Chmod(f.remote, fileMode) }()
+	n, err := dst.ReadFrom(&ctxReader{err: ctx.Err, r: src, size: f.size})
+	type statResult struct {
+		size int64
+		err  error
+	}
+	stat := make(chan statResult, 1)
+	if err == nil {
+		// Every write was acknowledged, so the size is final already.
+		go func() {
+			st, err := c.Stat(f.remote)
+			if err != nil {
+				stat <- statResult{err: err}
+				return
+			}
+			stat <- statResult{size: st.Size()}
+		}()
+	}
+	if cerr := dst.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("close: %w", cerr)
+	}
+	if cerr := <-chmod; err == nil && cerr != nil {
+		err = fmt.Errorf("chmod %o: %w", fileMode, cerr)
+	}
+	if err != nil {
+		return fmt.Errorf("copy %s to %s over sftp: %w", f.local, f.remote, err)
+	}
+	if n != f.size {
+		return fmt.Errorf("copy %s: read %d bytes, expected %d", f.local, n, f.size)
+	}
+	st := <-stat
+	if st.err != nil {
+		return fmt.Errorf("stat %s over sftp: %w", f.remote, st.err)
+	}
+	if st.size != f.size {
+		return fmt.Errorf("%s has %d bytes on the primary, %s has %d", f.remote, st.size, f.local, f.size)
+	}
+	return nil
+}
+
+// ctxReader stops a copy when its context ends. Size lets sftp's ReadFrom
+// pipeline the writes.
+type ctxReader struct {
+	err  func() error
+	r    io.Reader
+	size int64
+}
+
+func (c *ctxReader) Read(p []byte) (int, error) {
+	if err := c.err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
+
+func (c *ctxReader) Size() int64 { return c.size }
+
+// publish runs steps 3 and 4 on the primary. It reports whether the swap
+// happened, and the swapped-out tables the caller drops once the lock is
+// released; after the swap, err can only be a Commit failure.
+func (s *Shipper) publish(ctx context.Context, prim *session, p *ShipParams, tables []*stagedTable, log *slog.Logger) (published bool, old []string, err error) {
+	tmp := make([]string, len(tables))
+	for i, t := range tables {
+		tmp[i] = t.tmp
+	}
+	sums, err := checksums(ctx, prim.conn, s.cfg.Schema, tmp)
+	if err != nil {
+		return false, nil, fmt.Errorf("checksum shipped tables on the primary: %w", err)
+	}
+	for _, t := range tables {
+		got, ok := sums[t.tmp]
+		if !ok {
+			return false, nil, fmt.Errorf("%w: %s (shipped as %s) cannot be opened on the primary", ErrChecksumMismatch, t.live, t.tmp)
+		}
+		if got != t.sum {
+			return false, nil, fmt.Errorf("%w: %s: replica %s, primary %s (shipped as %s)", ErrChecksumMismatch, t.live, t.sum, got, t.tmp)
+		}
+	}
+
+	timeout := cmp.Or(p.LockTimeout, DefaultLockTimeout)
+	var got sql.NullInt64
+	if err := prim.conn.QueryRowContext(ctx, getLockSQL, p.LockName, timeout.Seconds()).Scan(&got); err != nil {
+		prim.bad = true // the lock may have been granted; closing the session frees it
+		return false, nil, fmt.Errorf("take publish lock %q on the primary: %w", p.LockName, err)
+	}
+	if !got.Valid || got.Int64 != 1 {
+		return false, nil, fmt.Errorf("%w: %q is held by another session (the reaper or another publisher) after %v", ErrLockTimeout, p.LockName, timeout)
+	}
+	defer func() {
+		cctx, cancel := cleanupContext(ctx)
+		defer cancel()
+		var rel sql.NullInt64
+		if rerr := prim.conn.QueryRowContext(cctx, releaseLockSQL, p.LockName).Scan(&rel); rerr != nil || rel.Int64 != 1 {
+			prim.bad = true
+			log.WarnContext(cctx, "release publish lock; dropping the session instead", "lock", p.LockName, "err", rerr)
+		}
+	}()
+
+	if err := p.Fence(ctx); err != nil {
+		return false, nil, fmt.Errorf("%w: topic %d, claim token %d: %w", ErrFenced, p.TopicID, p.Token, err)
+	}
+
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), swapTimeout)
+	defer cancel()
+	live := make([]string, len(tables))
+	for i, t := range tables {
+		live[i] = t.live
+	}
+	existing, err := s.existingTables(sctx, prim.conn, live)
+	if err != nil {
+		return false, nil, err
+	}
+	var pairs []string
+	for _, t := range tables {
+		if slices.Contains(existing, t.live) {
+			pairs = append(pairs, s.qualified(t.live)+" TO "+s.qualified(t.old))
+			old = append(old, t.old)
+		}
+		pairs = append(pairs, s.qualified(t.tmp)+" TO "+s.qualified(t.live))
+	}
+	if _, err := prim.conn.ExecContext(sctx, fmt.Sprintf(renameSQL, strings.Join(pairs, ", "))); err != nil {
+		return false, nil, fmt.Errorf("swap result tables in on the primary: %w", err)
+	}
+	if p.Commit != nil {
+		if err := p.Commit(sctx); err != nil {
+			return true, old, fmt.Errorf("%w: %w", ErrCommit, err)
+		}
+	}
+	return true, old, nil
+}
+
+// existingTables returns which of names exist in the result schema on the
+// server of conn, in the order of names (exact case).
+func (s *Shipper) existingTables(ctx context.Context, conn *sql.Conn, names []string) ([]string, error) {
+	args := []any{s.cfg.Schema}
+	for _, n := range names {
+		args = append(args, n)
+	}
+	rows, err := conn.QueryContext(ctx, fmt.Sprintf(existingTablesSQL, placeholders(len(names))), args...)
+	if err != nil {
+		return nil, fmt.Errorf("look up tables on the primary: %w", err)
+	}
+	defer rows.Close()
+	found := map[string]bool{}
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			return nil, fmt.Errorf("look up tables on the primary: %w", err)
+		}
+		found[n] = true
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("look up tables on the primary: %w", err)
+	}
+	var out []string
+	for _, n := range names {
+		if found[n] {
+			out = append(out, n)
+		}
+	}
+	return out, nil
+}
+
+// removeStaging drops the staging tables on the primary and removes any
+// file left under their names, on a detached context. It uses the pinned
+// session while that still works (a pool of one connection must not wait
+// for itself) and a new one otherwise. Failures are logged: CleanupPrimary
+// catches what is left.
+func (s *Shipper) removeStaging(ctx context.Context, prim *session, primary *sql.DB, tables []*stagedTable, log *slog.Logger) {
+	cctx, cancel := cleanupContext(ctx)
+	defer cancel()
+	tmp := make([]string, len(tables))
+	for i, t := range tables {
+		tmp[i] = t.tmp
+	}
+	drop := fmt.Sprintf(dropSQL, s.qualifiedList(tmp))
+	var err error
+	if !prim.bad {
+		if _, err = prim.conn.ExecContext(cctx, drop); err != nil {
+			prim.bad = true
+		}
+	}
+	if prim.bad {
+		var sess *session
+		if sess, err = openSession(cctx, primary, "primary"); err == nil {
+			_, err = sess.conn.ExecContext(cctx, drop)
+			sess.close(cctx)
+		}
+	}
+	if err != nil {
+		log.WarnContext(cctx, "drop staging tables on the primary", "tables", tmp, "err", err)
+	}
+	l, err := s.link(cctx)
+	if err != nil {
+		log.WarnContext(cctx, "remove staging files", "err", err)
+		return
+	}
+	dir := path.Join(s.cfg.PrimaryDatadir, s.cfg.Schema)
+	for _, n := range tmp {
+		for _, ext := range myisamExts {
+			f := path.Join(dir, n+ext)
+			if err := l.sftp.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+				log.WarnContext(cctx, "remove staging file over sftp", "file", f, "err", err)
+			}
+		}
+	}
+}
+
+func (s *Shipper) qualified(name string) string { return ident.Qualified(s.cfg.Schema, name) }
+
+func (s *Shipper) qualifiedList(names []string) string {
+	q := make([]string, len(names))
+	for i, n := range names {
+		q[i] = s.qualified(n)
+	}
+	return strings.Join(q, ", ")
+}
+
+func placeholders(n int) string {
+	return strings.TrimSuffix(strings.Repeat("?, ", n), ", ")
+}

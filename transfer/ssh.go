@@ -1,0 +1,364 @@
+package transfer
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/pkg/sftp"
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/knownhosts"
+)
+
+// Shipper ships result tables from the local replica to the primary and
+// publishes them there. It holds ONE SSH connection with ONE SFTP session,
+// shared by every instance of the process: it is safe for concurrent use.
+// The connection is dialled by Connect or lazily by the first call that
+// needs it; when it breaks, the next call dials again, and a transfer that
+// fails because the connection dropped is retried once on a new one.
+type Shipper struct {
+	cfg    Config
+	logger *slog.Logger
+
+	mu     sync.Mutex
+	cur    *link // nil until dialled, or after a broken link was closed
+	closed bool
+
+	// testHookStream, set only by tests, runs before each streaming attempt
+	// (0, then 1 for the retry).
+	testHookStream func(attempt int)
+}
+
+// link is one SSH connection and its SFTP session.
+type link struct {
+	ssh  *ssh.Client
+	sftp *sftp.Client
+	dead chan struct{} // closed when the SFTP session ends, for any reason
+}
+
+func (l *link) broken() bool {
+	select {
+	case <-l.dead:
+		return true
+	default:
+		return false
+	}
+}
+
+func (l *link) close() error {
+	err := l.sftp.Close()
+	if cerr := l.ssh.Close(); err == nil && !errors.Is(cerr, net.ErrClosed) {
+		err = cerr
+	}
+	return err
+}
+
+// NewShipper validates cfg (after WithDefaults) and returns a Shipper that
+// has not dialled yet. A nil logger discards logs.
+func NewShipper(cfg Config, logger *slog.Logger) (*Shipper, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &Shipper{cfg: cfg, logger: logger.With("component", "transfer")}, nil
+}
+
+// Config returns the configuration in effect (defaults applied).
+func (s *Shipper) Config() Config { return s.cfg }
+
+// Connect dials the primary's sshd now (instead of at the first Ship), so a
+// wrong key, address or host key is reported at start-up. The host key is
+// checked against Config.SSH.KnownHosts; an unknown or different key fails
+// with an error wrapping ErrHostKey that says which host, which file and
+// what to do. Connecting when already connected is a no-op.
+func (s *Shipper) Connect(ctx context.Context) error {
+	_, err := s.link(ctx)
+	return err
+}
+
+// Close closes the connection. Calls after Close fail with ErrClosed; a
+// transfer in flight fails. Close is idempotent.
+func (s *Shipper) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	if s.cur == nil {
+		return nil
+	}
+	err := s.cur.close()
+	s.cur = nil
+	if err != nil {
+		return fmt.Errorf("close ssh connection to %s: %w", s.cfg.SSH.Addr(), err)
+	}
+	return nil
+}
+
+// link returns the current connection, dialling when there is none or the
+// current one broke. Dialling holds the mutex, so concurrent callers wait
+// for one dial instead of each opening a connection.
+func (s *Shipper) link(ctx context.Context) (*link, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, ErrClosed
+	}
+	if s.cur != nil && !s.cur.broken() {
+		return s.cur, nil
+	}
+	if s.cur != nil {
+		s.logger.WarnContext(ctx, "ssh connection broke; dialling again", "addr", s.cfg.SSH.Addr())
+		s.cur.close()
+		s.cur = nil
+	}
+	l, err := s.dial(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s.cur = l
+	return l, nil
+}
+
+// redial replaces old by a new connection unless another caller already did.
+func (s *Shipper) redial(ctx context.Context, old *link) (*link, error) {
+	s.mu.Lock()
+	if s.cur == old {
+		old.close()
+		s.cur = nil
+	}
+	s.mu.Unlock()
+	return s.link(ctx)
+}
+
+// probeTimeout bounds the round trip connLost uses to tell a dead
+// connection from a failed operation.
+const probeTimeout = 5 * time.Second
+
+// connLost says whether err means the connection l is gone (as opposed to
+// a failure of the operation itself, such as a permission error). The first
+// error after a drop can be a plain write error that does not say so, so
+// unless it is clear, one cheap request asks the server.
+func connLost(l *link, err error) bool {
+	if errors.Is(err, sftp.ErrSSHFxConnectionLost) || l.broken() {
+		return true
+	}
+	probe := make(chan error, 1)
+	go func() {
+		_, err := l.sftp.Getwd()
+		probe <- err
+	}()
+	t := time.NewTimer(probeTimeout)
+	defer t.Stop()
+	select {
+	case err := <-probe:
+		return err != nil
+	case <-l.dead:
+		return true
+	case <-t.C:
+		return true // a hung connection is as good as lost
+	}
+}
+
+// dial connects, verifies the host key, authenticates and starts SFTP.
+func (s *Shipper) dial(ctx context.Context) (*link, error) {
+	c := s.cfg.SSH
+	addr := c.Addr()
+	keyPEM, err := os.ReadFile(c.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("read ssh private key: %w", err)
+	}
+	signer, err := ssh.ParsePrivateKey(keyPEM)
+	if err != nil {
+		var pp *ssh.PassphraseMissingError
+		if errors.As(err, &pp) {
+			return nil, fmt.Errorf("ssh private key %s is protected by a passphrase; nonqueue needs a key without one (restrict it in authorized_keys instead): %w", c.KeyFile, err)
+		}
+		return nil, fmt.Errorf("parse ssh private key %s: %w", c.KeyFile, err)
+	}
+	check, err := knownhosts.New(c.KnownHosts)
+	if err != nil {
+		return nil, fmt.Errorf("%w: cannot read known_hosts file %s (%v); create it with the host key of %s after checking its fingerprint, for example: ssh-keyscan -p %d %s >> %s",
+			ErrHostKey, c.KnownHosts, err, addr, c.Port, c.Host, c.KnownHosts)
+	}
+	// The callback runs inside the handshake; remember what it saw so the
+	// error can name the key.
+	var (
+		seenMu    sync.Mutex
+		hostErr   error
+		presented ssh.PublicKey
+	)
+	cfg := &ssh.ClientConfig{
+		User: c.User,
+		Auth: []ssh.AuthMethod{ssh.PublicKeys(signer)},
+		HostKeyCallback: func(hostname string, remote net.Addr, key ssh.PublicKey) error {
+			err := check(hostname, remote, key)
+			seenMu.Lock()
+			presented, hostErr = key, err
+			seenMu.Unlock()
+			return err
+		},
+		// Ask for the key types known_hosts has for this host: otherwise
+		// the server may present another of its keys (say RSA when only
+		// the ed25519 key is listed) and a legitimate host looks changed.
+		HostKeyAlgorithms: knownAlgorithms(check, addr),
+		Timeout:           c.DialTimeout,
+	}
+	dctx, cancel := context.WithTimeout(ctx, c.DialTimeout)
+	defer cancel()
+	var d net.Dialer
+	nc, err := d.DialContext(dctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("connect to sshd at %s: %w", addr, err)
+	}
+	// The handshake does not take a context: closing the socket aborts it.
+	stop := context.AfterFunc(dctx, func() { nc.Close() })
+	sc, chans, reqs, err := ssh.NewClientConn(nc, addr, cfg)
+	if !stop() && err == nil {
+		sc.Close()
+		err = dctx.Err()
+	}
+	if err != nil {
+		nc.Close()
+		seenMu.Lock()
+		defer seenMu.Unlock()
+		if hostErr != nil {
+			return nil, hostKeyError(c, addr, presented, hostErr)
+		}
+		if dctx.Err() != nil {
+			return nil, fmt.Errorf("ssh handshake with %s: %w (%v)", addr, dctx.Err(), err)
+		}
+		return nil, fmt.Errorf("ssh login to %s as %s with key %s: %w", addr, c.User, c.KeyFile, err)
+	}
+	client := ssh.NewClient(sc, chans, reqs)
+	sc2, err := sftp.NewClient(client, sftp.UseConcurrentWrites(true))
+	if err != nil {
+		client.Close()
+		return nil, fmt.Errorf("start sftp on %s (the server needs an sftp subsystem): %w", addr, err)
+	}
+	l := &link{ssh: client, sftp: sc2, dead: make(chan struct{})}
+	go func() {
+		sc2.Wait()
+		close(l.dead)
+	}()
+	s.logger.InfoContext(ctx, "ssh connected", "addr", addr, "user", c.User)
+	return l, nil
+}
+
+// knownAlgorithms returns the host key algorithms of the keys known_hosts
+// lists for addr, or nil (library default) when it lists none. It asks the
+// callback about a throwaway key: the mismatch error lists the known keys.
+func knownAlgorithms(check ssh.HostKeyCallback, addr string) []string {
+	pub, _, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil
+	}
+	probe, err := ssh.NewPublicKey(pub)
+	if err != nil {
+		return nil
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil
+	}
+	p, _ := strconv.Atoi(port)
+	remote := &net.TCPAddr{IP: net.ParseIP(host), Port: p}
+	if remote.IP == nil {
+		remote.IP = net.IPv4zero
+	}
+	var ke *knownhosts.KeyError
+	if err := check(addr, remote, probe); !errors.As(err, &ke) {
+		return nil
+	}
+	var out []string
+	seen := map[string]bool{}
+	add := func(a string) {
+		if !seen[a] {
+			seen[a] = true
+			out = append(out, a)
+		}
+	}
+	for _, k := range ke.Want {
+		t := k.Key.Type()
+		if t == ssh.KeyAlgoRSA {
+			add(ssh.KeyAlgoRSASHA512)
+			add(ssh.KeyAlgoRSASHA256)
+		}
+		add(t)
+	}
+	return out
+}
+
+// hostKeyError turns a known_hosts verdict into a plain instruction.
+func hostKeyError(c SSHConfig, addr string, key ssh.PublicKey, err error) error {
+	fp := "(no key)"
+	typ := "host"
+	if key != nil {
+		fp, typ = ssh.FingerprintSHA256(key), key.Type()
+	}
+	var ke *knownhosts.KeyError
+	var re *knownhosts.RevokedError
+	switch {
+	case errors.As(err, &re):
+		return fmt.Errorf("%w: %s presented %s key %s, which %s marks as @revoked (line %d); do not connect until the host's administrator confirms a new key",
+			ErrHostKey, addr, typ, fp, re.Revoked.Filename, re.Revoked.Line)
+	case errors.As(err, &ke) && len(ke.Want) == 0:
+		return fmt.Errorf("%w: %s presented %s key %s, but %s has no entry for %s; check the fingerprint with the host's administrator, then add it, for example: ssh-keyscan -p %d %s >> %s",
+			ErrHostKey, addr, typ, fp, c.KnownHosts, knownhosts.Normalize(addr), c.Port, c.Host, c.KnownHosts)
+	case errors.As(err, &ke):
+		lines := make([]string, len(ke.Want))
+		for i, w := range ke.Want {
+			lines[i] = fmt.Sprintf("%s:%d", w.Filename, w.Line)
+		}
+		return fmt.Errorf("%w: %s presented %s key %s, which does not match the key recorded for it in %s; the host was reinstalled or the connection is being intercepted: verify the new fingerprint with the host's administrator before replacing that line",
+			ErrHostKey, addr, typ, fp, strings.Join(lines, ", "))
+	default:
+		return fmt.Errorf("%w: verify host key of %s against %s: %w", ErrHostKey, addr, c.KnownHosts, err)
+	}
+}
+
+// CheckDatadir checks over SFTP that PrimaryDatadir/Schema is a directory
+// the SSH user can create and remove files in, by writing and removing a
+// probe file (named like a staging table, so CleanupPrimary would remove it
+// if this were interrupted). It is a preflight for operators.
+func (s *Shipper) CheckDatadir(ctx context.Context) error {
+	l, err := s.link(ctx)
+	if err != nil {
+		return err
+	}
+	dir := path.Join(s.cfg.PrimaryDatadir, s.cfg.Schema)
+	st, err := l.sftp.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("stat %s on %s over sftp (does the schema exist on the primary?): %w", dir, s.cfg.SSH.Addr(), err)
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("%s on %s is not a directory", dir, s.cfg.SSH.Addr())
+	}
+	probe := path.Join(dir, tmpPrefix+"0_check.probe")
+	f, err := l.sftp.OpenFile(probe, os.O_WRONLY|os.O_CREATE|os.O_TRUNC)
+	if err != nil {
+		return fmt.Errorf("create %s over sftp as %s: %w", probe, s.cfg.SSH.User, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("close %s over sftp: %w", probe, err)
+	}
+	if err := l.sftp.Remove(probe); err != nil {
+		return fmt.Errorf("remove %s over sftp: %w", probe, err)
+	}
+	return nil
+}
+
+func joinHostPort(host string, port int) string {
+	return net.JoinHostPort(host, strconv.Itoa(port))
+}

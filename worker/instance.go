@@ -1,0 +1,266 @@
+package worker
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/nonqueue/nonqueue/internal/flavor"
+	"github.com/nonqueue/nonqueue/monitor"
+	"github.com/nonqueue/nonqueue/procs"
+	"github.com/nonqueue/nonqueue/queue"
+	"github.com/nonqueue/nonqueue/transfer"
+)
+
+// Deps are the parts an instance drives, shared by all instances of a
+// process.
+type Deps struct {
+	Queue   *queue.Queue
+	History *monitor.History
+	Gate    *monitor.Gate
+	Flavor  flavor.Flavor
+	Primary *sql.DB // publish, GTID position
+	Replica *sql.DB // the local replica: procedure, export, GTID wait
+	Runner  *procs.Runner
+	Shipper *transfer.Shipper
+	// ReplicaDatadir is the local replica's @@datadir; ReplicaName is
+	// recorded in the run history (host:port of the replica).
+	ReplicaDatadir string
+	ReplicaName    string
+	Logger         *slog.Logger
+	// Observer, if set, hears about every run (metrics, tests).
+	Observer func(*monitor.Run)
+}
+
+// Instance is one worker loop with a stable id.
+type Instance struct {
+	ID     int64
+	Number int
+	cfg    Config
+	deps   *Deps
+	log    *slog.Logger
+}
+
+// errStop says the instance should stop looping (soft context done).
+var errStop = errors.New("stopping")
+
+// RunOnce makes one pass of the cycle: wait for the gate, claim, run,
+// publish. soft stops new work; hard cancels work in flight. It returns
+// whether a topic was processed (in any outcome) and an error only for
+// failures of the coordination itself (primary unreachable), which the
+// caller logs and backs off from.
+func (in *Instance) RunOnce(soft, hard context.Context) (bool, error) {
+	if soft.Err() != nil {
+		return false, errStop
+	}
+	if backoff, err := in.deps.Gate.Check(); err != nil {
+		state := monitor.StateLagWait
+		if errors.Is(err, monitor.ErrReplicaStopped) {
+			state = monitor.StateStopped
+		}
+		in.setState(soft, state, 0, 0, 0)
+		in.log.DebugContext(soft, "lag gate closed", "err", err, "backoff", backoff)
+		sleep(soft, backoff)
+		return false, nil
+	}
+	start := time.Now()
+	claim, err := in.deps.Queue.Claim(soft, &queue.ClaimParams{InstanceID: in.ID, MinPriority: in.cfg.MinPriority})
+	if errors.Is(err, queue.ErrNoneDue) {
+		in.setState(soft, monitor.StateIdle, 0, 0, 0)
+		sleep(soft, in.cfg.IdleWait)
+		return false, nil
+	}
+	if err != nil {
+		if soft.Err() != nil {
+			return false, errStop
+		}
+		return false, err
+	}
+	run := &monitor.Run{
+		TopicID: claim.TopicID, InstanceID: in.ID, Replica: in.deps.ReplicaName, ClaimToken: claim.Token,
+		Scope: claim.Scope, StartedAt: start, Claim: time.Since(start),
+	}
+	in.process(hard, claim, run)
+	ran, failed := 1, 0
+	if run.Outcome != monitor.OutcomeDone {
+		failed = 1
+	}
+	in.record(run)
+	in.setState(soft, monitor.StateIdle, 0, ran, failed)
+	return true, nil
+}
+
+// process runs one claimed topic to an outcome, recorded in run. It never
+// returns with the claim still held: it finishes, releases, or finds the
+// claim lost.
+func (in *Instance) process(hard context.Context, claim *queue.Claim, run *monitor.Run) {
+	log := in.log.With("topic_id", claim.TopicID, "claim_token", claim.Token, "scope", claim.Scope)
+	in.setState(hard, monitor.StateRunning, claim.TopicID, 0, 0)
+
+	// The run's own context: cancelled by hard shutdown or when the lease
+	// is lost (the heartbeat finds the claim gone).
+	ctx, cancel := context.WithCancelCause(hard)
+	defer cancel(nil)
+	hbDone := make(chan struct{})
+	go func() {
+		defer close(hbDone)
+		t := time.NewTicker(in.cfg.HeartbeatInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				err := in.deps.Queue.Heartbeat(ctx, claim)
+				if errors.Is(err, queue.ErrClaimLost) {
+					cancel(err)
+					return
+				}
+				if err != nil && ctx.Err() == nil {
+					log.WarnContext(ctx, "heartbeat failed", "err", err)
+				}
+			}
+		}
+	}()
+	defer func() { cancel(nil); <-hbDone }()
+
+	// Causal wait: the procedure must see every write committed on the
+	// primary before the claim.
+	t0 := time.Now()
+	_, err := monitor.WaitForPrimary(ctx, in.deps.Flavor, in.deps.Primary, in.deps.Replica, in.cfg.GTIDWait)
+	run.LagWait = time.Since(t0)
+	if err != nil {
+		in.giveUp(ctx, claim, run, log, err, errors.Is(err, monitor.ErrGTIDTimeout))
+		return
+	}
+
+	// The procedure, on the local replica.
+	t0 = time.Now()
+	logPath := filepath.Join(in.cfg.LogDir, fmt.Sprintf("%d.%d.%d.log", claim.TopicID, in.Number, claim.Token))
+	res, err := in.deps.Runner.Run(ctx, claim.TopicID, claim.Scope, logPath)
+	run.Proc = time.Since(t0)
+	if res != nil {
+		run.LogPath = res.LogPath
+	}
+	if err != nil {
+		in.dropLocal(claim, log)
+		in.giveUp(ctx, claim, run, log, fmt.Errorf("procedure: %w", err), false)
+		return
+	}
+
+	// Ship and publish; the finish happens under the publish lock, right
+	// after the swap, so the reaper cannot take the claim in between.
+	finished := false
+	ship, err := in.deps.Shipper.Ship(ctx, &transfer.ShipParams{
+		TopicID: claim.TopicID, Token: claim.Token,
+		Replica: in.deps.Replica, ReplicaDatadir: in.deps.ReplicaDatadir,
+		Primary: in.deps.Primary, LockName: in.deps.Queue.LockName(claim.TopicID),
+		Fence: func(ctx context.Context) error { return in.deps.Queue.Heartbeat(ctx, claim) },
+		Commit: func(ctx context.Context) error {
+			err := in.deps.Queue.Finish(ctx, claim)
+			finished = err == nil
+			return err
+		},
+	})
+	if ship != nil {
+		run.Bytes, run.Transfer, run.Publish = ship.Bytes, ship.TransferTime, ship.PublishTime
+	}
+	in.dropLocal(claim, log)
+	if err != nil && !finished {
+		in.giveUp(ctx, claim, run, log, fmt.Errorf("transfer: %w", err), false)
+		return
+	}
+	if err != nil {
+		log.WarnContext(ctx, "published and finished, cleanup failed", "err", err)
+	}
+	run.Outcome = monitor.OutcomeDone
+	log.DebugContext(ctx, "topic done", "bytes", run.Bytes, "proc", run.Proc, "transfer", run.Transfer, "publish", run.Publish)
+}
+
+// giveUp releases the claim after a failed step, recording why. notFault
+// releases without counting an attempt (replica behind). A lost claim is
+// left alone: it is someone else's now.
+func (in *Instance) giveUp(ctx context.Context, claim *queue.Claim, run *monitor.Run, log *slog.Logger, err error, notFault bool) {
+	if cause := context.Cause(ctx); errors.Is(cause, queue.ErrClaimLost) || errors.Is(err, queue.ErrClaimLost) || errors.Is(err, transfer.ErrFenced) {
+		run.Outcome, run.Error = monitor.OutcomeLost, err.Error()
+		log.WarnContext(ctx, "claim lost during the run; nothing published", "err", err)
+		return
+	}
+	cctx, cancel := cleanupContext(ctx)
+	defer cancel()
+	shutdown := ctx.Err() != nil
+	p := &queue.ReleaseParams{Error: err.Error()}
+	switch {
+	case shutdown:
+		p.Error = "released at shutdown: " + err.Error()
+		run.Outcome = monitor.OutcomeReleased
+	case notFault:
+		run.Outcome = monitor.OutcomeReleased
+	default:
+		p.CountAttempt = true
+		p.Backoff = in.cfg.Backoff(claim.Attempts + 1)
+		run.Outcome = monitor.OutcomeFailed
+	}
+	run.Error = err.Error()
+	parked, rerr := in.deps.Queue.Release(cctx, claim, p)
+	if rerr != nil {
+		if errors.Is(rerr, queue.ErrClaimLost) {
+			run.Outcome = monitor.OutcomeLost
+		}
+		log.ErrorContext(cctx, "release failed", "err", rerr, "cause", err)
+		return
+	}
+	if parked {
+		run.Outcome = monitor.OutcomeParked
+	}
+	log.WarnContext(cctx, "topic released", "outcome", run.Outcome, "err", err, "backoff", p.Backoff)
+}
+
+func (in *Instance) dropLocal(claim *queue.Claim, log *slog.Logger) {
+	ctx, cancel := cleanupContext(context.Background())
+	defer cancel()
+	if err := in.deps.Shipper.DropReplicaTables(ctx, in.deps.Replica, claim.TopicID); err != nil {
+		log.WarnContext(ctx, "drop result tables on the replica", "err", err)
+	}
+}
+
+func (in *Instance) record(run *monitor.Run) {
+	ctx, cancel := cleanupContext(context.Background())
+	defer cancel()
+	if err := in.deps.History.RecordRun(ctx, run); err != nil {
+		in.log.WarnContext(ctx, "record run", "err", err)
+	}
+	if in.deps.Observer != nil {
+		in.deps.Observer(run)
+	}
+}
+
+func (in *Instance) setState(ctx context.Context, state string, topicID int64, ran, failed int) {
+	ctx, cancel := cleanupContext(ctx)
+	defer cancel()
+	if err := in.deps.History.SetState(ctx, in.ID, state, topicID, ran, failed); err != nil {
+		in.log.DebugContext(ctx, "registry", "err", err)
+	}
+}
+
+// cleanupContext survives the caller's cancellation but not forever.
+func cleanupContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+}
+
+// sleep waits d or until ctx is done.
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+func itoa(n int64) string { return strconv.FormatInt(n, 10) }

@@ -1,0 +1,116 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/nonqueue/nonqueue/monitor"
+	"github.com/nonqueue/nonqueue/queue"
+)
+
+// Pool runs a process's instances and the services they share: the lag
+// heartbeat writer, the lag gate's sampler and the reaper.
+type Pool struct {
+	Config   Config
+	Deps     *Deps
+	ServerID uint32 // the local replica's @@server_id
+	// Numbers are the instance numbers to run (1..N, or one K).
+	Numbers []int
+	// Heartbeat writes this process's clock for lag measurement.
+	Heartbeat *monitor.Heartbeat
+	Version   string
+}
+
+// Run starts everything, loops the instances until soft is done, lets runs
+// in flight finish until hard is done, and stops. It returns once nothing
+// is left running; the error reports a failure to start.
+func (p *Pool) Run(soft, hard context.Context) error {
+	log := p.Deps.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+		p.Deps.Logger = log
+	}
+	var instances []*Instance
+	host, _ := os.Hostname()
+	for _, n := range p.Numbers {
+		id, err := p.Config.InstanceID(p.ServerID, n)
+		if err != nil {
+			return err
+		}
+		in := &Instance{ID: id, Number: n, cfg: p.Config, deps: p.Deps, log: log.With("instance_id", id)}
+		if err := p.Deps.History.Register(soft, monitor.InstanceInfo{
+			ID: id, Host: host, PID: os.Getpid(), Version: p.Version, ReplicaServerID: p.ServerID,
+		}); err != nil {
+			return err
+		}
+		instances = append(instances, in)
+	}
+	if err := os.MkdirAll(p.Config.LogDir, 0o750); err != nil {
+		return fmt.Errorf("create log dir: %w", err)
+	}
+
+	// Leftovers of a crashed run of this host: temp tables on the primary.
+	if err := p.Deps.Shipper.CleanupPrimary(soft, p.Deps.Primary, time.Hour); err != nil {
+		log.WarnContext(soft, "clean up temp tables of crashed runs", "err", err)
+	}
+
+	// Services live until the last run is over, so they use hard.
+	if err := p.Heartbeat.Start(hard); err != nil {
+		return err
+	}
+	defer p.Heartbeat.Stop(context.Background())
+	if err := p.Deps.Gate.Start(hard); err != nil {
+		return err
+	}
+	defer p.Deps.Gate.Stop(context.Background())
+	// The gate opens only after a first sample (gh-ost's rule): take it now.
+	if err := p.Deps.Gate.RunOnce(soft); err != nil {
+		log.WarnContext(soft, "first replica sample", "err", err)
+	}
+	reaper := &queue.Reaper{Queue: p.Deps.Queue, ID: instances[0].ID, Interval: p.Config.ReapInterval, Logger: log}
+	if err := reaper.Start(soft); err != nil {
+		return err
+	}
+	defer reaper.Stop(context.Background())
+
+	log.InfoContext(soft, "instances started", "count", len(instances), "server_id", p.ServerID)
+	var wg sync.WaitGroup
+	for _, in := range instances {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			in.loop(soft, hard)
+		}()
+	}
+	wg.Wait()
+	for _, in := range instances {
+		in.setState(context.Background(), monitor.StateExited, 0, 0, 0)
+	}
+	log.Info("instances stopped", "count", len(instances))
+	return nil
+}
+
+// loop runs the cycle until soft is done. Coordination failures back off
+// exponentially up to 30s so a primary outage is not hammered.
+func (in *Instance) loop(soft, hard context.Context) {
+	backoff := time.Duration(0)
+	for soft.Err() == nil {
+		_, err := in.RunOnce(soft, hard)
+		if errors.Is(err, errStop) {
+			break
+		}
+		if err != nil {
+			backoff = min(max(2*backoff, 100*time.Millisecond), 30*time.Second)
+			in.log.WarnContext(soft, "cycle failed", "err", err, "retry_in", backoff)
+			sleep(soft, backoff)
+			continue
+		}
+		backoff = 0
+	}
+	in.setState(context.Background(), monitor.StateStopping, 0, 0, 0)
+}
