@@ -68,10 +68,7 @@ func (p *Pool) Run(soft, hard context.Context) error {
 		return err
 	}
 	defer p.Deps.Gate.Stop(context.Background())
-	// The gate opens only after a first sample (gh-ost's rule): take it now.
-	if err := p.Deps.Gate.RunOnce(soft); err != nil {
-		log.WarnContext(soft, "first replica sample", "err", err)
-	}
+	p.awaitGate(soft)
 	reaper := &queue.Reaper{Queue: p.Deps.Queue, ID: instances[0].ID, Interval: p.Config.ReapInterval, Logger: log}
 	if err := reaper.Start(soft); err != nil {
 		return err
@@ -113,4 +110,23 @@ func (in *Instance) loop(soft, hard context.Context) {
 		backoff = 0
 	}
 	in.setState(context.Background(), monitor.StateStopping, 0, 0, 0)
+}
+
+// awaitGate samples the replica until the gate opens, for at most the
+// lag limit plus a second: the gate opens only after a first sample
+// (gh-ost's rule), and this process's first heartbeat has to replicate
+// before lag is known. Without the wait, every instance would start with a
+// full behind back-off. A replica that stays closed is left to the
+// instances' own back-offs.
+func (p *Pool) awaitGate(ctx context.Context) {
+	g := p.Deps.Gate
+	deadline := time.Now().Add(g.Config.MaxLag + time.Second)
+	for ctx.Err() == nil && time.Now().Before(deadline) {
+		if err := g.RunOnce(ctx); err == nil {
+			if _, err := g.Check(); err == nil {
+				return
+			}
+		}
+		sleep(ctx, g.Config.SampleInterval)
+	}
 }

@@ -309,12 +309,12 @@ func seedDemo(ctx context.Context, db *sql.DB, topics int) (int, error) {
 		vals = append(vals, "(?, ?, 0, NOW(), 0, 0, ?)")
 		args = append(args, id, fmt.Sprintf("%s %d", fruit[id%len(fruit)], id), 1+id%2)
 		if len(vals) == 500 {
-			if err := flush("INSERT INTO app.TopicFilter VALUES "); err != nil {
+			if err := flush("INSERT INTO app.TopicFilter (topicFilterId, name, influencerRecalcReqd, influencerRecalcDate, influencerPriority, influencerRunning, active) VALUES "); err != nil {
 				return 0, err
 			}
 		}
 	}
-	if err := flush("INSERT INTO app.TopicFilter VALUES "); err != nil {
+	if err := flush("INSERT INTO app.TopicFilter (topicFilterId, name, influencerRecalcReqd, influencerRecalcDate, influencerPriority, influencerRunning, active) VALUES "); err != nil {
 		return 0, fmt.Errorf("seed topics: %w", err)
 	}
 	posts := 0

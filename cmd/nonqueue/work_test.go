@@ -316,3 +316,23 @@ func TestCheck(t *testing.T) {
 	}
 	t.Log(out)
 }
+
+// TestDemo runs `nonqueue demo` small: the example loads (Blackhole and
+// trigger, FederatedX, the influencer procedure), worker processes on two
+// replicas do every topic, and the summary reports them.
+func TestDemo(t *testing.T) {
+	requireSandbox(t)
+	t.Setenv("NQ_TEST_AS_NONQUEUE", "1") // the demo's worker processes are this binary
+	out, err := run(t, "demo", "--dir", t.TempDir(), "--topics", "40", "--instances", "2", "--sql-dir", "../../sql/demo", "--timeout", "2m")
+	if err != nil {
+		t.Fatalf("demo: %v\n%s", err, out)
+	}
+	for _, want := range []string{"40 topics, ", "done   40  running  0  pending    0", "40 topics in", "0 parked as failed", "sandbox stopped"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("demo output lacks %q:\n%s", want, out)
+		}
+	}
+	if n := strings.Count(out, "did "); n != 2 {
+		t.Errorf("expected both replicas to do topics:\n%s", out)
+	}
+}
