@@ -229,8 +229,11 @@ func TestRunStubborn(t *testing.T) {
 	start := time.Now()
 	_, err := r.Run(b.ctx, 11, 1, "")
 	took := time.Since(start)
-	if !errors.Is(err, procs.ErrTimeout) || !strings.Contains(err.Error(), "connection killed") {
-		t.Fatalf("Run = %v, want ErrTimeout after killing the connection", err)
+	// KILL QUERY usually only ends one SLEEP of the loop and the
+	// connection has to be killed; when it lands between statements it
+	// ends the procedure by itself. Either way: ErrTimeout, and stopped.
+	if !errors.Is(err, procs.ErrTimeout) {
+		t.Fatalf("Run = %v, want ErrTimeout", err)
 	}
 	if took > 6*time.Second {
 		t.Fatalf("Run returned after %v", took)

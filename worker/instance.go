@@ -75,6 +75,12 @@ func (in *Instance) RunOnce(soft, hard context.Context) (bool, error) {
 		sleep(soft, in.cfg.IdleWait)
 		return false, nil
 	}
+	if errors.Is(err, queue.ErrClaimLost) {
+		// Taken back between the claim's two statements (this process
+		// was paused past its lease): nothing was started, nothing to undo.
+		in.log.WarnContext(soft, "claim lost before the run started", "err", err)
+		return false, nil
+	}
 	if err != nil {
 		if soft.Err() != nil {
 			return false, errStop

@@ -23,6 +23,7 @@ type workBundle struct {
 	q       *queue.Queue
 	ctx     context.Context
 	dir     string
+	replica [2]*sql.DB
 }
 
 func setupWork(t *testing.T) *workBundle {
@@ -184,7 +185,10 @@ func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
 func (b *workBundle) calls(t *testing.T, replica int, topic int64) int {
 	t.Helper()
 	var n int
-	if err := testdb.Open(t, env.Replica(replica, b.db)).QueryRowContext(b.ctx, "SELECT COUNT(*) FROM calls WHERE topic_id = ?", topic).Scan(&n); err != nil {
+	if b.replica[replica] == nil {
+		b.replica[replica] = testdb.Open(t, env.Replica(replica, b.db))
+	}
+	if err := b.replica[replica].QueryRowContext(b.ctx, "SELECT COUNT(*) FROM calls WHERE topic_id = ?", topic).Scan(&n); err != nil {
 		t.Fatal(err)
 	}
 	return n
@@ -198,8 +202,9 @@ func TestSIGKILLMidProcedure(t *testing.T) {
 	b.primary.ExecContext(b.ctx, "INSERT INTO slow VALUES (1, 2)")
 	b.addTopics(t, 1)
 	a := startWorker(t, b.config(t, 0, ""), "--instances", "1")
-	waitUntil(t, 30*time.Second, "topic 1 claimed by replica 1's worker", func() bool {
-		return b.count(t, "SELECT COUNT(*) FROM topic WHERE id = 1 AND running BETWEEN 100 AND 199") == 1
+	waitUntil(t, 30*time.Second, "replica 1's worker inside the procedure for topic 1", func() bool {
+		return b.count(t, "SELECT COUNT(*) FROM topic WHERE id = 1 AND running BETWEEN 100 AND 199") == 1 &&
+			b.calls(t, 0, 1) == 1
 	})
 	a.cmd.Process.Kill()
 	a.wait(t, 10*time.Second)
@@ -231,8 +236,9 @@ func TestSIGSTOPPastLeasePublishesNothing(t *testing.T) {
 	b.primary.ExecContext(b.ctx, "INSERT INTO slow VALUES (1, 1)")
 	b.addTopics(t, 1)
 	a := startWorker(t, b.config(t, 0, ""), "--instances", "1")
-	waitUntil(t, 30*time.Second, "topic 1 claimed by replica 1's worker", func() bool {
-		return b.count(t, "SELECT COUNT(*) FROM topic WHERE id = 1 AND running BETWEEN 100 AND 199") == 1
+	waitUntil(t, 30*time.Second, "replica 1's worker inside the procedure for topic 1", func() bool {
+		return b.count(t, "SELECT COUNT(*) FROM topic WHERE id = 1 AND running BETWEEN 100 AND 199") == 1 &&
+			b.calls(t, 0, 1) == 1
 	})
 	a.cmd.Process.Signal(syscall.SIGSTOP)
 	bw := startWorker(t, b.config(t, 1, ""), "--instances", "1")
