@@ -35,6 +35,8 @@ type Deps struct {
 	Logger         *slog.Logger
 	// Observer, if set, hears about every run (metrics, tests).
 	Observer func(*monitor.Run)
+	// StateFunc, if set, hears every instance state change (metrics).
+	StateFunc func(instanceID int64, state string)
 }
 
 // Instance is one worker loop with a stable id.
@@ -247,6 +249,9 @@ func (in *Instance) record(run *monitor.Run) {
 }
 
 func (in *Instance) setState(ctx context.Context, state string, topicID int64, ran, failed int) {
+	if in.deps.StateFunc != nil {
+		in.deps.StateFunc(in.ID, state)
+	}
 	ctx, cancel := cleanupContext(ctx)
 	defer cancel()
 	if err := in.deps.History.SetState(ctx, in.ID, state, topicID, ran, failed); err != nil {
