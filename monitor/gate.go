@@ -12,6 +12,7 @@ import (
 
 	"github.com/nonqueue/nonqueue/internal/flavor"
 	"github.com/nonqueue/nonqueue/internal/ident"
+	"github.com/nonqueue/nonqueue/internal/startstop"
 )
 
 // Defaults for GateConfig fields left zero.
@@ -106,9 +107,7 @@ type Gate struct {
 	last  *sample
 	state string // class of the last verdict, for logging transitions
 
-	svc    sync.Mutex // guards cancel and done
-	cancel context.CancelFunc
-	done   chan struct{}
+	loop startstop.Loop
 }
 
 // sample is one collector pass: the status, or the error that prevented
@@ -152,22 +151,16 @@ func (g *Gate) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	g.svc.Lock()
-	defer g.svc.Unlock()
-	if g.cancel != nil {
-		return errors.New("gate already started")
-	}
 	if err := g.runOnce(ctx, cfg, stmt); err != nil {
 		g.logger().WarnContext(ctx, "first replica sample failed; gate closed", "err", err)
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	g.cancel, g.done = cancel, make(chan struct{})
-	go g.collect(ctx, cfg, stmt, g.done)
+	if err := g.loop.Start(ctx, func(ctx context.Context) { g.collect(ctx, cfg, stmt) }); err != nil {
+		return fmt.Errorf("start gate: %w", err)
+	}
 	return nil
 }
 
-func (g *Gate) collect(ctx context.Context, cfg GateConfig, stmt string, done chan struct{}) {
-	defer close(done)
+func (g *Gate) collect(ctx context.Context, cfg GateConfig, stmt string) {
 	t := time.NewTicker(cfg.SampleInterval)
 	defer t.Stop()
 	for {
@@ -303,18 +296,8 @@ func (g *Gate) Status() ReplicaStatus {
 // and safe before Start. The last sample is kept, and ages: a stopped Gate
 // closes once its sample goes stale.
 func (g *Gate) Stop(ctx context.Context) error {
-	g.svc.Lock()
-	cancel, done := g.cancel, g.done
-	g.cancel, g.done = nil, nil
-	g.svc.Unlock()
-	if cancel == nil {
-		return nil
+	if err := g.loop.Stop(ctx); err != nil {
+		return fmt.Errorf("gate: %w", err)
 	}
-	cancel()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("stop gate: %w", ctx.Err())
-	}
+	return nil
 }

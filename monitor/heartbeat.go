@@ -6,10 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
 	"time"
 
 	"github.com/nonqueue/nonqueue/internal/ident"
+	"github.com/nonqueue/nonqueue/internal/startstop"
 )
 
 // HeartbeatTable is the heartbeat table's name inside the meta schema. It
@@ -49,9 +49,7 @@ type Heartbeat struct {
 	// Logger receives write failures and recoveries; nil discards.
 	Logger *slog.Logger
 
-	mu      sync.Mutex
-	cancel  context.CancelFunc
-	done    chan struct{}
+	loop    startstop.Loop
 	failing bool // last write failed; touched only by the loop goroutine
 }
 
@@ -88,22 +86,16 @@ func (h *Heartbeat) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.cancel != nil {
-		return errors.New("heartbeat already started")
-	}
 	if err := h.write(ctx, stmt, interval); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	h.cancel, h.done = cancel, make(chan struct{})
-	go h.loop(ctx, stmt, interval, h.done)
+	if err := h.loop.Start(ctx, func(ctx context.Context) { h.run(ctx, stmt, interval) }); err != nil {
+		return fmt.Errorf("start heartbeat: %w", err)
+	}
 	return nil
 }
 
-func (h *Heartbeat) loop(ctx context.Context, stmt string, interval time.Duration, done chan struct{}) {
-	defer close(done)
+func (h *Heartbeat) run(ctx context.Context, stmt string, interval time.Duration) {
 	log := h.logger()
 	t := time.NewTicker(interval)
 	defer t.Stop()
@@ -154,18 +146,8 @@ func (h *Heartbeat) RunOnce(ctx context.Context) error {
 // Stop ends the loop and waits for it, or for ctx. It is idempotent and
 // safe before Start; after Stop the Heartbeat may be started again.
 func (h *Heartbeat) Stop(ctx context.Context) error {
-	h.mu.Lock()
-	cancel, done := h.cancel, h.done
-	h.cancel, h.done = nil, nil
-	h.mu.Unlock()
-	if cancel == nil {
-		return nil
+	if err := h.loop.Stop(ctx); err != nil {
+		return fmt.Errorf("heartbeat: %w", err)
 	}
-	cancel()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("stop heartbeat: %w", ctx.Err())
-	}
+	return nil
 }

@@ -5,12 +5,12 @@ import (
 	"crypto/sha256"
 	"database/sql"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
-	"sync"
 	"time"
+
+	"github.com/nonqueue/nonqueue/internal/startstop"
 )
 
 // Defaults of the Reaper.
@@ -140,21 +140,12 @@ type Reaper struct {
 	// tests).
 	ReapedFunc func(Reaped)
 
-	mu     sync.Mutex
-	cancel context.CancelFunc
-	done   chan struct{}
+	loop startstop.Loop
 }
 
 // Start launches the loop and returns at once. It is an error to start a
 // running Reaper.
 func (r *Reaper) Start(ctx context.Context) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.cancel != nil {
-		return errors.New("reaper already started")
-	}
-	ctx, r.cancel = context.WithCancel(ctx)
-	r.done = make(chan struct{})
 	interval := r.Interval
 	if interval <= 0 {
 		interval = DefaultReapInterval
@@ -163,8 +154,7 @@ func (r *Reaper) Start(ctx context.Context) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	go func() {
-		defer close(r.done)
+	err := r.loop.Start(ctx, func(ctx context.Context) {
 		t := time.NewTicker(interval)
 		defer t.Stop()
 		for {
@@ -177,7 +167,10 @@ func (r *Reaper) Start(ctx context.Context) error {
 			case <-t.C:
 			}
 		}
-	}()
+	})
+	if err != nil {
+		return fmt.Errorf("start reaper: %w", err)
+	}
 	return nil
 }
 
@@ -198,17 +191,8 @@ func (r *Reaper) RunOnce(ctx context.Context) error {
 
 // Stop ends the loop and waits for it. Safe before Start and twice.
 func (r *Reaper) Stop(ctx context.Context) error {
-	r.mu.Lock()
-	cancel, done := r.cancel, r.done
-	r.mu.Unlock()
-	if cancel == nil {
-		return nil
+	if err := r.loop.Stop(ctx); err != nil {
+		return fmt.Errorf("reaper: %w", err)
 	}
-	cancel()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return nil
 }

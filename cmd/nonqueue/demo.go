@@ -22,58 +22,6 @@ import (
 	"github.com/nonqueue/nonqueue/queue"
 )
 
-var demoConfig = template.Must(template.New("demo").Parse(`# nonqueue demo configuration for {{.Replica.Name}}, written by "nonqueue demo".
-[primary]
-host = "{{.SB.Primary.Host}}"
-port = {{.SB.Primary.Port}}
-user = "{{.SB.User}}"
-password = "{{.SB.Password}}"
-
-[replica]
-host = "{{.Replica.Host}}"
-port = {{.Replica.Port}}
-user = "{{.SB.User}}"
-password = "{{.SB.Password}}"
-
-# The original topic table, mapped as it is.
-[topics]
-schema = "app"
-table = "TopicFilter"
-mapped = true
-active_values = [1, 2]
-meta_schema = "nonqueue"
-lease = "30s"
-max_attempts = 5
-
-[topics.columns]
-id = "topicFilterId"
-required = "influencerRecalcReqd"
-due = "influencerRecalcDate"
-priority = "influencerPriority"
-running = "influencerRunning"
-active = "active"
-
-[procedure]
-name = "influencer.proc"
-marker = "SUMMARY"
-timeout = "5m"
-
-[results]
-schema = "influencer"
-tables = ["Dynamics_{id}", "Post_{id}"]
-
-[worker]
-log_dir = "{{.LogDir}}"
-
-[ssh]
-host = "{{.SB.SSH.Host}}"
-port = {{.SB.SSH.Port}}
-user = "{{.SB.SSH.User}}"
-key_file = "{{.SB.SSH.KeyFile}}"
-known_hosts = "{{.SB.SSH.KnownHosts}}"
-datadir = "{{.SB.Primary.Datadir}}"
-`))
-
 var hexOnly = regexp.MustCompile(`^[0-9a-f]+$`)
 
 func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer, logger *slog.Logger) (err error) {
@@ -131,7 +79,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer, logge
 	var configs []string
 	for _, r := range sb.Replicas {
 		p := filepath.Join(sb.Dir, "demo-"+r.Name+".toml")
-		if err := writeTemplate(p, demoConfig, map[string]any{"SB": sb, "Replica": r, "LogDir": logDir}); err != nil {
+		if err := writeTemplate(p, sandboxConfig, map[string]any{"SB": sb, "Replica": r, "LogDir": logDir, "Demo": true}); err != nil {
 			return err
 		}
 		configs = append(configs, p)

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"strconv"
 	"text/template"
@@ -67,7 +66,10 @@ func runSandbox(ctx context.Context, args []string, stdout, stderr io.Writer, lo
 	return nil
 }
 
-var sandboxConfig = template.Must(template.New("cfg").Parse(`# nonqueue configuration written by "nonqueue sandbox up" for {{.Replica.Name}}.
+// sandboxConfig is the configuration `sandbox up` and `demo` write for
+// one replica. With .Demo it maps the demo's TopicFilter table and adds
+// what a worker needs to run the demo's procedure.
+var sandboxConfig = template.Must(template.New("cfg").Parse(`# nonqueue configuration for {{.Replica.Name}}, written by "nonqueue {{if .Demo}}demo{{else}}sandbox up{{end}}".
 # It holds the sandbox's generated passwords: keep it private (mode 0600).
 
 [primary]
@@ -81,7 +83,37 @@ host = "{{.Replica.Host}}"
 port = {{.Replica.Port}}
 user = "{{.SB.User}}"
 password = "{{.SB.Password}}"
+{{if .Demo}}
+# The original topic table, mapped as it is.
+[topics]
+schema = "app"
+table = "TopicFilter"
+mapped = true
+active_values = [1, 2]
+meta_schema = "nonqueue"
+lease = "30s"
+max_attempts = 5
 
+[topics.columns]
+id = "topicFilterId"
+required = "influencerRecalcReqd"
+due = "influencerRecalcDate"
+priority = "influencerPriority"
+running = "influencerRunning"
+active = "active"
+
+[procedure]
+name = "influencer.proc"
+marker = "SUMMARY"
+timeout = "5m"
+
+[results]
+schema = "influencer"
+tables = ["Dynamics_{id}", "Post_{id}"]
+
+[worker]
+log_dir = "{{.LogDir}}"
+{{else}}
 [topics]
 schema = "nonqueue"
 table = "topic"
@@ -89,7 +121,7 @@ meta_schema = "nonqueue"
 active_values = [1]
 lease = "30s"
 max_attempts = 5
-
+{{end}}
 [ssh]
 host = "{{.SB.SSH.Host}}"
 port = {{.SB.SSH.Port}}
@@ -114,19 +146,8 @@ func writeSandboxConfigs(sb *sandbox.Sandbox) ([]string, error) {
 			name = "nonqueue-replica" + strconv.Itoa(i+1) + ".toml"
 		}
 		path := filepath.Join(sb.Dir, name)
-		f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
-		if err != nil {
-			return nil, fmt.Errorf("write sandbox config: %w", err)
-		}
-		err = sandboxConfig.Execute(f, struct {
-			SB      *sandbox.Sandbox
-			Replica sandbox.Server
-		}{sb, r})
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			return nil, fmt.Errorf("write sandbox config %s: %w", path, err)
+		if err := writeTemplate(path, sandboxConfig, map[string]any{"SB": sb, "Replica": r, "Demo": false}); err != nil {
+			return nil, err
 		}
 		paths = append(paths, path)
 	}
