@@ -46,7 +46,17 @@ type Instance struct {
 	cfg    Config
 	deps   *Deps
 	log    *slog.Logger
+
+	// Registry bookkeeping, touched only by the instance's goroutine.
+	lastState                 string
+	lastTopic                 int64
+	lastWrite                 time.Time
+	pendingRan, pendingFailed int
 }
+
+// registryRefresh is how often an instance whose state does not change
+// refreshes its registry heartbeat.
+const registryRefresh = 5 * time.Second
 
 // errStop says the instance should stop looping (soft context done).
 var errStop = errors.New("stopping")
@@ -99,7 +109,11 @@ func (in *Instance) RunOnce(soft, hard context.Context) (bool, error) {
 		failed = 1
 	}
 	in.record(run)
-	in.setState(soft, monitor.StateIdle, 0, ran, failed)
+	// The counters travel with the next state write; the state stays
+	// "running" until the instance finds nothing due, so a busy instance
+	// writes its registry row once per topic.
+	in.pendingRan += ran
+	in.pendingFailed += failed
 	return true, nil
 }
 
@@ -249,14 +263,22 @@ func (in *Instance) record(run *monitor.Run) {
 }
 
 func (in *Instance) setState(ctx context.Context, state string, topicID int64, ran, failed int) {
-	if in.deps.StateFunc != nil {
+	ran += in.pendingRan
+	failed += in.pendingFailed
+	if state == in.lastState && topicID == in.lastTopic && ran == 0 && failed == 0 && time.Since(in.lastWrite) < registryRefresh {
+		return
+	}
+	if in.deps.StateFunc != nil && state != in.lastState {
 		in.deps.StateFunc(in.ID, state)
 	}
 	ctx, cancel := cleanupContext(ctx)
 	defer cancel()
 	if err := in.deps.History.SetState(ctx, in.ID, state, topicID, ran, failed); err != nil {
 		in.log.DebugContext(ctx, "registry", "err", err)
+		return
 	}
+	in.lastState, in.lastTopic, in.lastWrite = state, topicID, time.Now()
+	in.pendingRan, in.pendingFailed = 0, 0
 }
 
 // cleanupContext survives the caller's cancellation but not forever.
