@@ -30,24 +30,34 @@ func WaitForPrimary(ctx context.Context, f flavor.Flavor, primary, replica *sql.
 	if err := primary.QueryRowContext(ctx, f.PrimaryPosQuery()).Scan(&pos); err != nil {
 		return "", fmt.Errorf("read the primary's GTID position: %w", err)
 	}
+	return pos, WaitForPosition(ctx, f, replica, pos, timeout)
+}
+
+// WaitForPosition is WaitForPrimary for a position the caller already
+// read on the primary (the claim reads it in the same round trip as the
+// claimed row). Errors as WaitForPrimary's.
+func WaitForPosition(ctx context.Context, f flavor.Flavor, replica *sql.DB, pos string, timeout time.Duration) error {
+	if timeout <= 0 {
+		return &ConfigError{Field: "gtid_wait_timeout", Err: fmt.Errorf("%v must be positive", timeout)}
+	}
 	conn, err := replica.Conn(ctx)
 	if err != nil {
-		return pos, fmt.Errorf("wait for primary position %q: connect to the replica: %w", pos, err)
+		return fmt.Errorf("wait for primary position %q: connect to the replica: %w", pos, err)
 	}
 	defer conn.Close()
 	var code sql.NullInt64
 	if err := conn.QueryRowContext(ctx, f.WaitQuery(), pos, timeout.Seconds()).Scan(&code); err != nil {
-		return pos, fmt.Errorf("wait for primary position %q on the replica: %w", pos, err)
+		return fmt.Errorf("wait for primary position %q on the replica: %w", pos, err)
 	}
 	if !code.Valid {
-		return pos, fmt.Errorf("wait for primary position %q on the replica: wait returned NULL (interrupted?)", pos)
+		return fmt.Errorf("wait for primary position %q on the replica: wait returned NULL (interrupted?)", pos)
 	}
 	reached, err := f.WaitReached(code.Int64)
 	if err != nil {
-		return pos, fmt.Errorf("wait for primary position %q on the replica: %w", pos, err)
+		return fmt.Errorf("wait for primary position %q on the replica: %w", pos, err)
 	}
 	if reached {
-		return pos, nil
+		return nil
 	}
 	// Say where the replica is, best effort: it helps tell a stopped SQL
 	// thread from a slow one.
@@ -58,5 +68,5 @@ func WaitForPrimary(ctx context.Context, f flavor.Flavor, primary, replica *sql.
 	if err := conn.QueryRowContext(rctx, f.ReplicaPosQuery()).Scan(&p); err == nil {
 		have = fmt.Sprintf("%q", p.String)
 	}
-	return pos, fmt.Errorf("replica at %s did not reach primary position %q within %v: %w", have, pos, timeout, ErrGTIDTimeout)
+	return fmt.Errorf("replica at %s did not reach primary position %q within %v: %w", have, pos, timeout, ErrGTIDTimeout)
 }

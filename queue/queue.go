@@ -11,6 +11,7 @@ import (
 
 	"github.com/go-sql-driver/mysql"
 
+	"github.com/nonqueue/nonqueue/internal/flavor"
 	"github.com/nonqueue/nonqueue/internal/ident"
 )
 
@@ -33,6 +34,11 @@ type Claim struct {
 	RequestVersion uint64 // request version this claim serves
 	Attempts       int    // failed runs and rescues before this claim
 	Priority       int64
+	// PrimaryPos is the primary's GTID position read right after the
+	// claim committed, in the same round trip as the claimed row: a
+	// replica that has reached it has every write committed before the
+	// claim (the causal wait of protocol 6).
+	PrimaryPos string
 }
 
 // Queue runs the protocols on one topic table. It owns its connection pool
@@ -85,11 +91,12 @@ func Open(ctx context.Context, mc *mysql.Config, cfg Config) (*Queue, error) {
 	db.SetMaxOpenConns(64)
 	db.SetMaxIdleConns(64)
 	db.SetConnMaxIdleTime(5 * time.Minute)
-	if err := db.PingContext(ctx); err != nil {
+	f, err := flavor.Detect(ctx, db)
+	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("connect to primary %s: %w", mc.Addr, err)
 	}
-	q := &Queue{db: db, cfg: cfg, sql: buildStatements(cfg)}
+	q := &Queue{db: db, cfg: cfg, sql: buildStatements(cfg, f)}
 	q.prepare(ctx)
 	return q, nil
 }
@@ -167,7 +174,7 @@ type statements struct {
 	activeArgs                                   []any
 }
 
-func buildStatements(cfg Config) statements {
+func buildStatements(cfg Config, f flavor.Flavor) statements {
 	c := cfg.Columns
 	q := ident.Quote
 	t := ident.Qualified(cfg.Schema, cfg.Table)
@@ -185,6 +192,7 @@ func buildStatements(cfg Config) statements {
 		"{reqv}", q(c.RequestVersion), "{claimedv}", q(c.ClaimedVersion), "{claimed_at}", q(c.ClaimedAt),
 		"{hb}", q(c.HeartbeatAt), "{lease}", q(c.LeaseUntil), "{attempts}", q(c.Attempts),
 		"{lasterr}", q(c.LastError), "{parked}", q(c.ParkedAt), "{claimable}", q(c.Claimable),
+		"{primarypos}", f.PrimaryPosExpr(),
 	)
 	return statements{
 		// One statement: pick in index order, compare-and-set, and hand the
@@ -196,7 +204,7 @@ func buildStatements(cfg Config) statements {
  {id} = LAST_INSERT_ID({id})
  WHERE {claimable} = 1 AND {due} <= NOW(6) AND {activecol} IN ({active}) AND {priority} >= ?
  ORDER BY {priority} DESC, {due}, {id} LIMIT 1`),
-		claimRead: r.Replace(`SELECT /* nonqueue claim */ {required}, {token}, {claimedv}, {attempts}, {priority}
+		claimRead: r.Replace(`SELECT /* nonqueue claim */ {required}, {token}, {claimedv}, {attempts}, {priority}, {primarypos}
  FROM {t} WHERE {id} = ? AND {running} = ?`),
 		heartbeat: r.Replace(`UPDATE /* nonqueue heartbeat */ {t} SET {hb} = NOW(6), {lease} = NOW(6) + INTERVAL ? MICROSECOND
  WHERE {fence}`),
@@ -293,7 +301,7 @@ func (q *Queue) Claim(ctx context.Context, p *ClaimParams) (*Claim, error) {
 		}
 	}
 	err = row(ctx, q.sql.claimRead, id, p.InstanceID).
-		Scan(&c.Scope, &c.Token, &c.RequestVersion, &c.Attempts, &c.Priority)
+		Scan(&c.Scope, &c.Token, &c.RequestVersion, &c.Attempts, &c.Priority, &c.PrimaryPos)
 	if errors.Is(err, sql.ErrNoRows) {
 		// Taken back between our two statements: only a lease shorter
 		// than a round trip makes this happen.

@@ -104,6 +104,9 @@ func TestClaimOrderAndFilters(t *testing.T) {
 			t.Fatal(err)
 		}
 		got = append(got, c.TopicID)
+		if c.PrimaryPos == "" {
+			t.Errorf("claim of topic %d carries no primary GTID position", c.TopicID)
+		}
 		if c.TopicID == 2 && c.Scope != 2 {
 			t.Errorf("topic 2 claimed with scope %d, want 2", c.Scope)
 		}

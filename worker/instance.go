@@ -154,7 +154,12 @@ func (in *Instance) process(hard context.Context, claim *queue.Claim, run *monit
 	// Causal wait: the procedure must see every write committed on the
 	// primary before the claim.
 	t0 := time.Now()
-	_, err := monitor.WaitForPrimary(ctx, in.deps.Flavor, in.deps.Primary, in.deps.Replica, in.cfg.GTIDWait)
+	var err error
+	if claim.PrimaryPos != "" {
+		err = monitor.WaitForPosition(ctx, in.deps.Flavor, in.deps.Replica, claim.PrimaryPos, in.cfg.GTIDWait)
+	} else {
+		_, err = monitor.WaitForPrimary(ctx, in.deps.Flavor, in.deps.Primary, in.deps.Replica, in.cfg.GTIDWait)
+	}
 	run.LagWait = time.Since(t0)
 	if err != nil {
 		in.giveUp(ctx, claim, run, log, err, errors.Is(err, monitor.ErrGTIDTimeout))

@@ -20,8 +20,10 @@ type Flavor interface {
 	// Name is the go-mysql flavor name ("mariadb" or "mysql"), for
 	// gomysql.ParseGTIDSet.
 	Name() string
-	// PrimaryPosQuery reads the primary's GTID position as one string.
+	// PrimaryPosQuery reads the primary's GTID position as one string;
+	// PrimaryPosExpr is the same as an expression, to add to a SELECT.
 	PrimaryPosQuery() string
+	PrimaryPosExpr() string
 	// WaitQuery takes (position, timeout seconds) and blocks on the replica
 	// until it has applied position or the timeout passes.
 	WaitQuery() string
@@ -46,6 +48,7 @@ type MariaDB struct{}
 
 func (MariaDB) Name() string            { return gomysql.MariaDBFlavor }
 func (MariaDB) PrimaryPosQuery() string { return "SELECT @@GLOBAL.gtid_binlog_pos" }
+func (MariaDB) PrimaryPosExpr() string  { return "@@GLOBAL.gtid_binlog_pos" }
 func (MariaDB) WaitQuery() string       { return "SELECT MASTER_GTID_WAIT(?, ?)" }
 func (MariaDB) WaitReached(code int64) (bool, error) {
 	switch code {
@@ -68,6 +71,7 @@ type MySQL struct{}
 
 func (MySQL) Name() string            { return gomysql.MySQLFlavor }
 func (MySQL) PrimaryPosQuery() string { return "SELECT @@GLOBAL.gtid_executed" }
+func (MySQL) PrimaryPosExpr() string  { return "@@GLOBAL.gtid_executed" }
 func (MySQL) WaitQuery() string       { return "SELECT WAIT_FOR_EXECUTED_GTID_SET(?, ?)" }
 func (MySQL) WaitReached(code int64) (bool, error) {
 	switch code {

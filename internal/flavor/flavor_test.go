@@ -19,6 +19,9 @@ func TestSQL(t *testing.T) {
 			c.f.ReplicaStatusQuery() != c.status || c.f.IsolationParam() != c.iso {
 			t.Errorf("%s: unexpected SQL", c.name)
 		}
+		if c.f.PrimaryPosQuery() != "SELECT "+c.f.PrimaryPosExpr() {
+			t.Errorf("%s: position query and expression disagree", c.name)
+		}
 		if ok, err := c.f.WaitReached(c.reached); !ok || err != nil {
 			t.Errorf("%s: %d should mean reached", c.name, c.reached)
 		}
