@@ -12,19 +12,21 @@ import (
 
 // Keys of the map StateCounts returns. Every key is always present, zero
 // when no topic is in that state. All but StateCountRequired partition the
-// table: each topic is in exactly one of them, checked in this order.
+// table: each topic is in exactly one of them, the first that matches in
+// this order (the same rule as the dashboard's TopicState in status.go, so
+// the metrics and the dashboard agree).
 const (
 	// StateCountRunning: claimed by an instance (running <> 0).
 	StateCountRunning = "running"
-	// StateCountParked: not running, parked after too many failed
-	// attempts; it waits for a new request.
+	// StateCountParked: parked after too many failed attempts; it waits
+	// for a new request.
 	StateCountParked = "parked"
-	// StateCountIdle: not running, not parked, nothing requested
-	// (required = 0), whatever its active value.
-	StateCountIdle = "idle"
-	// StateCountInactive: requested, but its active value is not one of
-	// Config.ActiveValues, so no instance will claim it.
+	// StateCountInactive: its active value is not one of
+	// Config.ActiveValues (or is NULL), so no instance claims it, requested
+	// or not.
 	StateCountInactive = "inactive"
+	// StateCountIdle: active, nothing requested (required <= 0).
+	StateCountIdle = "idle"
 	// StateCountDue: requested, active and due now: claimable by any
 	// instance whose minimum priority it meets.
 	StateCountDue = "due"
@@ -34,9 +36,10 @@ const (
 	// StateCountScheduled: requested and active, not due before a date in
 	// the future that no failure set (a request with a delay).
 	StateCountScheduled = "scheduled"
-	// StateCountRequired counts every topic with required > 0, in any of
-	// the states above (mostly due, backoff, scheduled, inactive, running
-	// and parked): it overlaps the others, so sums must leave it out.
+	// StateCountRequired counts every topic with required > 0, whatever
+	// its state above (due, backoff and scheduled ones, and requested
+	// topics that are running, parked or inactive): it overlaps the
+	// others, so sums must leave it out.
 	StateCountRequired = "required"
 )
 
@@ -52,17 +55,18 @@ func StateCountKeys() []string {
 // stateCountSQL counts topics per state in one statement, so both halves
 // read the same snapshot. Strategy, measured on MariaDB 10.11 with 1M rows
 // (2 cores): the first half is COUNT(*), which InnoDB serves from the
-// smallest secondary index (nq_lease) in ~0.1 s. The second half reads
+// smallest secondary index (nq_lease) in ~0.1 s. The second half groups
 // only the rows that are not idle; it must read rows, because parked_at,
 // active and attempts are in no index and a parked topic is
 // indistinguishable from an idle one in nq_claim. A clustered scan with a
-// cheap WHERE costs ~0.1-0.15 s per 1M rows, and grouping the survivors
-// ~1 µs per row, so the whole statement took ~0.3 s with 10% of 1M topics
-// requested and ~1.5 s with all of them requested. The alternatives measured
+// cheap WHERE costs ~0.1-0.15 s per 1M rows and grouping the survivors
+// ~1 µs per row, so the statement took ~0.3 s with 10% of 1M topics not
+// idle and ~1.5 s with all of them requested. The alternatives measured
 // worse: the nq_claim range with a primary-key lookup per requested row
-// (for active and attempts) costs ~4 µs per row, and one SUM(...) per state
-// over every row ~0.1 s per state. idle is the first half minus the sum of
-// the second. {rest} is the non-idle filter; ? are the active values.
+// (for active and attempts) costs ~4 µs per row, and one SUM(...) per
+// state over every row ~0.1 s per state per 1M rows. idle is the first
+// half minus the second. Each {active} list takes the active values as
+// arguments.
 const stateCountSQL = `SELECT /* nonqueue metrics */ 0 AS state, 0 AS req, COUNT(*) AS n, NULL AS oldest_us FROM {t}
 UNION ALL
 SELECT /* nonqueue metrics */ CASE
@@ -73,7 +77,8 @@ SELECT /* nonqueue metrics */ CASE
   WHEN {attempts} > 0 THEN 5
   ELSE 6 END AS state,
  {required} > 0 AS req, COUNT(*) AS n, TIMESTAMPDIFF(MICROSECOND, MIN({due}), NOW(6)) AS oldest_us
-FROM {t} WHERE {running} <> 0 OR {required} > 0 OR {parked} IS NOT NULL
+FROM {t}
+WHERE {running} <> 0 OR {parked} IS NOT NULL OR ({activecol} IN ({active})) IS NOT TRUE OR {required} > 0
 GROUP BY state, req`
 
 // stateCountName maps stateCountSQL's state codes to map keys; "" for a
@@ -112,12 +117,13 @@ func (q *Queue) stateCountStatement() string {
 // due on the primary's clock (0 when none is due): the backlog's age, which
 // grows when instances cannot keep up. It runs one read-only statement on
 // the primary; its cost grows with the table (a scan of the rows that are
-// not idle, see stateCountSQL: ~0.3 s on 1M topics of which 10% are
-// requested), so callers should bound it with ctx and not run it more
+// not idle, see stateCountSQL: ~0.3 s on 1M topics of which 10% are not
+// idle), so callers should bound it with ctx and not run it more
 // often than a metrics scrape. On error the map is nil; nothing is changed
 // either way.
 func (q *Queue) StateCounts(ctx context.Context) (map[string]int64, time.Duration, error) {
-	rows, err := q.db.QueryContext(ctx, q.stateCountStatement(), q.sql.activeArgs...)
+	args := append(append([]any{}, q.sql.activeArgs...), q.sql.activeArgs...)
+	rows, err := q.db.QueryContext(ctx, q.stateCountStatement(), args...)
 	if err != nil {
 		return nil, 0, fmt.Errorf("count topics per state: %w", err)
 	}

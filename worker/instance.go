@@ -37,6 +37,9 @@ type Deps struct {
 	Observer func(*monitor.Run)
 	// StateFunc, if set, hears every instance state change (metrics).
 	StateFunc func(instanceID int64, state string)
+	// ReapedFunc, if set, hears every claim this process's reaper takes
+	// back (metrics).
+	ReapedFunc func(queue.Reaped)
 }
 
 // Instance is one worker loop with a stable id.

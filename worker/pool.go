@@ -69,7 +69,7 @@ func (p *Pool) Run(soft, hard context.Context) error {
 	}
 	defer p.Deps.Gate.Stop(context.Background())
 	p.awaitGate(soft)
-	reaper := &queue.Reaper{Queue: p.Deps.Queue, ID: instances[0].ID, Interval: p.Config.ReapInterval, Logger: log}
+	reaper := &queue.Reaper{Queue: p.Deps.Queue, ID: instances[0].ID, Interval: p.Config.ReapInterval, Logger: log, ReapedFunc: p.Deps.ReapedFunc}
 	if err := reaper.Start(soft); err != nil {
 		return err
 	}

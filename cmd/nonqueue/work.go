@@ -178,7 +178,11 @@ func runWork(ctx context.Context, args []string, stdout, stderr io.Writer, logge
 	count := fs.Int("instances", 0, "run instances 1..N in this process")
 	one := fs.Int("instance", 0, "run only instance K (one process per instance, e.g. under systemd)")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
+	metricsListen := fs.String("metrics-listen", "", "serve Prometheus metrics on `ADDR` (host:port) at /metrics; off when empty; unauthenticated, so prefer a loopback address such as 127.0.0.1:9464")
 	if _, err := parseInterleaved(fs, args); err != nil {
+		return err
+	}
+	if err := checkMetricsListen(*metricsListen); err != nil {
 		return err
 	}
 	if *path == "" {
@@ -244,12 +248,19 @@ func runWork(ctx context.Context, args []string, stdout, stderr io.Writer, logge
 		return err
 	}
 	defer n.close()
+	// On hard, not ctx: scrapes keep working through the grace period.
+	wm, err := startWorkerMetrics(hard, *metricsListen, n.queue, n.gate, logger)
+	if err != nil {
+		return err
+	}
+	defer wm.Stop()
 	pool := &worker.Pool{
 		Config: c.Worker, ServerID: n.serverID, Numbers: numbers, Version: version,
 		Deps: &worker.Deps{
 			Queue: n.queue, History: &monitor.History{Primary: n.primary, Schema: c.Topics.MetaSchema},
 			Gate: n.gate, Flavor: n.flavor, Primary: n.primary, Replica: n.replica, Runner: n.runner, Shipper: n.shipper,
 			ReplicaDatadir: n.datadir, ReplicaName: c.Replica.addr(), Logger: logger,
+			Observer: wm.observer(), StateFunc: wm.stateFunc(), ReapedFunc: wm.reapedFunc(),
 		},
 		Heartbeat: &monitor.Heartbeat{Primary: n.primary, Schema: c.Topics.MetaSchema, WriterID: n.serverID, Logger: logger},
 	}

@@ -1,0 +1,275 @@
+package metrics
+
+import (
+	"cmp"
+	"maps"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/nonqueue/nonqueue/monitor"
+	"github.com/nonqueue/nonqueue/queue"
+)
+
+// Phases of a run, the values of nonqueue_run_phase_duration_seconds'
+// phase label, in the order a run goes through them.
+const (
+	PhaseClaim     = "claim"     // the compare-and-set claim on the primary
+	PhaseLagWait   = "lag_wait"  // waiting for the replica to reach the primary's GTID position
+	PhaseProcedure = "procedure" // the procedure on the local replica
+	PhaseTransfer  = "transfer"  // export, SFTP and checksums
+	PhasePublish   = "publish"   // the fenced RENAME swap and finish on the primary
+)
+
+// PhaseBuckets are the upper bounds, in seconds, of the phase histograms:
+// from 1 ms (a claim, a publish) to 10 minutes (a long procedure), 2 to
+// 3× apart. A procedure longer than 10 minutes lands in +Inf.
+func PhaseBuckets() []float64 {
+	return []float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+		1, 2.5, 5, 10, 30, 60, 120, 300, 600}
+}
+
+// DefaultReplicaStaleAfter is WorkerConfig.ReplicaStaleAfter's default.
+const DefaultReplicaStaleAfter = 30 * time.Second
+
+// WorkerConfig names what a worker's collectors read at scrape time. Both
+// are optional: a nil func leaves its metrics out.
+type WorkerConfig struct {
+	// ClaimStatsFunc returns the process's claim counters, normally
+	// (*queue.Queue).Stats; it backs nonqueue_claims_total. It is called
+	// on every scrape and must be cheap and safe for concurrent use.
+	ClaimStatsFunc func() queue.ClaimStats
+	// ReplicaStatusFunc returns the lag gate's last sample, normally
+	// (*monitor.Gate).Status; it backs nonqueue_replication_lag_seconds
+	// and nonqueue_replication_running. Same rules as ClaimStatsFunc.
+	ReplicaStatusFunc func() monitor.ReplicaStatus
+	// ReplicaStaleAfter: a sample older than this is reported as unknown
+	// (the replication metrics are absent), so a stopped gate does not
+	// show its last lag forever; default 30s.
+	ReplicaStaleAfter time.Duration
+}
+
+// Worker holds one worker process's metrics. Its methods match the hooks
+// of worker.Deps (Observer, StateFunc) and queue.Reaper (ReapedFunc); they
+// are safe for concurrent use by every instance of the process and never
+// block on I/O, so a slow scrape cannot slow a run.
+type Worker struct {
+	runs   *prometheus.CounterVec
+	phases *prometheus.HistogramVec
+	bytes  prometheus.Counter
+	reaped prometheus.Counter
+	states *instanceStates
+}
+
+// NewWorker creates a worker process's metrics and registers them in reg:
+// nonqueue_runs_total{outcome}, nonqueue_run_phase_duration_seconds{phase},
+// nonqueue_bytes_shipped_total, nonqueue_leases_reaped_total and
+// nonqueue_instances{state}, plus nonqueue_claims_total{result} and the
+// replication metrics when cfg has their source. It returns reg's error
+// when a name is already registered there (a second Worker in one
+// registry), and registers nothing then.
+func NewWorker(reg prometheus.Registerer, cfg WorkerConfig) (*Worker, error) {
+	w := &Worker{
+		runs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "runs_total",
+			Help: "Topic runs finished by this process, by outcome (done, failed, parked, released, lost).",
+		}, []string{"outcome"}),
+		phases: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: Namespace, Name: "run_phase_duration_seconds",
+			Help:    "Time a run spent in each phase (claim, lag_wait, procedure, transfer, publish); a phase the run never reached is not observed.",
+			Buckets: PhaseBuckets(),
+		}, []string{"phase"}),
+		bytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "bytes_shipped_total",
+			Help: "Bytes of result table files shipped to the primary over SFTP, whatever the run's outcome.",
+		}),
+		reaped: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "leases_reaped_total",
+			Help: "Claims whose lease ran out that this process's reaper took back.",
+		}),
+		states: newInstanceStates(),
+	}
+	// Every label value that can occur, at zero from the start.
+	for _, o := range []string{monitor.OutcomeDone, monitor.OutcomeFailed, monitor.OutcomeParked,
+		monitor.OutcomeReleased, monitor.OutcomeLost} {
+		w.runs.WithLabelValues(o)
+	}
+	for _, p := range []string{PhaseClaim, PhaseLagWait, PhaseProcedure, PhaseTransfer, PhasePublish} {
+		w.phases.WithLabelValues(p)
+	}
+	cs := []prometheus.Collector{w.runs, w.phases, w.bytes, w.reaped, w.states}
+	if cfg.ClaimStatsFunc != nil {
+		cs = append(cs, newClaimCollector(cfg.ClaimStatsFunc))
+	}
+	if cfg.ReplicaStatusFunc != nil {
+		cs = append(cs, newReplicationCollector(cfg.ReplicaStatusFunc, cmp.Or(cfg.ReplicaStaleAfter, DefaultReplicaStaleAfter)))
+	}
+	for i, c := range cs {
+		if err := reg.Register(c); err != nil {
+			for _, done := range cs[:i] {
+				reg.Unregister(done)
+			}
+			return nil, err
+		}
+	}
+	return w, nil
+}
+
+// ObserveRun counts a finished run: its outcome, the duration of each
+// phase it reached (zero means not reached and is not observed) and the
+// bytes it shipped. It has worker.Deps.Observer's signature. A nil run is
+// ignored; an empty outcome counts as "unknown".
+func (w *Worker) ObserveRun(r *monitor.Run) {
+	if r == nil {
+		return
+	}
+	w.runs.WithLabelValues(cmp.Or(r.Outcome, "unknown")).Inc()
+	for _, p := range []struct {
+		name string
+		d    time.Duration
+	}{
+		{PhaseClaim, r.Claim}, {PhaseLagWait, r.LagWait}, {PhaseProcedure, r.Proc},
+		{PhaseTransfer, r.Transfer}, {PhasePublish, r.Publish},
+	} {
+		if p.d > 0 {
+			w.phases.WithLabelValues(p.name).Observe(p.d.Seconds())
+		}
+	}
+	if r.Bytes > 0 {
+		w.bytes.Add(float64(r.Bytes))
+	}
+}
+
+// SetInstanceState records instance id's current state (one of the
+// monitor.State* values) for nonqueue_instances{state}, which counts this
+// process's instances per state. It has worker.Deps.StateFunc's signature.
+func (w *Worker) SetInstanceState(id int64, state string) {
+	w.states.set(id, state)
+}
+
+// ObserveReaped counts one claim taken back by the reaper. It has
+// queue.Reaper.ReapedFunc's signature.
+func (w *Worker) ObserveReaped(queue.Reaped) {
+	w.reaped.Inc()
+}
+
+// instanceStates is nonqueue_instances: the last state of each instance,
+// counted per state at scrape time, so a state change is one map write and
+// the counts can never drift (no inc/dec pairs to get wrong).
+type instanceStates struct {
+	desc *prometheus.Desc
+	mu   sync.Mutex
+	byID map[int64]string
+}
+
+// knownStates are exported at zero so every state's series exists.
+func knownStates() []string {
+	return []string{monitor.StateStarting, monitor.StateIdle, monitor.StateLagWait, monitor.StateStopped,
+		monitor.StateRunning, monitor.StateStopping, monitor.StateExited}
+}
+
+func newInstanceStates() *instanceStates {
+	return &instanceStates{
+		desc: prometheus.NewDesc(Namespace+"_instances",
+			"Worker instances of this process per state (starting, idle, waiting for lag, replica stopped, running, stopping, exited).",
+			[]string{"state"}, nil),
+		byID: map[int64]string{},
+	}
+}
+
+func (s *instanceStates) set(id int64, state string) {
+	s.mu.Lock()
+	s.byID[id] = state
+	s.mu.Unlock()
+}
+
+func (s *instanceStates) Describe(ch chan<- *prometheus.Desc) { ch <- s.desc }
+
+func (s *instanceStates) Collect(ch chan<- prometheus.Metric) {
+	counts := map[string]int{}
+	for _, st := range knownStates() {
+		counts[st] = 0
+	}
+	s.mu.Lock()
+	for _, st := range s.byID {
+		counts[st]++
+	}
+	s.mu.Unlock()
+	for _, st := range slices.Sorted(maps.Keys(counts)) {
+		ch <- prometheus.MustNewConstMetric(s.desc, prometheus.GaugeValue, float64(counts[st]), cmp.Or(st, "unknown"))
+	}
+}
+
+// claimCollector reads the queue's own claim counters at scrape time, so
+// there is one source of truth and nothing to keep in step.
+type claimCollector struct {
+	desc  *prometheus.Desc
+	stats func() queue.ClaimStats
+}
+
+func newClaimCollector(stats func() queue.ClaimStats) *claimCollector {
+	return &claimCollector{
+		desc: prometheus.NewDesc(Namespace+"_claims_total",
+			"Claim attempts of this process by result: won (got a topic), lost (compare-and-set lost: deadlock or lock-wait retry, or taken back before read), empty (nothing due).",
+			[]string{"result"}, nil),
+		stats: stats,
+	}
+}
+
+func (c *claimCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *claimCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.stats()
+	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(s.Won), "won")
+	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(s.Lost), "lost")
+	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(s.Empty), "empty")
+}
+
+// replicationCollector exposes the lag gate's last sample. It reads what
+// the gate stored and never queries the replica itself.
+type replicationCollector struct {
+	lag, running *prometheus.Desc
+	status       func() monitor.ReplicaStatus
+	staleAfter   time.Duration
+}
+
+func newReplicationCollector(status func() monitor.ReplicaStatus, staleAfter time.Duration) *replicationCollector {
+	return &replicationCollector{
+		lag: prometheus.NewDesc(Namespace+"_replication_lag_seconds",
+			"Replication lag of the local replica measured by the lag gate (heartbeat read back), at its last sample; absent while unknown.",
+			nil, nil),
+		running: prometheus.NewDesc(Namespace+"_replication_running",
+			"1 if the local replica's replication thread (io or sql) is running, 0 if not, at the lag gate's last sample; absent while the status cannot be read.",
+			[]string{"thread"}, nil),
+		status:     status,
+		staleAfter: staleAfter,
+	}
+}
+
+func (c *replicationCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.lag
+	ch <- c.running
+}
+
+func (c *replicationCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.status()
+	// SampledAt is set only once the status query answered: before the
+	// first sample, or when the last one failed, nothing is known.
+	if st.SampledAt.IsZero() || time.Since(st.SampledAt) > c.staleAfter {
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(c.running, prometheus.GaugeValue, boolFloat(st.IORunning), "io")
+	ch <- prometheus.MustNewConstMetric(c.running, prometheus.GaugeValue, boolFloat(st.SQLRunning), "sql")
+	if st.LagKnown {
+		ch <- prometheus.MustNewConstMetric(c.lag, prometheus.GaugeValue, st.Lag.Seconds())
+	}
+}
+
+func boolFloat(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
