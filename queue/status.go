@@ -196,7 +196,7 @@ const overviewBoundsSQL = `SELECT /* nonqueue status */ MIN({id}), MAX({id}), NO
 const overviewCountSQL = `SELECT /* nonqueue status */
  ({running} <> 0) + 2 * ({parked} IS NOT NULL) + 4 * ({activecol} IN ({active})) + 8 * ({attempts} > 0) + 16 * ({due} <= ?) AS flags,
  {required}, {priority}, COUNT(*), MIN({due})
- FROM {t} WHERE {id} BETWEEN ? AND ? GROUP BY flags, {required}, {priority}`
+ FROM {t} WHERE {id} BETWEEN ? AND ? GROUP BY flags, {required}, {priority} ORDER BY NULL`
 
 // Overview counts every topic by state in one pass over the table. There
 // is no index that covers the state rule's columns, so it reads the whole

@@ -127,14 +127,15 @@ type Lag struct {
 
 // Config is the whole configuration file.
 type Config struct {
-	Primary   Server        `toml:"primary"`
-	Replica   Server        `toml:"replica"`
-	Topics    queue.Config  `toml:"topics"`
-	SSH       SSH           `toml:"ssh"`
-	Worker    worker.Config `toml:"worker"`
-	Procedure Procedure     `toml:"procedure"`
-	Results   Results       `toml:"results"`
-	Lag       Lag           `toml:"lag"`
+	Primary   Server          `toml:"primary"`
+	Replica   Server          `toml:"replica"`
+	Topics    queue.Config    `toml:"topics"`
+	SSH       SSH             `toml:"ssh"`
+	Worker    worker.Config   `toml:"worker"`
+	Procedure Procedure       `toml:"procedure"`
+	Results   Results         `toml:"results"`
+	Lag       Lag             `toml:"lag"`
+	Dashboard DashboardConfig `toml:"dashboard"`
 
 	path string
 }
@@ -166,6 +167,12 @@ func LoadConfig(path string) (*Config, error) {
 	if md.IsDefined("replica") {
 		c.Replica = c.Replica.withDefaults()
 		if err := c.Replica.validate("replica"); err != nil {
+			return nil, err
+		}
+	}
+	for i := range c.Dashboard.Replicas {
+		c.Dashboard.Replicas[i] = c.Dashboard.Replicas[i].withDefaults()
+		if err := c.Dashboard.Replicas[i].validate(fmt.Sprintf("dashboard.replicas[%d]", i)); err != nil {
 			return nil, err
 		}
 	}

@@ -27,6 +27,9 @@ Usage:
   nonqueue work --config FILE (--instances N | --instance K)
                                             run worker instances on this replica host
   nonqueue check --config FILE              check everything a worker needs, in plain words
+  nonqueue status --config FILE [--json]    the overview: topics by state, backlog, runs, instances
+  nonqueue dashboard --config FILE [--listen ADDR] [--prefix /PATH]
+                                            serve the ops dashboard (web; default 127.0.0.1:8080)
   nonqueue sandbox up --dir DIR [--replicas N]
                                             start a local primary, replicas and sshd
   nonqueue sandbox down --dir DIR           stop what sandbox up started
@@ -64,6 +67,10 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runWork(ctx, args[1:], stdout, stderr, logger)
 	case "check":
 		return runCheck(ctx, args[1:], stdout, stderr, logger)
+	case "status":
+		return runStatus(ctx, args[1:], stdout, stderr)
+	case "dashboard":
+		return runDashboard(ctx, args[1:], stdout, stderr, logger)
 	case "demo":
 		return runDemo(ctx, args[1:], stdout, stderr, logger)
 	case "sandbox":

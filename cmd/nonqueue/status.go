@@ -1,0 +1,167 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nonqueue/nonqueue/monitor"
+	"github.com/nonqueue/nonqueue/monitor/dashboard"
+	"github.com/nonqueue/nonqueue/queue"
+)
+
+func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("status", stderr)
+	path := fs.String("config", "", "configuration file (TOML)")
+	asJSON := fs.Bool("json", false, "print the overview as JSON (durations in nanoseconds), for scripts")
+	if _, err := parseInterleaved(fs, args); err != nil {
+		return err
+	}
+	if *path == "" {
+		return errors.New("status needs --config FILE")
+	}
+	c, err := LoadConfig(*path)
+	if err != nil {
+		return err
+	}
+	q, err := openQueue(ctx, c)
+	if err != nil {
+		return err
+	}
+	defer q.Close()
+	src := &dashboard.Sources{Queue: q, History: &monitor.History{Primary: q.DB(), Schema: c.Topics.MetaSchema}}
+	sum, err := src.Summary(ctx)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(sum)
+	}
+	return writeStatus(stdout, sum)
+}
+
+// writeStatus prints the overview as aligned tables.
+func writeStatus(w io.Writer, s *dashboard.Summary) error {
+	t := s.Topics
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	p := func(format string, a ...any) { fmt.Fprintf(tw, format, a...) }
+	p("topics %s, required %s; counted in %s at %s (primary's clock)\n\n", num(t.Total), num(t.Required),
+		short(t.Elapsed), t.At.Format("2006-01-02 15:04:05"))
+	p("STATE\tTOPICS\n")
+	for _, st := range queue.TopicStates() {
+		p("%s\t%s\n", st, num(t.States[st]))
+	}
+	if t.OldestDue.IsZero() {
+		p("\nnothing is due\n")
+	} else {
+		p("\noldest due topic waits %s (due since %s)\n", short(t.OldestDueAge), t.OldestDue.Format("2006-01-02 15:04:05"))
+	}
+	if len(t.Backlog) > 0 {
+		p("\nPRIORITY\tSCOPE\tDUE\tBACKOFF\tSCHEDULED\n")
+		for _, b := range t.Backlog {
+			p("%d\t%s\t%s\t%s\t%s\n", b.Priority, scopeWord(b.Scope), num(b.Due), num(b.Backoff), num(b.Scheduled))
+		}
+	}
+	p("\nRUNS\tDONE\tFAILED\tOTHER\tFAILURE RATE\tSHIPPED\n")
+	for _, r := range []struct {
+		name string
+		tp   *monitor.Throughput
+	}{{"last hour", s.Hour}, {"last 24h", s.Day}} {
+		p("%s\t%s\t%s\t%s\t%.1f%%\t%s\n", r.name, num(r.tp.Done), num(r.tp.Failed), num(r.tp.Other), 100*r.tp.FailureRate(), size(r.tp.Bytes))
+	}
+	if ph := s.Phases; ph.Runs > 0 {
+		p("\nPHASE\tP50\tP95\tMAX\t(newest %d successful runs of the last hour)\n", ph.Runs)
+		for _, r := range []struct {
+			name string
+			v    monitor.Percentiles
+		}{{"claim", ph.Claim}, {"lag wait", ph.LagWait}, {"procedure", ph.Proc}, {"transfer", ph.Transfer}, {"publish", ph.Publish}, {"whole run", ph.Total}} {
+			p("%s\t%s\t%s\t%s\t\n", r.name, short(r.v.P50), short(r.v.P95), short(r.v.Max))
+		}
+	}
+	if len(s.Running) > 0 {
+		p("\nRUNNING TOPIC\tINSTANCE\tFOR\tHEARTBEAT AGE\n")
+		for _, r := range s.Running {
+			p("%d\t%d\t%s\t%s\n", r.ID, r.Running, short(r.RunningFor), short(r.HeartbeatAge))
+		}
+	}
+	if len(s.Instances) > 0 {
+		var states []string
+		for st, n := range s.InstanceStates {
+			states = append(states, fmt.Sprintf("%s %d", st, n))
+		}
+		sort.Strings(states)
+		p("\nINSTANCE\tREPLICA\tHOST\tSTATE\tTOPIC\tFOR\tLAST SEEN\tRUNS\tFAILURES\t(%s)\n", strings.Join(states, ", "))
+		for _, in := range s.Instances {
+			topic, stale := "", ""
+			if in.TopicID != 0 {
+				topic = strconv.FormatInt(in.TopicID, 10)
+			}
+			if in.Stale {
+				stale = " (silent past the lease)"
+			}
+			p("%d\t%d\t%s\t%s%s\t%s\t%s\t%s\t%s\t%s\t\n", in.ID, in.ReplicaServerID, in.Host, in.State, stale, topic,
+				short(in.StateAge), short(in.LastSeen), num(in.Runs), num(in.Failures))
+		}
+	} else {
+		p("\nno instance has registered\n")
+	}
+	return tw.Flush()
+}
+
+func scopeWord(s int) string {
+	switch s {
+	case queue.ScopePartial:
+		return "partial"
+	case queue.ScopeFull:
+		return "full"
+	}
+	return strconv.Itoa(s)
+}
+
+// num groups thousands: 1,000,000.
+func num(n int64) string {
+	s := strconv.FormatInt(n, 10)
+	start := 0
+	if n < 0 {
+		start = 1
+	}
+	for i := len(s) - 3; i > start; i -= 3 {
+		s = s[:i] + "," + s[i:]
+	}
+	return s
+}
+
+// short rounds a duration for reading: 850ms, 12.3s, 4m5s.
+func short(d time.Duration) string {
+	switch {
+	case d < time.Millisecond:
+		return d.Round(time.Microsecond).String()
+	case d < time.Second:
+		return d.Round(time.Millisecond).String()
+	case d < time.Minute:
+		return d.Round(100 * time.Millisecond).String()
+	}
+	return d.Round(time.Second).String()
+}
+
+func size(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return strconv.FormatInt(n, 10) + " B"
+	}
+	f, i := float64(n), 0
+	for f >= unit && i < 4 {
+		f /= unit
+		i++
+	}
+	return strconv.FormatFloat(f, 'f', 1, 64) + " " + [...]string{"B", "KiB", "MiB", "GiB", "TiB"}[i]
+}

@@ -1,0 +1,174 @@
+package dashboard
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"net/http"
+	"net/url"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Cookie names.
+const (
+	sessionCookie = "nq_session"
+	csrfCookie    = "nq_csrf" // double-submit token of the login form
+	maxSessions   = 1000
+	// maxLoginFailures per minute, over all clients: enough for typos,
+	// too few to guess a token.
+	maxLoginFailures = 20
+)
+
+// session is one logged-in operator.
+type session struct {
+	csrf     string
+	operator string
+	expires  time.Time
+}
+
+// sessions are kept in memory: a restart logs everyone out, which is
+// fine for an operator console.
+type sessions struct {
+	mu       sync.Mutex
+	ttl      time.Duration
+	byID     map[string]*session
+	failures []time.Time // recent failed logins
+}
+
+func newSessions(ttl time.Duration) *sessions {
+	return &sessions{ttl: ttl, byID: map[string]*session{}}
+}
+
+func randomToken() string {
+	var b [32]byte
+	rand.Read(b[:]) // never fails (crypto/rand panics instead)
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+// create starts a session and returns its id.
+func (s *sessions) create(operator string, now time.Time) (string, *session) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for id, ss := range s.byID {
+		if now.After(ss.expires) {
+			delete(s.byID, id)
+		}
+	}
+	for len(s.byID) >= maxSessions { // bounded: drop the one closest to expiry
+		var oldest string
+		for id, ss := range s.byID {
+			if oldest == "" || ss.expires.Before(s.byID[oldest].expires) {
+				oldest = id
+			}
+		}
+		delete(s.byID, oldest)
+	}
+	id := randomToken()
+	ss := &session{csrf: randomToken(), operator: operator, expires: now.Add(s.ttl)}
+	s.byID[id] = ss
+	return id, ss
+}
+
+func (s *sessions) get(id string, now time.Time) *session {
+	if id == "" {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ss := s.byID[id]
+	if ss == nil || now.After(ss.expires) {
+		delete(s.byID, id)
+		return nil
+	}
+	return ss
+}
+
+func (s *sessions) drop(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.byID, id)
+}
+
+// failed records a failed login; the last maxLoginFailures are kept.
+func (s *sessions) failed(now time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.failures = append(s.failures, now)
+	if len(s.failures) > maxLoginFailures {
+		s.failures = s.failures[len(s.failures)-maxLoginFailures:]
+	}
+}
+
+// throttled reports whether maxLoginFailures failed within the last
+// minute.
+func (s *sessions) throttled(now time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.failures) >= maxLoginFailures && now.Sub(s.failures[0]) < time.Minute
+}
+
+// equalSecret compares in constant time, also for different lengths.
+func equalSecret(a, b string) bool {
+	ha, hb := sha256.Sum256([]byte(a)), sha256.Sum256([]byte(b))
+	return subtle.ConstantTimeCompare(ha[:], hb[:]) == 1
+}
+
+// sameOrigin checks the Origin header (or, without it, the Referer's
+// origin) against Config.Origin or the request's Host. A request with
+// neither header (not a browser) passes: it still needs the CSRF token.
+func (s *Server) sameOrigin(r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		ref := r.Header.Get("Referer")
+		if ref == "" {
+			return true
+		}
+		u, err := url.Parse(ref)
+		if err != nil {
+			return false
+		}
+		origin = u.Scheme + "://" + u.Host
+	}
+	if s.cfg.Origin != "" {
+		return strings.TrimSuffix(s.cfg.Origin, "/") == origin
+	}
+	u, err := url.Parse(origin)
+	return err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host == r.Host
+}
+
+func (s *Server) secureCookies(r *http.Request) bool {
+	return r.TLS != nil || strings.HasPrefix(s.cfg.Origin, "https://")
+}
+
+func (s *Server) cookie(r *http.Request, name, value string, maxAge int) *http.Cookie {
+	return &http.Cookie{
+		Name: name, Value: value, Path: s.cfg.Prefix + "/", MaxAge: maxAge,
+		HttpOnly: true, Secure: s.secureCookies(r), SameSite: http.SameSiteStrictMode,
+	}
+}
+
+// session returns the request's live session, nil when none.
+func (s *Server) session(r *http.Request) (string, *session) {
+	c, err := r.Cookie(sessionCookie)
+	if err != nil {
+		return "", nil
+	}
+	return c.Value, s.sessions.get(c.Value, time.Now())
+}
+
+// loginCSRF returns the login form's double-submit token, setting its
+// cookie when the browser has none yet.
+func (s *Server) loginCSRF(w http.ResponseWriter, r *http.Request) string {
+	if c, err := r.Cookie(csrfCookie); err == nil && len(c.Value) >= 32 {
+		return c.Value
+	}
+	v := randomToken()
+	http.SetCookie(w, s.cookie(r, csrfCookie, v, 0))
+	return v
+}
+
+var operatorName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9 ._@-]{0,63}$`)
