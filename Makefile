@@ -4,7 +4,7 @@ GO ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build deps test vet bench-claim schema demo clean
+.PHONY: all build deps test vet bench bench-claim schema demo clean
 
 all: build
 
@@ -20,6 +20,14 @@ vet:
 test: vet
 	$(GO) test -race -p 2 -timeout 30m -count=1 ./...
 
+# The benchmark (bench/README.md): its own sandbox (primary, 2 replicas,
+# sshd), the original loop (../shared/bench/seed-worker.sh) against nonqueue
+# on the same topology, a table, bench/results.json, and a one-line JSON
+# summary last. BENCH_QUICK=1 runs the small version (under 2 minutes).
+bench: build
+	$(GO) build -o bin/nqbench ./bench
+	BENCH_QUICK="$(BENCH_QUICK)" bin/nqbench
+
 # Claim throughput at 1, 8 and 32 concurrent claimers over 10,000 due topics.
 bench-claim:
 	$(GO) test -run '^$$' -bench BenchmarkClaim -benchtime 5s -count 3 ./queue/
@@ -30,7 +38,8 @@ deps:
 # The whole system on a local sandbox: primary, 2 replicas, sshd, the
 # example procedure, 4 instances per replica, a few hundred topics.
 # DEMO_ARGS=--keep leaves it running.
-demo: deps build
+demo: build
+	bash .ci/deps runtime
 	bin/nonqueue demo $(DEMO_ARGS)
 
 schema:
