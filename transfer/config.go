@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"os"
 	"path"
 	"strconv"
 	"strings"
@@ -79,6 +80,11 @@ type Config struct {
 	// BackupKeep is how many copies per topic are kept; default 3 when
 	// BackupDir is set.
 	BackupKeep int
+	// FileMode, if set, is applied to every shipped file (one more SFTP
+	// request per file). Leave it 0 when the SSH user is the user mysqld
+	// runs as, which is the recommended setup: the files are then the
+	// server's own.
+	FileMode os.FileMode
 }
 
 // ConfigError names the configuration field that is wrong. Configuration

@@ -35,10 +35,6 @@ const swapTimeout = 30 * time.Second
 // memory stays around 8 MiB whatever the table size.
 const fileParallelism = 4
 
-// fileMode of shipped files: the server's user or group must read and
-// write them, nobody else needs to.
-const fileMode = 0o660
-
 // myisamExts are a MyISAM table's files; the .frm goes last, so an
 // interrupted copy never leaves a .frm next to incomplete data.
 var myisamExts = []string{".MYD", ".MYI", ".frm"}
@@ -103,6 +99,7 @@ type stagedTable struct {
 }
 
 type stagedFile struct {
+	mode          os.FileMode // applied with chmod when not 0
 	local, remote string
 	size          int64
 	frm           bool
@@ -316,6 +313,7 @@ func (s *Shipper) export(ctx context.Context, p *ShipParams, tables []*stagedTab
 				local:  filepath.Join(datadir, s.cfg.Schema, t.live+ext),
 				remote: path.Join(remoteDir, t.tmp+ext),
 				frm:    ext == ".frm",
+				mode:   s.cfg.FileMode,
 			}
 			st, err := os.Stat(f.local)
 			if err != nil {
@@ -524,9 +522,10 @@ func putParallel(ctx context.Context, c *sftp.Client, files []*stagedFile) error
 }
 
 // putFile streams one local file to its remote path (never buffering it
-// whole), checks Close, and checks the remote size. Requests that do not
-// depend on each other run concurrently (chmod with the writes, stat with
-// the close): on a small table the round trips are the cost.
+// whole) and checks that every byte was written and acknowledged and that
+// Close succeeded: with the SSH transport's integrity that is the copy;
+// the table checksum on the primary then checks what the server reads.
+// A chmod, when configured, runs concurrently with the writes.
 func putFile(ctx context.Context, c *sftp.Client, f *stagedFile) error {
 	src, err := os.Open(f.local)
 	if err != nil {
@@ -538,42 +537,23 @@ func putFile(ctx context.Context, c *sftp.Client, f *stagedFile) error {
 		return fmt.Errorf("create %s over sftp: %w", f.remote, err)
 	}
 	chmod := make(chan error, 1)
-	go func() { chmod <- c.Chmod(f.remote, fileMode) }()
+	if f.mode != 0 {
+		go func() { chmod <- c.Chmod(f.remote, f.mode) }()
+	} else {
+		chmod <- nil
+	}
 	n, err := dst.ReadFrom(&ctxReader{err: ctx.Err, r: src, size: f.size})
-	type statResult struct {
-		size int64
-		err  error
-	}
-	stat := make(chan statResult, 1)
-	if err == nil {
-		// Every write was acknowledged, so the size is final already.
-		go func() {
-			st, err := c.Stat(f.remote)
-			if err != nil {
-				stat <- statResult{err: err}
-				return
-			}
-			stat <- statResult{size: st.Size()}
-		}()
-	}
 	if cerr := dst.Close(); err == nil && cerr != nil {
 		err = fmt.Errorf("close: %w", cerr)
 	}
 	if cerr := <-chmod; err == nil && cerr != nil {
-		err = fmt.Errorf("chmod %o: %w", fileMode, cerr)
+		err = fmt.Errorf("chmod %o: %w", f.mode, cerr)
 	}
 	if err != nil {
 		return fmt.Errorf("copy %s to %s over sftp: %w", f.local, f.remote, err)
 	}
 	if n != f.size {
-		return fmt.Errorf("copy %s: read %d bytes, expected %d", f.local, n, f.size)
-	}
-	st := <-stat
-	if st.err != nil {
-		return fmt.Errorf("stat %s over sftp: %w", f.remote, st.err)
-	}
-	if st.size != f.size {
-		return fmt.Errorf("%s has %d bytes on the primary, %s has %d", f.remote, st.size, f.local, f.size)
+		return fmt.Errorf("copy %s to %s: wrote %d bytes, the file has %d", f.local, f.remote, n, f.size)
 	}
 	return nil
 }

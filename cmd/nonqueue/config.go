@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -100,6 +101,11 @@ type SSH struct {
 	KeyFile    string `toml:"key_file"`
 	KnownHosts string `toml:"known_hosts"` // required: host keys are always checked
 	Datadir    string `toml:"datadir"`     // the primary's datadir as seen over SFTP
+	// FileMode ("0660") is applied to shipped files; leave it unset when
+	// User is the user mysqld runs as (recommended).
+	FileMode string `toml:"file_mode"`
+
+	mode os.FileMode
 }
 
 // Procedure is the [procedure] section: what a run calls on the replica.
@@ -182,6 +188,13 @@ func LoadConfig(path string) (*Config, error) {
 			if f.v == "" {
 				return nil, &ConfigError{Key: "ssh." + f.key, Err: errors.New("is required")}
 			}
+		}
+		if c.SSH.FileMode != "" {
+			m, err := strconv.ParseUint(c.SSH.FileMode, 8, 32)
+			if err != nil || m > 0o777 {
+				return nil, &ConfigError{Key: "ssh.file_mode", Err: fmt.Errorf("%q: want an octal mode such as \"0660\"", c.SSH.FileMode)}
+			}
+			c.SSH.mode = os.FileMode(m)
 		}
 		for _, p := range []*string{&c.SSH.KeyFile, &c.SSH.KnownHosts} {
 			if !filepath.IsAbs(*p) {

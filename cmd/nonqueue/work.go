@@ -63,6 +63,7 @@ func (c *Config) transferConfig() transfer.Config {
 		Tables:         c.Results.Tables,
 		BackupDir:      c.Results.BackupDir,
 		BackupKeep:     c.Results.BackupKeep,
+		FileMode:       c.SSH.mode,
 	}.WithDefaults()
 }
 
