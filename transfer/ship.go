@@ -73,6 +73,12 @@ type ShipParams struct {
 	// worker marks the topic finished here). Its context is detached from
 	// Ship's and bounded by 30s: the tables are live already.
 	Commit func(ctx context.Context) error
+	// DropReplica drops the result tables on the replica once their files
+	// are shipped, while the publish runs on the primary (protocol 7): the
+	// drop, a synced DDL, is then off the run's critical path. Ship waits
+	// for it before returning; its failure is logged, not returned (the
+	// next run's procedure replaces the tables anyway).
+	DropReplica bool
 }
 
 // Shipment describes a completed Ship.
@@ -215,6 +221,21 @@ func (s *Shipper) Ship(ctx context.Context, p *ShipParams) (*Shipment, error) {
 		return nil, fmt.Errorf("ship topic %d: %w", p.TopicID, err)
 	}
 	ship.TransferTime = time.Since(t0)
+
+	dropped := make(chan struct{})
+	if p.DropReplica {
+		go func() {
+			defer close(dropped)
+			dctx, cancel := cleanupContext(ctx)
+			defer cancel()
+			if derr := s.DropReplicaTables(dctx, p.Replica, p.TopicID); derr != nil {
+				log.WarnContext(dctx, "drop result tables on the replica", "err", derr)
+			}
+		}()
+	} else {
+		close(dropped)
+	}
+	defer func() { <-dropped }()
 
 	t0 = time.Now()
 	var old []string

@@ -196,11 +196,14 @@ func (in *Instance) process(hard context.Context, claim *queue.Claim, run *monit
 			finished = err == nil
 			return err
 		},
+		DropReplica: true,
 	})
 	if ship != nil {
 		run.Bytes, run.Transfer, run.Publish = ship.Bytes, ship.TransferTime, ship.PublishTime
 	}
-	in.dropLocal(claim, log)
+	if err != nil {
+		in.dropLocal(claim, log) // the shipment may have stopped before its own drop
+	}
 	if err != nil && !finished {
 		in.giveUp(ctx, claim, run, log, fmt.Errorf("transfer: %w", err), false)
 		return

@@ -98,7 +98,14 @@ func (c *Config) validateWorker() error {
 	return c.gateConfig().Validate()
 }
 
+// openPool opens a worker pool. Arguments are interpolated by the driver
+// (escaped for the connection's character set, as gh-ost does) instead of
+// server-side prepared statements: a one-off query with arguments is then
+// one round trip, not a PREPARE, an EXECUTE and a CLOSE — measured on the
+// cycle: 6 of the primary's 18 commands per topic were PREPAREs.
 func openPool(mc *mysql.Config, conns int) (*sql.DB, error) {
+	mc = mc.Clone()
+	mc.InterpolateParams = true
 	conn, err := mysql.NewConnector(mc)
 	if err != nil {
 		return nil, err
