@@ -25,7 +25,7 @@ func (s *Shipper) DropReplicaTables(ctx context.Context, replica *sql.DB, topicI
 	if topicID <= 0 {
 		return fmt.Errorf("%w: topic id %d is not positive", ErrParams, topicID)
 	}
-	sess, err := openSession(ctx, replica, "replica")
+	sess, err := openSession(ctx, replica, "replica", s.cfg.NoBinlogPools)
 	if err != nil {
 		return fmt.Errorf("drop result tables of topic %d: %w", topicID, err)
 	}
@@ -78,7 +78,7 @@ func (s *Shipper) CleanupPrimary(ctx context.Context, primary *sql.DB, olderThan
 	if len(newest) == 0 {
 		return nil
 	}
-	sess, err := openSession(ctx, primary, "primary")
+	sess, err := openSession(ctx, primary, "primary", s.cfg.NoBinlogPools)
 	if err != nil {
 		return fmt.Errorf("clean up staging tables: %w", err)
 	}

@@ -85,6 +85,11 @@ type Config struct {
 	// runs as, which is the recommended setup: the files are then the
 	// server's own.
 	FileMode os.FileMode
+	// NoBinlogPools says the replica and primary pools given to Ship and
+	// DropReplicaTables run every session with sql_log_bin=0 already
+	// (set when connecting): Ship then skips turning it off and back on
+	// per session, two statements on each server per topic.
+	NoBinlogPools bool
 }
 
 // ConfigError names the configuration field that is wrong. Configuration

@@ -37,12 +37,20 @@ type session struct {
 	// could not release, binary logging still off): close discards the
 	// connection instead of returning it to the pool.
 	bad bool
+	// pooled: binary logging is off for the whole pool; nothing to restore.
+	pooled bool
 }
 
-func openSession(ctx context.Context, db *sql.DB, role string) (*session, error) {
+// openSession pins a connection and turns binary logging off for it;
+// with noBinlogPool the pool's sessions have it off already (set when
+// connecting) and nothing is sent.
+func openSession(ctx context.Context, db *sql.DB, role string, noBinlogPool bool) (*session, error) {
 	conn, err := db.Conn(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("connect to the %s: %w", role, err)
+	}
+	if noBinlogPool {
+		return &session{conn: conn, role: role, pooled: true}, nil
 	}
 	if _, err := conn.ExecContext(ctx, noBinlogSQL); err != nil {
 		discard(conn)
@@ -57,7 +65,7 @@ func openSession(ctx context.Context, db *sql.DB, role string) (*session, error)
 func (s *session) close(ctx context.Context) {
 	cctx, cancel := cleanupContext(ctx)
 	defer cancel()
-	if !s.bad {
+	if !s.bad && !s.pooled {
 		if _, err := s.conn.ExecContext(cctx, restoreBinlogSQL); err != nil {
 			s.bad = true
 		}

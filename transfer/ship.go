@@ -178,7 +178,7 @@ func (s *Shipper) Ship(ctx context.Context, p *ShipParams) (*Shipment, error) {
 	if _, err := s.link(ctx); err != nil {
 		return nil, fmt.Errorf("ship topic %d: %w", p.TopicID, err)
 	}
-	prim, err := openSession(ctx, p.Primary, "primary")
+	prim, err := openSession(ctx, p.Primary, "primary", s.cfg.NoBinlogPools)
 	if err != nil {
 		return nil, fmt.Errorf("ship topic %d: %w", p.TopicID, err)
 	}
@@ -291,7 +291,7 @@ func (s *Shipper) checkParams(p *ShipParams) error {
 // export runs steps 1 and 2 on the replica: check, lock, checksum, stream,
 // back up, unlock. It returns the partial backup directory, if any.
 func (s *Shipper) export(ctx context.Context, p *ShipParams, tables []*stagedTable, ship *Shipment, log *slog.Logger) (backup string, err error) {
-	rep, err := openSession(ctx, p.Replica, "replica")
+	rep, err := openSession(ctx, p.Replica, "replica", s.cfg.NoBinlogPools)
 	if err != nil {
 		return "", err
 	}
@@ -723,7 +723,7 @@ func (s *Shipper) removeStaging(ctx context.Context, prim *session, primary *sql
 	}
 	if prim.bad {
 		var sess *session
-		if sess, err = openSession(cctx, primary, "primary"); err == nil {
+		if sess, err = openSession(cctx, primary, "primary", s.cfg.NoBinlogPools); err == nil {
 			_, err = sess.conn.ExecContext(cctx, drop)
 			sess.close(cctx)
 		}

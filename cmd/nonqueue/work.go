@@ -26,8 +26,9 @@ import (
 type node struct {
 	cfg      *Config
 	queue    *queue.Queue
-	primary  *sql.DB
-	replica  *sql.DB
+	primary  *sql.DB // binlogged: run history, registry, lag heartbeat (which must replicate)
+	publish  *sql.DB // primary sessions with sql_log_bin=0: publishes never replicate
+	replica  *sql.DB // every session with sql_log_bin=0 (protocol 7)
 	flavor   flavor.Flavor
 	serverID uint32
 	datadir  string
@@ -64,6 +65,7 @@ func (c *Config) transferConfig() transfer.Config {
 		BackupDir:      c.Results.BackupDir,
 		BackupKeep:     c.Results.BackupKeep,
 		FileMode:       c.SSH.mode,
+		NoBinlogPools:  true, // openNode's replica and publish pools
 	}.WithDefaults()
 }
 
@@ -117,6 +119,17 @@ func openPool(mc *mysql.Config, conns int) (*sql.DB, error) {
 	return db, nil
 }
 
+// noBinlog returns mc with sql_log_bin=0 set on every new session (needs
+// SUPER or BINLOG ADMIN, which a worker needs anyway).
+func noBinlog(mc *mysql.Config) *mysql.Config {
+	mc = mc.Clone()
+	if mc.Params == nil {
+		mc.Params = map[string]string{}
+	}
+	mc.Params["sql_log_bin"] = "0"
+	return mc
+}
+
 // openNode connects to both servers and the primary's SSH, and reads what
 // the worker needs from its replica. On error everything opened is closed.
 func openNode(ctx context.Context, c *Config, instances int, log *slog.Logger) (_ *node, err error) {
@@ -133,7 +146,10 @@ func openNode(ctx context.Context, c *Config, instances int, log *slog.Logger) (
 	if err != nil {
 		return nil, err
 	}
-	if n.primary, err = openPool(pmc, 2*instances+4); err != nil {
+	if n.primary, err = openPool(pmc, instances+4); err != nil {
+		return nil, fmt.Errorf("open primary: %w", err)
+	}
+	if n.publish, err = openPool(noBinlog(pmc), instances+2); err != nil {
 		return nil, fmt.Errorf("open primary: %w", err)
 	}
 	rmc, err := c.Replica.MySQL("replica")
@@ -142,7 +158,7 @@ func openNode(ctx context.Context, c *Config, instances int, log *slog.Logger) (
 	}
 	// The procedure, the export lock and the GTID wait each hold a
 	// connection per instance.
-	if n.replica, err = openPool(rmc, 3*instances+4); err != nil {
+	if n.replica, err = openPool(noBinlog(rmc), 3*instances+4); err != nil {
 		return nil, fmt.Errorf("open replica: %w", err)
 	}
 	if err := n.replica.PingContext(ctx); err != nil {
@@ -170,7 +186,7 @@ func (n *node) close() {
 	if n.shipper != nil {
 		n.shipper.Close()
 	}
-	for _, db := range []*sql.DB{n.primary, n.replica} {
+	for _, db := range []*sql.DB{n.primary, n.publish, n.replica} {
 		if db != nil {
 			db.Close()
 		}
@@ -266,7 +282,7 @@ func runWork(ctx context.Context, args []string, stdout, stderr io.Writer, logge
 		Config: c.Worker, ServerID: n.serverID, Numbers: numbers, Version: version,
 		Deps: &worker.Deps{
 			Queue: n.queue, History: &monitor.History{Primary: n.primary, Schema: c.Topics.MetaSchema},
-			Gate: n.gate, Flavor: n.flavor, Primary: n.primary, Replica: n.replica, Runner: n.runner, Shipper: n.shipper,
+			Gate: n.gate, Flavor: n.flavor, Primary: n.publish, Replica: n.replica, Runner: n.runner, Shipper: n.shipper,
 			ReplicaDatadir: n.datadir, ReplicaName: c.Replica.addr(), Logger: logger,
 			Observer: wm.observer(), StateFunc: wm.stateFunc(), ReapedFunc: wm.reapedFunc(),
 		},
