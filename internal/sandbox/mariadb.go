@@ -82,6 +82,29 @@ func (u *upState) ensureTemplate(ctx context.Context) error {
 	if os.Geteuid() == 0 {
 		args = append(args, "--user=root")
 	}
+	// One retry: under heavy load (test packages in parallel) the
+	// bootstrap has been seen to fail once and then succeed.
+	for try := 0; try < 2; try++ {
+		if try > 0 {
+			u.log.Warn("sandbox: mariadb-install-db failed; trying once more", "err", errorLines(logPath))
+			if err := os.RemoveAll(tmp); err != nil {
+				return err
+			}
+		}
+		if err = u.installDB(ctx, args, lf, dir); err == nil || ctx.Err() != nil {
+			break
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("mariadb-install-db: %w: %s", err, errorLines(logPath))
+	}
+	if err := os.Rename(tmp, tmpl); err != nil {
+		return err
+	}
+	return os.WriteFile(marker, []byte(want), 0o644)
+}
+
+func (u *upState) installDB(ctx context.Context, args []string, lf *os.File, dir string) error {
 	ictx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ictx, u.bin.installDB, args...)
@@ -91,19 +114,33 @@ func (u *upState) ensureTemplate(ctx context.Context) error {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = 5 * time.Second
-	if err := cmd.Run(); err != nil {
-		if ictx.Err() != nil {
-			err = fmt.Errorf("%w (%w)", err, ictx.Err())
-			// SIGKILL is asynchronous: do not return (and let the caller
-			// clean up) while the bootstrap server may still hold files.
-			waitGroupGone(cmd.Process.Pid, killTimeout)
+	err := cmd.Run()
+	if err != nil && ictx.Err() != nil {
+		err = fmt.Errorf("%w (%w)", err, ictx.Err())
+		// SIGKILL is asynchronous: do not return (and let the caller
+		// clean up) while the bootstrap server may still hold files.
+		waitGroupGone(cmd.Process.Pid, killTimeout)
+	}
+	return err
+}
+
+// errorLines returns the [ERROR] lines of a server log (the tail of
+// mariadb-install-db's output is only its generic help text).
+func errorLines(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.Contains(l, "ERROR") || strings.Contains(l, "rror:") {
+			out = append(out, strings.TrimSpace(l))
 		}
-		return withLogTail(fmt.Errorf("mariadb-install-db: %w", err), logPath, 0)
 	}
-	if err := os.Rename(tmp, tmpl); err != nil {
-		return err
+	if len(out) == 0 {
+		return "no error line in " + path
 	}
-	return os.WriteFile(marker, []byte(want), 0o644)
+	return strings.Join(out[max(0, len(out)-8):], "; ")
 }
 
 // templateKey identifies the mariadbd build a template was made with.
