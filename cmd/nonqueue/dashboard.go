@@ -13,6 +13,7 @@ import (
 
 	"github.com/nonqueue/nonqueue/monitor"
 	"github.com/nonqueue/nonqueue/monitor/dashboard"
+	"github.com/nonqueue/nonqueue/monitor/metrics"
 )
 
 // DashboardConfig is the [dashboard] section: how `nonqueue dashboard`
@@ -149,8 +150,13 @@ func runDashboard(ctx context.Context, args []string, stdout, stderr io.Writer, 
 	defer q.Close()
 	reps, closeReps := dashboardReplicas(ctx, c, d, logger)
 	defer closeReps()
+	reg := metrics.NewRegistry()
+	if err := reg.Register(metrics.NewTopicCollector(q, 5*time.Second, logger)); err != nil {
+		return fmt.Errorf("dashboard metrics: %w", err)
+	}
 	srv, err := dashboard.New(dc, &dashboard.Sources{
 		Queue: q, History: &monitor.History{Primary: q.DB(), Schema: c.Topics.MetaSchema}, Replicas: reps,
+		Metrics: metrics.Handler(reg),
 	}, logger)
 	if err != nil {
 		return err

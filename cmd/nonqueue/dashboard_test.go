@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -108,6 +109,20 @@ func TestDashboardCommand(t *testing.T) {
 	if code, body := httpGet(t, url+"replicas"); code != 200 || !strings.Contains(body, "live lag") {
 		t.Fatalf("replicas page ([replica] read live): %d\n%.2000s", code, body)
 	}
+	// The topic table's metrics, checked by Prometheus's own linter.
+	code, body = httpGet(t, url+"metrics")
+	if code != 200 || !strings.Contains(body, `nonqueue_topics{state="due"}`) || !strings.Contains(body, "nonqueue_oldest_due_age_seconds") {
+		t.Fatalf("metrics: %d\n%.2000s", code, body)
+	}
+	if promtool, err := exec.LookPath("promtool"); err == nil {
+		cmd := exec.Command(promtool, "check", "metrics")
+		cmd.Stdin = strings.NewReader(body)
+		if out, err := cmd.CombinedOutput(); err != nil || len(out) > 0 {
+			t.Fatalf("promtool check metrics on the dashboard: %v\n%s", err, out)
+		}
+	} else if os.Getenv("CI") != "" {
+		t.Fatal("promtool missing")
+	}
 	if err := stop(); err != nil {
 		t.Fatalf("stop: %v", err)
 	}
@@ -123,9 +138,6 @@ func TestDashboardCommand(t *testing.T) {
 	}
 }
 
-// configHasDashboard reports whether Config has its Dashboard field
-// (wired in config.go); until then LoadConfig refuses a [dashboard]
-// section as an unknown key.
 // loadDashboardSection loads a whole file and returns its [dashboard]
 // section, as `nonqueue dashboard` does.
 func loadDashboardSection(path string) (*DashboardConfig, error) {

@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"net/http"
 	"regexp"
 	"slices"
 	"sync"
@@ -33,6 +34,9 @@ type Sources struct {
 	Queue    *queue.Queue
 	History  *monitor.History
 	Replicas []Replica
+	// Metrics, if set, is served at /metrics (Prometheus exposition of
+	// the topic table: monitor/metrics.NewTopicCollector).
+	Metrics http.Handler
 }
 
 func (s *Sources) check() error {

@@ -144,6 +144,9 @@ func (s *Server) routes() http.Handler {
 	static, _ := fs.Sub(assets, "static")
 	mux.Handle("GET /static/", http.StripPrefix("/static/", http.FileServerFS(static)))
 	mux.HandleFunc("GET /healthz", s.healthz)
+	if s.src.Metrics != nil {
+		mux.Handle("GET /metrics", s.src.Metrics)
+	}
 	mux.HandleFunc("GET /{$}", s.overviewPage)
 	mux.HandleFunc("GET /api/summary", s.summaryJSON)
 	mux.HandleFunc("GET /replicas", s.replicasPage)
