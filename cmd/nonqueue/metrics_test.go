@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"os"
 	"os/exec"
@@ -385,12 +384,12 @@ func TestMetricsEndToEnd(t *testing.T) {
 	}
 	promtoolCheck(t, promtool, body)
 
-	// The dashboard side: the topic collector on its own endpoint.
-	treg := metrics.NewRegistry()
-	treg.MustRegister(metrics.NewTopicCollector(b.q, 5*time.Second, slog.New(slog.NewTextHandler(&logs, nil))))
-	topicSrv := httptest.NewServer(metrics.Handler(treg))
-	defer topicSrv.Close()
-	tbody, tfams := scrape(t, topicSrv.URL+"/metrics")
+	// The dashboard side: `nonqueue dashboard` on the same configuration
+	// serves the topic collector at /metrics.
+	dashURL, _, stopDash := startDashboard(t, "--config", b.config(t, 0, ""), "--listen", "127.0.0.1:0")
+	defer stopDash()
+	dashAddr := strings.TrimSuffix(strings.TrimPrefix(dashURL, "http://"), "/")
+	tbody, tfams := scrape(t, "http://"+dashAddr+"/metrics")
 	checkFamilies(t, tfams, map[string]dto.MetricType{
 		"nonqueue_topics":                       dto.MetricType_GAUGE,
 		"nonqueue_oldest_due_age_seconds":       dto.MetricType_GAUGE,
@@ -407,7 +406,7 @@ func TestMetricsEndToEnd(t *testing.T) {
 	promtoolCheck(t, promtool, tbody)
 
 	// A real Prometheus scrapes both and answers queries.
-	prom := startPrometheus(t, addr, strings.TrimPrefix(topicSrv.URL, "http://"))
+	prom := startPrometheus(t, addr, dashAddr)
 	promQuery(t, prom, `nonqueue_runs_total{job="worker",outcome="done"}`, float64(runsDone))
 	promQuery(t, prom, `nonqueue_topics{job="topics",state="idle"}`, topics)
 	promQuery(t, prom, `sum(up)`, 2)
