@@ -84,7 +84,21 @@ func (in *Instance) RunOnce(soft, hard context.Context) (bool, error) {
 		return false, nil
 	}
 	start := time.Now()
-	claim, err := in.deps.Queue.Claim(soft, &queue.ClaimParams{InstanceID: in.ID, MinPriority: in.cfg.MinPriority})
+	// The claim runs on a context a shutdown does not cancel: a claim
+	// UPDATE that commits on the server while the client gives up would
+	// leave the topic marked running until its lease ran out.
+	cctx, cancel := cleanupContext(soft)
+	claim, err := in.deps.Queue.Claim(cctx, &queue.ClaimParams{InstanceID: in.ID, MinPriority: in.cfg.MinPriority})
+	cancel()
+	if err == nil && soft.Err() != nil {
+		// Stopping: give it straight back, not counted as an attempt.
+		rctx, cancel := cleanupContext(soft)
+		defer cancel()
+		if _, rerr := in.deps.Queue.Release(rctx, claim, &queue.ReleaseParams{}); rerr != nil {
+			in.log.ErrorContext(rctx, "release claim at shutdown", "topic_id", claim.TopicID, "err", rerr)
+		}
+		return false, errStop
+	}
 	if errors.Is(err, queue.ErrNoneDue) {
 		in.setState(soft, monitor.StateIdle, 0, 0, 0)
 		sleep(soft, in.cfg.IdleWait)
