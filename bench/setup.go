@@ -409,6 +409,7 @@ timeout = "10m"
 [results]
 schema = "influencer"
 tables = ["Dynamics_{id}", "Post_{id}"]
+verify = "{{.Verify}}"
 
 [worker]
 log_dir = "{{.LogDir}}"
@@ -441,8 +442,14 @@ func (b *bench) writeConfigs() error {
 			if err != nil {
 				return err
 			}
+			// A big result is verified by byte hashes (no second read of it
+			// through the primary); small ones by CHECKSUM TABLE, the default.
+			verify := "checksum"
+			if proc == procBig {
+				verify = "cksum"
+			}
 			err = workerConfig.Execute(f, map[string]any{"SB": b.sb, "Replica": r, "Proc": proc,
-				"LogDir": filepath.Join(b.dir, "runs"), "IdleWait": b.s.IdleWait.String()})
+				"LogDir": filepath.Join(b.dir, "runs"), "IdleWait": b.s.IdleWait.String(), "Verify": verify})
 			if cerr := f.Close(); err == nil {
 				err = cerr
 			}

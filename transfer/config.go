@@ -90,7 +90,22 @@ type Config struct {
 	// (set when connecting): Ship then skips turning it off and back on
 	// per session, two statements on each server per topic.
 	NoBinlogPools bool
+	// Verify is how a copy is checked before it goes live:
+	// VerifyChecksum (default) compares CHECKSUM TABLE … EXTENDED on the
+	// replica (while the files stream) and on the primary (after them);
+	// VerifyCksum computes the POSIX cksum CRC of the bytes as they stream
+	// and compares it with `cksum` run on the primary's host over an SSH
+	// exec session (GNU coreutils reads at memory speed), so nothing
+	// re-reads a big table row by row through the server; the SSH login
+	// needs a shell and coreutils there.
+	Verify string
 }
+
+// Verification modes of Config.Verify.
+const (
+	VerifyChecksum = "checksum"
+	VerifyCksum    = "cksum"
+)
 
 // ConfigError names the configuration field that is wrong. Configuration
 // holds no secrets (the key stays in its file), so the message may quote
@@ -117,6 +132,7 @@ func (c Config) WithDefaults() Config {
 	if c.PrimaryDatadir != "" {
 		c.PrimaryDatadir = path.Clean(c.PrimaryDatadir)
 	}
+	c.Verify = cmp.Or(c.Verify, VerifyChecksum)
 	return c
 }
 
@@ -126,6 +142,8 @@ func (c Config) WithDefaults() Config {
 // WithDefaults' result; NewShipper does both.
 func (c Config) Validate() error {
 	switch {
+	case c.Verify != "" && c.Verify != VerifyChecksum && c.Verify != VerifyCksum:
+		return &ConfigError{Field: "results.verify", Err: fmt.Errorf("%q: want %q or %q", c.Verify, VerifyChecksum, VerifyCksum)}
 	case c.SSH.Host == "":
 		return &ConfigError{Field: "ssh.host", Err: errors.New("is required")}
 	case strings.ContainsAny(c.SSH.Host, " \t\r\n/"):

@@ -106,6 +106,8 @@ type stagedTable struct {
 
 type stagedFile struct {
 	mode          os.FileMode // applied with chmod when not 0
+	hash          bool        // compute crc while streaming
+	crc           uint32      // POSIX cksum of the bytes sent, with hash
 	local, remote string
 	size          int64
 	frm           bool
@@ -335,6 +337,7 @@ func (s *Shipper) export(ctx context.Context, p *ShipParams, tables []*stagedTab
 				remote: path.Join(remoteDir, t.tmp+ext),
 				frm:    ext == ".frm",
 				mode:   s.cfg.FileMode,
+				hash:   s.cfg.Verify == VerifyCksum,
 			}
 			st, err := os.Stat(f.local)
 			if err != nil {
@@ -356,11 +359,19 @@ func (s *Shipper) export(ctx context.Context, p *ShipParams, tables []*stagedTab
 		err  error
 	}
 	sumDone := make(chan sumResult, 1)
+	sha := s.cfg.Verify == VerifyCksum
 	go func() {
+		if sha {
+			sumDone <- sumResult{}
+			return
+		}
 		sums, err := checksums(sumCtx, rep.conn, s.cfg.Schema, live)
 		sumDone <- sumResult{sums, err}
 	}()
 	streamErr := s.stream(ctx, files, log)
+	if streamErr == nil && sha {
+		streamErr = s.verifyRemote(ctx, files)
+	}
 	if streamErr != nil {
 		cancelSum()
 	}
@@ -375,6 +386,9 @@ func (s *Shipper) export(ctx context.Context, p *ShipParams, tables []*stagedTab
 		return "", fmt.Errorf("checksum result tables on the replica: %w", res.err)
 	}
 	for _, t := range tables {
+		if sha {
+			break
+		}
 		sum, ok := res.sums[t.live]
 		if !ok {
 			return "", fmt.Errorf("checksum of %s on the replica: %w", t.live, ErrTableMissing)
@@ -563,7 +577,16 @@ func putFile(ctx context.Context, c *sftp.Client, f *stagedFile) error {
 	} else {
 		chmod <- nil
 	}
-	n, err := dst.ReadFrom(&ctxReader{err: ctx.Err, r: src, size: f.size})
+	var r io.Reader = src
+	var h *posixCRC
+	if f.hash {
+		h = &posixCRC{}
+		r = io.TeeReader(src, h) // ReadFrom reads in order: the CRC is of the bytes sent
+	}
+	n, err := dst.ReadFrom(&ctxReader{err: ctx.Err, r: r, size: f.size})
+	if h != nil {
+		f.crc = h.Sum32()
+	}
 	if cerr := dst.Close(); err == nil && cerr != nil {
 		err = fmt.Errorf("close: %w", cerr)
 	}
@@ -604,11 +627,26 @@ func (s *Shipper) publish(ctx context.Context, prim *session, p *ShipParams, tab
 	for i, t := range tables {
 		tmp[i] = t.tmp
 	}
-	sums, err := checksums(ctx, prim.conn, s.cfg.Schema, tmp)
-	if err != nil {
-		return false, nil, fmt.Errorf("checksum shipped tables on the primary: %w", err)
+	if s.cfg.Verify == VerifyCksum {
+		// The bytes are verified; make sure the server opens the tables.
+		var probes []string
+		for _, n := range tmp {
+			probes = append(probes, "(SELECT 1 FROM "+s.qualified(n)+" LIMIT 0)")
+		}
+		if _, err := prim.conn.ExecContext(ctx, "DO /* nonqueue */ "+strings.Join(probes, ", ")); err != nil {
+			return false, nil, fmt.Errorf("%w: the primary cannot open the shipped tables: %w", ErrChecksumMismatch, err)
+		}
+	}
+	sums := map[string]string{}
+	if s.cfg.Verify != VerifyCksum {
+		if sums, err = checksums(ctx, prim.conn, s.cfg.Schema, tmp); err != nil {
+			return false, nil, fmt.Errorf("checksum shipped tables on the primary: %w", err)
+		}
 	}
 	for _, t := range tables {
+		if s.cfg.Verify == VerifyCksum {
+			break
+		}
 		got, ok := sums[t.tmp]
 		if !ok {
 			return false, nil, fmt.Errorf("%w: %s (shipped as %s) cannot be opened on the primary", ErrChecksumMismatch, t.live, t.tmp)
@@ -764,4 +802,68 @@ func unionAll(branch string, n int) string {
 
 func placeholders(n int) string {
 	return strings.TrimSuffix(strings.Repeat("?, ", n), ", ")
+}
+
+// verifyRemote runs cksum on the primary's host over an SSH exec session
+// and compares every shipped file's CRC and size with the bytes sent.
+func (s *Shipper) verifyRemote(ctx context.Context, files []*stagedFile) error {
+	l, err := s.link(ctx)
+	if err != nil {
+		return err
+	}
+	sess, err := l.ssh.NewSession()
+	if err != nil {
+		return fmt.Errorf("verify shipped files: open an ssh session: %w", err)
+	}
+	defer sess.Close()
+	cmd := "cksum --"
+	for _, f := range files {
+		cmd += " " + shellQuote(f.remote)
+	}
+	stop := context.AfterFunc(ctx, func() { sess.Close() })
+	defer stop()
+	out, err := sess.Output(cmd)
+	if err != nil {
+		return fmt.Errorf("verify shipped files: cksum on the primary's host (needs a shell there; or set verify = %q): %w", VerifyChecksum, err)
+	}
+	got := map[string]string{}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		// "CRC SIZE NAME"
+		if f := strings.SplitN(line, " ", 3); len(f) == 3 {
+			got[f[2]] = f[0] + " " + f[1]
+		}
+	}
+	for _, f := range files {
+		want := fmt.Sprintf("%d %d", f.crc, f.size)
+		if got[f.remote] != want {
+			return fmt.Errorf("%w: %s: sent cksum %s, the primary's host has %q", ErrChecksumMismatch, f.remote, want, got[f.remote])
+		}
+	}
+	return nil
+}
+
+// shellQuote quotes s for a POSIX shell.
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// CheckVerify checks that the configured verification can run: with
+// VerifyCksum, that the SSH login can run cksum on the primary's host.
+func (s *Shipper) CheckVerify(ctx context.Context) error {
+	if s.cfg.Verify != VerifyCksum {
+		return nil
+	}
+	l, err := s.link(ctx)
+	if err != nil {
+		return err
+	}
+	sess, err := l.ssh.NewSession()
+	if err != nil {
+		return fmt.Errorf("open an ssh session: %w", err)
+	}
+	defer sess.Close()
+	if out, err := sess.CombinedOutput("cksum -- /dev/null"); err != nil {
+		return fmt.Errorf("cksum on the primary's host (verify = %q needs a shell and coreutils there): %w: %s", VerifyCksum, err, strings.TrimSpace(string(out)))
+	}
+	return nil
 }

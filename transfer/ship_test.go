@@ -689,3 +689,37 @@ func TestShipLargeTableSmallMemory(t *testing.T) {
 		t.Fatalf("checksum %s, want %s", got, want)
 	}
 }
+
+// TestShipVerifyCksum: with byte verification the CRC of the bytes sent
+// equals cksum on the primary's host, the tables go live identical
+// (CHECKSUM TABLE on both sides), and no staging is left; the dropping of
+// the replica's tables during the publish happens too.
+func TestShipVerifyCksum(t *testing.T) {
+	t.Parallel()
+	b := setup(t, func(c *transfer.Config) { c.Verify = transfer.VerifyCksum })
+	const topic = 9
+	names := b.cfg.TableNames(topic)
+	b.makeResult(t, topic, 1)
+	want := map[string]string{}
+	for _, n := range names {
+		want[n] = checksum(t, b.ctx, b.local, n)
+	}
+	if err := b.sh.CheckVerify(b.ctx); err != nil {
+		t.Fatalf("CheckVerify: %v", err)
+	}
+	p := b.params(topic, 3)
+	p.DropReplica = true
+	if _, err := b.sh.Ship(b.ctx, p); err != nil {
+		t.Fatalf("Ship: %v", err)
+	}
+	for _, n := range names {
+		if got := checksum(t, b.ctx, b.openPrimary(t), n); got != want[n] {
+			t.Errorf("%s: primary checksum %s, replica had %s", n, got, want[n])
+		}
+	}
+	var left int
+	if err := b.local.QueryRowContext(b.ctx, "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ?", b.schema).Scan(&left); err != nil || left != 0 {
+		t.Errorf("replica kept %d result tables (%v)", left, err)
+	}
+	b.assertNoStaging(t)
+}

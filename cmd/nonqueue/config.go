@@ -121,6 +121,11 @@ type Results struct {
 	Tables     []string `toml:"tables"`      // templates such as "Dynamics_{id}"
 	BackupDir  string   `toml:"backup_dir"`  // optional local copy of shipped files
 	BackupKeep int      `toml:"backup_keep"` // copies kept per topic; default 3
+	// Verify: "checksum" (CHECKSUM TABLE on both servers, default) or
+	// "cksum" (the bytes' CRC while streaming, and cksum on the
+	// primary's host over SSH: no second read through the server; for big
+	// results; needs a shell there).
+	Verify string `toml:"verify"`
 }
 
 // Lag is the [lag] section: the lag gate.

@@ -66,6 +66,7 @@ func (c *Config) transferConfig() transfer.Config {
 		BackupKeep:     c.Results.BackupKeep,
 		FileMode:       c.SSH.mode,
 		NoBinlogPools:  true, // openNode's replica and publish pools
+		Verify:         c.Results.Verify,
 	}.WithDefaults()
 }
 
