@@ -63,9 +63,14 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer, logge
 		defer cancel()
 		if derr := sb.Down(dctx); derr != nil {
 			err = errors.Join(err, derr)
-		} else {
-			say("sandbox stopped")
+			return
 		}
+		// The datadirs are half a gigabyte; the logs stay for reading.
+		for _, srv := range sb.Servers() {
+			os.RemoveAll(srv.Datadir)
+		}
+		os.RemoveAll(filepath.Join(sb.Dir, "template"))
+		say("sandbox stopped (datadirs removed; logs kept in %s)", sb.Dir)
 	}()
 	for _, s := range sb.Servers() {
 		fmt.Fprintf(stdout, "    %-9s 127.0.0.1:%d (server_id %d)\n", s.Name, s.Port, s.ServerID)
