@@ -270,4 +270,8 @@ func TestWaitForPrimary(t *testing.T) {
 	if _, err := monitor.WaitForPrimary(b.ctx, b.flavor, b.primary, b.replica, 0); !errors.Is(err, monitor.ErrConfig) {
 		t.Fatalf("zero timeout: %v, want ErrConfig", err)
 	}
+	// A position go-mysql cannot parse never reaches the server.
+	if err := monitor.WaitForPosition(b.ctx, b.flavor, b.replica, "0-1000-x", time.Second); err == nil || errors.Is(err, monitor.ErrGTIDTimeout) {
+		t.Fatalf("garbage position: %v", err)
+	}
 }

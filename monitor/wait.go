@@ -40,6 +40,11 @@ func WaitForPosition(ctx context.Context, f flavor.Flavor, replica *sql.DB, pos 
 	if timeout <= 0 {
 		return &ConfigError{Field: "gtid_wait_timeout", Err: fmt.Errorf("%v must be positive", timeout)}
 	}
+	// A position the server would reject is a bug upstream; say so
+	// before the server answers with a bare syntax error.
+	if _, err := flavor.Contains(f, pos, pos); err != nil {
+		return fmt.Errorf("wait for primary position: %w", err)
+	}
 	conn, err := replica.Conn(ctx)
 	if err != nil {
 		return fmt.Errorf("wait for primary position %q: connect to the replica: %w", pos, err)
@@ -67,6 +72,10 @@ func WaitForPosition(ctx context.Context, f flavor.Flavor, replica *sql.DB, pos 
 	var p sql.NullString
 	if err := conn.QueryRowContext(rctx, f.ReplicaPosQuery()).Scan(&p); err == nil {
 		have = fmt.Sprintf("%q", p.String)
+		// go-mysql compares the sets: per domain on MariaDB.
+		if reached, err := flavor.Contains(f, p.String, pos); err == nil && reached {
+			have += " (reached just after the wait ended)"
+		}
 	}
 	return fmt.Errorf("replica at %s did not reach primary position %q within %v: %w", have, pos, timeout, ErrGTIDTimeout)
 }
