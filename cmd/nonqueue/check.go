@@ -23,8 +23,8 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer, logg
 	if _, err := parseInterleaved(fs, args); err != nil {
 		return err
 	}
-	if *path == "" {
-		return errors.New("check needs --config FILE")
+	if err := requireConfig("check", *path); err != nil {
+		return err
 	}
 	c, err := LoadConfig(*path)
 	if err != nil {

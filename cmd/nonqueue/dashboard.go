@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -126,14 +125,13 @@ func runDashboard(ctx context.Context, args []string, stdout, stderr io.Writer, 
 	if _, err := parseInterleaved(fs, args); err != nil {
 		return err
 	}
-	if *path == "" {
-		return errors.New("dashboard needs --config FILE")
+	if err := requireConfig("dashboard", *path); err != nil {
+		return err
 	}
-	var lv slog.Level
-	if err := lv.UnmarshalText([]byte(*level)); err != nil {
-		return fmt.Errorf("--log-level: %w", err)
+	logger, err := textLogger(stderr, *level)
+	if err != nil {
+		return err
 	}
-	logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lv}))
 	c, err := LoadConfig(*path)
 	if err != nil {
 		return err

@@ -108,3 +108,21 @@ func newFlags(name string, stderr io.Writer) *flag.FlagSet {
 	fs.SetOutput(stderr)
 	return fs
 }
+
+// requireConfig is the error of a command run without --config.
+func requireConfig(cmd, path string) error {
+	if path == "" {
+		return fmt.Errorf("%s needs --config FILE", cmd)
+	}
+	return nil
+}
+
+// textLogger is the logger of the long-running commands, at the level
+// their --log-level flag names.
+func textLogger(stderr io.Writer, level string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	return slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lv})), nil
+}

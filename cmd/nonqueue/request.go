@@ -29,8 +29,8 @@ func runRequest(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	if *path == "" {
-		return errors.New("request needs --config FILE")
+	if err := requireConfig("request", *path); err != nil {
+		return err
 	}
 	p := &queue.RequestParams{Create: *create}
 	switch strings.ToLower(*scope) {

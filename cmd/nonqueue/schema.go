@@ -31,8 +31,8 @@ func runSchema(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		_, err := io.WriteString(stdout, cfg.Script())
 		return err
 	}
-	if c == nil {
-		return errors.New("schema apply needs --config FILE")
+	if err := requireConfig("schema apply", *path); err != nil {
+		return err
 	}
 	q, err := openQueue(ctx, c)
 	if err != nil {

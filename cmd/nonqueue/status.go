@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"sort"
@@ -24,8 +23,8 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if _, err := parseInterleaved(fs, args); err != nil {
 		return err
 	}
-	if *path == "" {
-		return errors.New("status needs --config FILE")
+	if err := requireConfig("status", *path); err != nil {
+		return err
 	}
 	c, err := LoadConfig(*path)
 	if err != nil {

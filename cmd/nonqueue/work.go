@@ -210,17 +210,16 @@ func runWork(ctx context.Context, args []string, stdout, stderr io.Writer, logge
 	if err := checkMetricsListen(*metricsListen); err != nil {
 		return err
 	}
-	if *path == "" {
-		return errors.New("work needs --config FILE")
+	if err := requireConfig("work", *path); err != nil {
+		return err
 	}
 	if (*count > 0) == (*one > 0) {
 		return errors.New("give exactly one of --instances N and --instance K")
 	}
-	var lv slog.Level
-	if err := lv.UnmarshalText([]byte(*level)); err != nil {
-		return fmt.Errorf("--log-level: %w", err)
+	logger, err := textLogger(stderr, *level)
+	if err != nil {
+		return err
 	}
-	logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lv}))
 	c, err := LoadConfig(*path)
 	if err != nil {
 		return err
