@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -38,21 +37,7 @@ func setupOps(t *testing.T, extra string) *opsBundle {
 	if err := q.ApplySchema(ctx); err != nil {
 		t.Fatal(err)
 	}
-	sb := env.SB
-	body := fmt.Sprintf(`[primary]
-host = "127.0.0.1"
-port = %d
-user = %q
-password = %q
-[replica]
-host = "127.0.0.1"
-port = %d
-user = %q
-password = %q
-[topics]
-schema = %q
-meta_schema = %q
-%s`, sb.Primary.Port, sb.User, sb.Password, sb.Replicas[0].Port, sb.User, sb.Password, name, name, extra)
+	body := serversTOML(0, name) + extra
 	path := filepath.Join(t.TempDir(), "nonqueue.toml")
 	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
 		t.Fatal(err)

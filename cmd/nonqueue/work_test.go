@@ -54,24 +54,10 @@ func setupWork(t *testing.T) *workBundle {
 func (b *workBundle) config(t *testing.T, i int, knownHosts string) string {
 	t.Helper()
 	sb := env.SB
-	r := sb.Replicas[i]
 	if knownHosts == "" {
 		knownHosts = sb.SSH.KnownHosts
 	}
-	body := fmt.Sprintf(`[primary]
-host = "127.0.0.1"
-port = %d
-user = %q
-password = %q
-[replica]
-host = "127.0.0.1"
-port = %d
-user = %q
-password = %q
-[topics]
-schema = %q
-meta_schema = %q
-lease = "3s"
+	body := serversTOML(i, b.db) + fmt.Sprintf(`lease = "3s"
 [procedure]
 name = "%s.calc"
 marker = "SUMMARY"
@@ -97,7 +83,7 @@ user = %q
 key_file = %q
 known_hosts = %q
 datadir = %q
-`, sb.Primary.Port, sb.User, sb.Password, r.Port, sb.User, sb.Password, b.db, b.db, b.db, b.db,
+`, b.db, b.db,
 		filepath.Join(b.dir, "runs"), sb.SSH.Host, sb.SSH.Port, sb.SSH.User, sb.SSH.KeyFile, knownHosts, sb.Primary.Datadir)
 	path := filepath.Join(b.dir, fmt.Sprintf("replica%d.toml", i+1))
 	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
@@ -341,4 +327,25 @@ func TestDemo(t *testing.T) {
 	if n := strings.Count(out, "did "); n != 2 {
 		t.Errorf("expected both replicas to do topics:\n%s", out)
 	}
+}
+
+// serversTOML is the [primary], [replica] (replica i) and the start of
+// the [topics] section of a test configuration on the package's sandbox,
+// with topics and nonqueue's tables in database db.
+func serversTOML(i int, db string) string {
+	sb := env.SB
+	return fmt.Sprintf(`[primary]
+host = "127.0.0.1"
+port = %d
+user = %q
+password = %q
+[replica]
+host = "127.0.0.1"
+port = %d
+user = %q
+password = %q
+[topics]
+schema = %q
+meta_schema = %q
+`, sb.Primary.Port, sb.User, sb.Password, sb.Replicas[i].Port, sb.User, sb.Password, db, db)
 }
