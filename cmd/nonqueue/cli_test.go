@@ -108,9 +108,16 @@ func TestCLI(t *testing.T) {
 	for _, s := range sb.Servers() {
 		pids = append(pids, s.PID)
 	}
+	// Down returns once each process has let go of its memory; the last
+	// instants of its exit (and the reaping of a child of this test) may
+	// lag behind by a little.
 	for _, pid := range pids {
+		deadline := time.Now().Add(5 * time.Second)
+		for alive(pid) && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
 		if alive(pid) {
-			t.Errorf("pid %d still alive after sandbox down", pid)
+			t.Errorf("pid %d still alive 5s after sandbox down", pid)
 		}
 	}
 	// Twice in a row, same directory.
