@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nonqueue/nonqueue/internal/ident"
@@ -33,6 +34,9 @@ type Run struct {
 	// Time spent in each phase.
 	Claim, LagWait, Proc, Transfer, Publish time.Duration
 	LogPath                                 string
+	// FinishedAt is when the run ended (the recorder's clock); zero when
+	// recorded right away.
+	FinishedAt time.Time
 }
 
 // History writes the run history and the instance registry, the tables
@@ -47,24 +51,54 @@ type History struct {
 
 // RecordRun inserts one run.
 func (h *History) RecordRun(ctx context.Context, r *Run) error {
+	return h.RecordRuns(ctx, []*Run{r})
+}
+
+// runColumns are the run-history columns RecordRuns writes, and runRow one
+// row of values: the times are the primary's clock minus how long ago the
+// run started and finished by the recorder's clock, so history stays on
+// one clock whichever host recorded it, and a row written late (batched)
+// still says when the run ended.
+const (
+	runColumns = `(topic_id, instance_id, replica, claim_token, scope, outcome, error, bytes_shipped, started_at, finished_at,
+ claim_us, lag_wait_us, proc_us, transfer_us, publish_us, log_path)`
+	runRow = `(?, ?, ?, ?, ?, ?, ?, ?, NOW(6) - INTERVAL ? MICROSECOND, NOW(6) - INTERVAL ? MICROSECOND, ?, ?, ?, ?, ?, ?)`
+)
+
+// RecordRuns inserts runs with one statement. A zero FinishedAt means now.
+func (h *History) RecordRuns(ctx context.Context, runs []*Run) error {
+	if len(runs) == 0 {
+		return nil
+	}
 	if err := ident.Validate(h.Schema); err != nil {
 		return fmt.Errorf("record run: %w", err)
 	}
-	var errText, logPath any
-	if r.Error != "" {
-		errText = truncate(r.Error, 4000)
+	now := time.Now()
+	args := make([]any, 0, 16*len(runs))
+	for _, r := range runs {
+		var errText, logPath any
+		if r.Error != "" {
+			errText = truncate(r.Error, 4000)
+		}
+		if r.LogPath != "" {
+			logPath = r.LogPath
+		}
+		finished := r.FinishedAt
+		if finished.IsZero() {
+			finished = now
+		}
+		args = append(args, r.TopicID, r.InstanceID, r.Replica, r.ClaimToken, r.Scope, r.Outcome, errText, r.Bytes,
+			max(now.Sub(r.StartedAt), 0).Microseconds(), max(now.Sub(finished), 0).Microseconds(),
+			r.Claim.Microseconds(), r.LagWait.Microseconds(), r.Proc.Microseconds(), r.Transfer.Microseconds(),
+			r.Publish.Microseconds(), logPath)
 	}
-	if r.LogPath != "" {
-		logPath = r.LogPath
-	}
-	stmt := `INSERT /* nonqueue run */ INTO ` + ident.Qualified(h.Schema, "run") + ` (topic_id, instance_id, replica, claim_token,
- scope, outcome, error, bytes_shipped, started_at, finished_at, claim_us, lag_wait_us, proc_us, transfer_us, publish_us, log_path)
- VALUES (?, ?, ?, ?, ?, ?, ?, ?, NOW(6) - INTERVAL ? MICROSECOND, NOW(6), ?, ?, ?, ?, ?, ?)`
-	_, err := h.Primary.ExecContext(ctx, stmt, r.TopicID, r.InstanceID, r.Replica, r.ClaimToken, r.Scope, r.Outcome, errText,
-		r.Bytes, time.Since(r.StartedAt).Microseconds(), r.Claim.Microseconds(), r.LagWait.Microseconds(),
-		r.Proc.Microseconds(), r.Transfer.Microseconds(), r.Publish.Microseconds(), logPath)
-	if err != nil {
-		return fmt.Errorf("record run of topic %d: %w", r.TopicID, err)
+	stmt := `INSERT /* nonqueue run */ INTO ` + ident.Qualified(h.Schema, "run") + " " + runColumns + " VALUES " +
+		strings.Repeat(runRow+", ", len(runs)-1) + runRow
+	if _, err := h.Primary.ExecContext(ctx, stmt, args...); err != nil {
+		if len(runs) == 1 {
+			return fmt.Errorf("record run of topic %d: %w", runs[0].TopicID, err)
+		}
+		return fmt.Errorf("record %d runs: %w", len(runs), err)
 	}
 	return nil
 }

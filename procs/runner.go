@@ -18,7 +18,7 @@ import (
 // SQL a run sends, tagged so it shows as nonqueue's in the processlist.
 const (
 	noBinlogSQL     = "SET /* nonqueue */ SESSION sql_log_bin = 0"
-	connectionIDSQL = "SELECT /* nonqueue */ CONNECTION_ID()"
+	connectionIDSQL = "SELECT /* nonqueue */ CONNECTION_ID(), @@SESSION.sql_log_bin"
 	callSQL         = "CALL /* nonqueue */ %s(?, ?)" // %s: `schema`.`name`, validated and quoted
 	warningsSQL     = "SHOW /* nonqueue */ WARNINGS"
 	killQuerySQL    = "KILL /* nonqueue */ QUERY %d"      // %d: CONNECTION_ID() of the run
@@ -151,12 +151,17 @@ func (r *Runner) run(ctx context.Context, cfg Config, proc string, topicID int64
 		conn.Raw(func(any) error { return driver.ErrBadConn })
 		conn.Close()
 	}()
-	if _, err := conn.ExecContext(ctx, noBinlogSQL); err != nil {
-		return fmt.Errorf("call %s for topic %d: disable binary logging for the session: %w", proc, topicID, err)
-	}
 	var connID uint64
-	if err := conn.QueryRowContext(ctx, connectionIDSQL).Scan(&connID); err != nil {
+	var logBin bool
+	if err := conn.QueryRowContext(ctx, connectionIDSQL).Scan(&connID, &logBin); err != nil {
 		return fmt.Errorf("call %s for topic %d: read connection id: %w", proc, topicID, err)
+	}
+	// A pool whose connections start with sql_log_bin=0 (the worker's)
+	// saves the round trip.
+	if logBin {
+		if _, err := conn.ExecContext(ctx, noBinlogSQL); err != nil {
+			return fmt.Errorf("call %s for topic %d: disable binary logging for the session: %w", proc, topicID, err)
+		}
 	}
 	lw.printf("# connection %d, sql_log_bin=0\n", connID)
 

@@ -50,8 +50,8 @@ type Queue struct {
 	// Prepared once: each call is then one round trip (EXECUTE) instead of
 	// three (PREPARE, EXECUTE, CLOSE); database/sql re-prepares per
 	// connection as needed.
-	claimStmt, claimReadStmt, heartbeatStmt, releaseStmt, finishStmt *sql.Stmt
-	stats                                                            struct{ won, lost, empty atomic.Int64 }
+	claimStmt, claimReadStmt, heartbeatStmt, holdsStmt, releaseStmt, finishStmt *sql.Stmt
+	stats                                                                       struct{ won, lost, empty atomic.Int64 }
 }
 
 // ClaimStats counts claim outcomes since Open.
@@ -110,7 +110,7 @@ func (q *Queue) prepare(ctx context.Context) {
 		text string
 	}{
 		{&q.claimStmt, q.sql.claim}, {&q.claimReadStmt, q.sql.claimRead}, {&q.heartbeatStmt, q.sql.heartbeat},
-		{&q.releaseStmt, q.sql.release}, {&q.finishStmt, q.sql.finish},
+		{&q.holdsStmt, q.sql.holds}, {&q.releaseStmt, q.sql.release}, {&q.finishStmt, q.sql.finish},
 	} {
 		if *p.dst != nil {
 			continue
@@ -123,7 +123,7 @@ func (q *Queue) prepare(ctx context.Context) {
 
 // Close closes the pool.
 func (q *Queue) Close() error {
-	for _, st := range []*sql.Stmt{q.claimStmt, q.claimReadStmt, q.heartbeatStmt, q.releaseStmt, q.finishStmt} {
+	for _, st := range []*sql.Stmt{q.claimStmt, q.claimReadStmt, q.heartbeatStmt, q.holdsStmt, q.releaseStmt, q.finishStmt} {
 		if st != nil {
 			st.Close()
 		}
@@ -137,6 +137,14 @@ func (q *Queue) exec(ctx context.Context, st *sql.Stmt, text string, args ...any
 		return st.ExecContext(ctx, args...)
 	}
 	return q.db.ExecContext(ctx, text, args...)
+}
+
+// queryRow runs a one-row query through its prepared form when there is one.
+func (q *Queue) queryRow(ctx context.Context, st *sql.Stmt, text string, args ...any) *sql.Row {
+	if st != nil {
+		return st.QueryRowContext(ctx, args...)
+	}
+	return q.db.QueryRowContext(ctx, text, args...)
 }
 
 // Config returns the configuration in force, defaults filled.
@@ -168,10 +176,10 @@ func firstLine(s string) string {
 // statements are built once from the configured names; values only ever
 // travel as arguments.
 type statements struct {
-	claim, claimRead, heartbeat, release, finish string
-	reapFind, reapTake, reapRecord               string
-	request, requestCreate                       string
-	activeArgs                                   []any
+	claim, claimRead, heartbeat, holds, release, finish string
+	reapFind, reapTake, reapRecord                      string
+	request, requestCreate                              string
+	activeArgs                                          []any
 }
 
 func buildStatements(cfg Config, f flavor.Flavor) statements {
@@ -208,6 +216,7 @@ func buildStatements(cfg Config, f flavor.Flavor) statements {
  FROM {t} WHERE {id} = ? AND {running} = ?`),
 		heartbeat: r.Replace(`UPDATE /* nonqueue heartbeat */ {t} SET {hb} = NOW(6), {lease} = NOW(6) + INTERVAL ? MICROSECOND
  WHERE {fence}`),
+		holds: r.Replace(`SELECT /* nonqueue fence */ 1 FROM {t} WHERE {fence}`),
 		// Assignments run left to right on the updated values (MariaDB and
 		// MySQL single-table UPDATE), so attempts is bumped before parked
 		// reads it.
@@ -294,13 +303,7 @@ func (q *Queue) Claim(ctx context.Context, p *ClaimParams) (*Claim, error) {
 		return nil, fmt.Errorf("claim: read topic id: %w", err)
 	}
 	c := &Claim{TopicID: id, InstanceID: p.InstanceID}
-	row := q.db.QueryRowContext
-	if q.claimReadStmt != nil {
-		row = func(ctx context.Context, _ string, args ...any) *sql.Row {
-			return q.claimReadStmt.QueryRowContext(ctx, args...)
-		}
-	}
-	err = row(ctx, q.sql.claimRead, id, p.InstanceID).
+	err = q.queryRow(ctx, q.claimReadStmt, q.sql.claimRead, id, p.InstanceID).
 		Scan(&c.Scope, &c.Token, &c.RequestVersion, &c.Attempts, &c.Priority, &c.PrimaryPos)
 	if errors.Is(err, sql.ErrNoRows) {
 		// Taken back between our two statements: only a lease shorter
@@ -325,6 +328,25 @@ func retryable(err error) bool {
 // ErrClaimLost when the claim is no longer the caller's.
 func (q *Queue) Heartbeat(ctx context.Context, c *Claim) error {
 	return q.fenced(ctx, "heartbeat", c, q.heartbeatStmt, q.sql.heartbeat, q.cfg.Lease.Microseconds())
+}
+
+// Holds checks with one read that the claim is still the caller's and
+// returns ErrClaimLost when it is not. The answer is a proof only while the
+// caller holds the topic's lock (LockName): every path that takes a claim
+// from a live instance (the reaper, an operator's release) takes that lock
+// first, so under it the claim cannot change hands, and the publish fence
+// needs no write (which every replica would have to apply). Outside the
+// lock, use Heartbeat.
+func (q *Queue) Holds(ctx context.Context, c *Claim) error {
+	var one int
+	err := q.queryRow(ctx, q.holdsStmt, q.sql.holds, c.TopicID, c.InstanceID, c.Token).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return fmt.Errorf("fence topic %d (instance %d, token %d): %w", c.TopicID, c.InstanceID, c.Token, ErrClaimLost)
+	}
+	if err != nil {
+		return fmt.Errorf("fence topic %d: %w", c.TopicID, err)
+	}
+	return nil
 }
 
 // ReleaseParams says why a claim is given back.
@@ -404,7 +426,7 @@ func (q *Queue) table() string          { return ident.Qualified(q.cfg.Schema, q
 // statements that use them; nothing runs. The error names what is missing
 // as the server reports it.
 func (q *Queue) CheckSchema(ctx context.Context) error {
-	stmts := append([]string{q.sql.claim, q.sql.claimRead, q.sql.heartbeat, q.sql.release, q.sql.finish, q.sql.reapTake}, q.cfg.checkStatements()...)
+	stmts := append([]string{q.sql.claim, q.sql.claimRead, q.sql.heartbeat, q.sql.holds, q.sql.release, q.sql.finish, q.sql.reapTake}, q.cfg.checkStatements()...)
 	for _, s := range stmts {
 		st, err := q.db.PrepareContext(ctx, s)
 		if err != nil {

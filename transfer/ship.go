@@ -19,6 +19,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/go-sql-driver/mysql"
 	"github.com/pkg/sftp"
 
 	"github.com/nonqueue/nonqueue/internal/ident"
@@ -79,6 +80,9 @@ type ShipParams struct {
 	// for it before returning; its failure is logged, not returned (the
 	// next run's procedure replaces the tables anyway).
 	DropReplica bool
+	// Dropper, if set, drops the swapped-out live tables in the background
+	// (batched); nil drops them before Ship returns.
+	Dropper *Dropper
 }
 
 // Shipment describes a completed Ship.
@@ -186,26 +190,12 @@ func (s *Shipper) Ship(ctx context.Context, p *ShipParams) (*Shipment, error) {
 	}
 	defer prim.close(ctx)
 
-	// Staging names carry our claim token: a table under them is an
-	// earlier attempt of this very claim, safe to remove. Dropping it makes
-	// the server forget any handle it keeps open on the files we are about
-	// to overwrite. (Files without a .frm cannot be open; they are simply
-	// overwritten.) Looking first is cheaper than a DROP, which costs a
-	// synced DDL log write even when nothing exists.
-	var staging []string
-	for _, t := range tables {
-		staging = append(staging, t.tmp, t.old)
-	}
-	leftover, err := s.existingTables(ctx, prim.conn, staging)
-	if err != nil {
-		return nil, fmt.Errorf("ship topic %d: %w", p.TopicID, err)
-	}
-	if len(leftover) > 0 {
-		if _, err := prim.conn.ExecContext(ctx, fmt.Sprintf(dropSQL, s.qualifiedList(leftover))); err != nil {
-			return nil, fmt.Errorf("ship topic %d: drop leftover staging tables on the primary: %w", p.TopicID, err)
-		}
-	}
-
+	// Staging names carry our claim token and topic, so no other run
+	// writes them, and a claim ships once: nothing needs looking up or
+	// dropping first. What a crashed run left under its own token is
+	// CleanupPrimary's; an unexpected table under ours (a topic row
+	// re-created with its tokens restarted) fails the checksum and is
+	// dropped with the staging tables.
 	published := false
 	backup := ""
 	defer func() {
@@ -246,7 +236,9 @@ func (s *Shipper) Ship(ctx context.Context, p *ShipParams) (*Shipment, error) {
 	if !published {
 		return nil, fmt.Errorf("publish topic %d: %w", p.TopicID, err)
 	}
-	if len(old) > 0 {
+	if len(old) > 0 && p.Dropper != nil {
+		p.Dropper.add(old)
+	} else if len(old) > 0 {
 		// After the lock's release: the swapped-out tables carry our token,
 		// nothing else reaches them, and the DROP (a synced DDL) need not
 		// delay the reaper or the next publish.
@@ -304,15 +296,18 @@ func (s *Shipper) export(ctx context.Context, p *ShipParams, tables []*stagedTab
 			return "", fmt.Errorf("read the replica's datadir: %w", err)
 		}
 	}
-	if err := s.checkReplicaTables(ctx, rep.conn, tables); err != nil {
-		return "", err
-	}
-
 	live := make([]string, len(tables))
 	for i, t := range tables {
 		live[i] = t.live
 	}
+	// The table files themselves show a plain MyISAM table (.frm, .MYD,
+	// .MYI under its name): the catalogue is asked only to explain a
+	// failure, which saves a round trip and an information_schema read on
+	// every run.
 	if _, err := rep.conn.ExecContext(ctx, fmt.Sprintf(flushExportSQL, s.qualifiedList(live))); err != nil {
+		if cerr := s.checkReplicaTables(ctx, rep.conn, tables); cerr != nil {
+			return "", cerr
+		}
 		return "", fmt.Errorf("flush result tables for export on the replica: %w", err)
 	}
 	locked := true
@@ -341,6 +336,9 @@ func (s *Shipper) export(ctx context.Context, p *ShipParams, tables []*stagedTab
 			}
 			st, err := os.Stat(f.local)
 			if err != nil {
+				if cerr := s.checkReplicaTables(ctx, rep.conn, tables); cerr != nil {
+					return "", cerr
+				}
 				return "", fmt.Errorf("stat table file on the replica host (is ReplicaDatadir %q this replica's?): %w", datadir, err)
 			}
 			f.size = st.Size()
@@ -413,7 +411,8 @@ func (s *Shipper) export(ctx context.Context, p *ShipParams, tables []*stagedTab
 }
 
 // checkReplicaTables fails unless every table exists on the replica as a
-// plain MyISAM base table.
+// plain MyISAM base table; export asks it why a table could not be
+// exported.
 func (s *Shipper) checkReplicaTables(ctx context.Context, conn *sql.Conn, tables []*stagedTable) error {
 	var args []any
 	for _, t := range tables {
@@ -685,19 +684,21 @@ func (s *Shipper) publish(ctx context.Context, prim *session, p *ShipParams, tab
 	for i, t := range tables {
 		live[i] = t.live
 	}
-	existing, err := s.existingTables(sctx, prim.conn, live)
-	if err != nil {
-		return false, nil, err
-	}
-	var pairs []string
-	for _, t := range tables {
-		if slices.Contains(existing, t.live) {
-			pairs = append(pairs, s.qualified(t.live)+" TO "+s.qualified(t.old))
-			old = append(old, t.old)
+	// Almost every publish replaces tables that are live already (a
+	// recompute): swap all of them in one statement and look up which
+	// exist only when one does not (the topic's first publish). RENAME
+	// TABLE is atomic: when it fails, nothing was renamed.
+	pairs, old := s.swapPairs(tables, live)
+	_, err = prim.conn.ExecContext(sctx, fmt.Sprintf(renameSQL, strings.Join(pairs, ", ")))
+	if isNoSuchTable(err) {
+		var existing []string
+		if existing, err = s.existingTables(sctx, prim.conn, live); err != nil {
+			return false, nil, err
 		}
-		pairs = append(pairs, s.qualified(t.tmp)+" TO "+s.qualified(t.live))
+		pairs, old = s.swapPairs(tables, existing)
+		_, err = prim.conn.ExecContext(sctx, fmt.Sprintf(renameSQL, strings.Join(pairs, ", ")))
 	}
-	if _, err := prim.conn.ExecContext(sctx, fmt.Sprintf(renameSQL, strings.Join(pairs, ", "))); err != nil {
+	if err != nil {
 		return false, nil, fmt.Errorf("swap result tables in on the primary: %w", err)
 	}
 	if p.Commit != nil {
@@ -706,6 +707,25 @@ func (s *Shipper) publish(ctx context.Context, prim *session, p *ShipParams, tab
 		}
 	}
 	return true, old, nil
+}
+
+// swapPairs is the RENAME TABLE list that moves every table of existing
+// aside (the swapped-out names it also returns) and every staging table in.
+func (s *Shipper) swapPairs(tables []*stagedTable, existing []string) (pairs, old []string) {
+	for _, t := range tables {
+		if slices.Contains(existing, t.live) {
+			pairs = append(pairs, s.qualified(t.live)+" TO "+s.qualified(t.old))
+			old = append(old, t.old)
+		}
+		pairs = append(pairs, s.qualified(t.tmp)+" TO "+s.qualified(t.live))
+	}
+	return pairs, old
+}
+
+// isNoSuchTable reports MySQL error 1146 (ER_NO_SUCH_TABLE).
+func isNoSuchTable(err error) bool {
+	var me *mysql.MySQLError
+	return errors.As(err, &me) && me.Number == 1146
 }
 
 // existingTables returns which of names exist in the result schema on the

@@ -50,9 +50,15 @@ type Instance struct {
 	deps   *Deps
 	log    *slog.Logger
 
+	// runs batches the run history (the pool's); nil records each run
+	// right away.
+	runs *monitor.RunWriter
+	// dropper drops swapped-out tables on the primary in batches (the
+	// pool's); nil drops them at once.
+	dropper *transfer.Dropper
+
 	// Registry bookkeeping, touched only by the instance's goroutine.
 	lastState                 string
-	lastTopic                 int64
 	lastWrite                 time.Time
 	pendingRan, pendingFailed int
 }
@@ -126,9 +132,8 @@ func (in *Instance) RunOnce(soft, hard context.Context) (bool, error) {
 		failed = 1
 	}
 	in.record(run)
-	// The counters travel with the next state write; the state stays
-	// "running" until the instance finds nothing due, so a busy instance
-	// writes its registry row once per topic.
+	// The counters travel with the next registry write (a state change or
+	// the refresh).
 	in.pendingRan += ran
 	in.pendingFailed += failed
 	return true, nil
@@ -204,13 +209,15 @@ func (in *Instance) process(hard context.Context, claim *queue.Claim, run *monit
 		TopicID: claim.TopicID, Token: claim.Token,
 		Replica: in.deps.Replica, ReplicaDatadir: in.deps.ReplicaDatadir,
 		Primary: in.deps.Primary, LockName: in.deps.Queue.LockName(claim.TopicID),
-		Fence: func(ctx context.Context) error { return in.deps.Queue.Heartbeat(ctx, claim) },
+		// Under the topic lock a read proves the claim (see Queue.Holds).
+		Fence: func(ctx context.Context) error { return in.deps.Queue.Holds(ctx, claim) },
 		Commit: func(ctx context.Context) error {
 			err := in.deps.Queue.Finish(ctx, claim)
 			finished = err == nil
 			return err
 		},
 		DropReplica: true,
+		Dropper:     in.dropper,
 	})
 	if ship != nil {
 		run.Bytes, run.Transfer, run.Publish = ship.Bytes, ship.TransferTime, ship.PublishTime
@@ -277,10 +284,15 @@ func (in *Instance) dropLocal(claim *queue.Claim, log *slog.Logger) {
 }
 
 func (in *Instance) record(run *monitor.Run) {
-	ctx, cancel := cleanupContext(context.Background())
-	defer cancel()
-	if err := in.deps.History.RecordRun(ctx, run); err != nil {
-		in.log.WarnContext(ctx, "record run", "err", err)
+	run.FinishedAt = time.Now()
+	if in.runs != nil {
+		in.runs.Record(run)
+	} else {
+		ctx, cancel := cleanupContext(context.Background())
+		defer cancel()
+		if err := in.deps.History.RecordRun(ctx, run); err != nil {
+			in.log.WarnContext(ctx, "record run", "err", err)
+		}
 	}
 	if in.deps.Observer != nil {
 		in.deps.Observer(run)
@@ -290,7 +302,11 @@ func (in *Instance) record(run *monitor.Run) {
 func (in *Instance) setState(ctx context.Context, state string, topicID int64, ran, failed int) {
 	ran += in.pendingRan
 	failed += in.pendingFailed
-	if state == in.lastState && topicID == in.lastTopic && ran == 0 && failed == 0 && time.Since(in.lastWrite) < registryRefresh {
+	// A busy instance stays "running" from topic to topic: its row is
+	// written when the state changes and refreshed every registryRefresh
+	// (with the counters and the topic of the moment), not once per topic.
+	// The topic table says which topic an instance holds right now.
+	if state == in.lastState && time.Since(in.lastWrite) < registryRefresh {
 		return
 	}
 	if in.deps.StateFunc != nil && state != in.lastState {
@@ -302,7 +318,7 @@ func (in *Instance) setState(ctx context.Context, state string, topicID int64, r
 		in.log.DebugContext(ctx, "registry", "err", err)
 		return
 	}
-	in.lastState, in.lastTopic, in.lastWrite = state, topicID, time.Now()
+	in.lastState, in.lastWrite = state, time.Now()
 	in.pendingRan, in.pendingFailed = 0, 0
 }
 

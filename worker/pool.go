@@ -36,13 +36,29 @@ func (p *Pool) Run(soft, hard context.Context) error {
 		p.Deps.Logger = log
 	}
 	var instances []*Instance
+	runs := monitor.NewRunWriter(p.Deps.History, log, 0)
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		if err := runs.Close(ctx); err != nil {
+			log.Warn("write the last runs to the history", "err", err)
+		}
+	}()
+	dropper := p.Deps.Shipper.NewDropper(p.Deps.Primary)
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		if err := dropper.Close(ctx); err != nil {
+			log.Warn("drop the last swapped-out tables", "err", err)
+		}
+	}()
 	host, _ := os.Hostname()
 	for _, n := range p.Numbers {
 		id, err := p.Config.InstanceID(p.ServerID, n)
 		if err != nil {
 			return err
 		}
-		in := &Instance{ID: id, Number: n, cfg: p.Config, deps: p.Deps, log: log.With("instance_id", id)}
+		in := &Instance{ID: id, Number: n, cfg: p.Config, deps: p.Deps, runs: runs, dropper: dropper, log: log.With("instance_id", id)}
 		if err := p.Deps.History.Register(soft, monitor.InstanceInfo{
 			ID: id, Host: host, PID: os.Getpid(), Version: p.Version, ReplicaServerID: p.ServerID,
 		}); err != nil {
@@ -85,6 +101,9 @@ func (p *Pool) Run(soft, hard context.Context) error {
 		}()
 	}
 	wg.Wait()
+	if err := runs.Close(context.Background()); err != nil {
+		log.Warn("write the last runs to the history", "err", err)
+	}
 	for _, in := range instances {
 		in.setState(context.Background(), monitor.StateExited, 0, 0, 0)
 	}

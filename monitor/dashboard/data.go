@@ -118,27 +118,32 @@ func (s *Sources) Summary(ctx context.Context) (*Summary, error) {
 	return sum, nil
 }
 
-// instanceViews derives LastSeen and Stale. running are topics known to be
-// running (their claim heartbeats count as signs of life); a running
-// instance whose topic is not among them is looked up.
+// instanceViews derives TopicID, LastSeen and Stale. running are topics
+// known to be running (complete unless capped at queue.MaxTopicLimit): the
+// topic table, not the registry, says which topic an instance holds right
+// now (a busy instance refreshes its registry row every few seconds, not
+// per topic), and a claim's heartbeat counts as a sign of life.
 func (s *Sources) instanceViews(ctx context.Context, recs []monitor.InstanceRecord, running []queue.TopicRow) []InstanceView {
-	beat := map[int64]time.Duration{}
+	held := map[int64]queue.TopicRow{}
 	for _, t := range running {
-		beat[t.ID] = t.HeartbeatAge
+		held[t.Running] = t
 	}
+	complete := len(running) < queue.MaxTopicLimit
 	lease := s.Queue.Config().Lease
 	out := make([]InstanceView, 0, len(recs))
 	for _, r := range recs {
 		v := InstanceView{InstanceRecord: r, LastSeen: r.HeartbeatAge}
-		if r.State == monitor.StateRunning && r.TopicID != 0 {
-			age, ok := beat[r.TopicID]
-			if !ok {
-				if t, err := s.Queue.Topic(ctx, r.TopicID); err == nil && t.Running == r.ID && !t.HeartbeatAt.IsZero() {
-					age, ok = t.HeartbeatAge, true
-				}
+		t, ok := held[r.ID]
+		if !ok && !complete && r.State == monitor.StateRunning && r.TopicID != 0 {
+			if tr, err := s.Queue.Topic(ctx, r.TopicID); err == nil && tr.Running == r.ID {
+				t, ok = *tr, true
 			}
-			if ok {
-				v.LastSeen = min(v.LastSeen, age)
+		}
+		v.TopicID = 0
+		if ok {
+			v.TopicID = t.ID
+			if !t.HeartbeatAt.IsZero() {
+				v.LastSeen = min(v.LastSeen, t.HeartbeatAge)
 			}
 		}
 		v.Stale = r.State != monitor.StateExited && v.LastSeen > lease
