@@ -19,28 +19,50 @@ import (
 // Run: make bench-claim (-benchtime 10000x: exactly the 10,000 topics).
 func BenchmarkClaim(b *testing.B) {
 	for _, finish := range []bool{false, true} {
-		for _, claimers := range []int{1, 8, 32} {
-			name := fmt.Sprintf("claim/claimers=%d", claimers)
+		for _, shape := range []struct{ claimers, queues int }{{1, 1}, {8, 1}, {32, 1}, {32, 4}} {
+			name := fmt.Sprintf("claim/claimers=%d", shape.claimers)
 			if finish {
-				name = fmt.Sprintf("claim+finish/claimers=%d", claimers)
+				name = fmt.Sprintf("claim+finish/claimers=%d", shape.claimers)
 			}
-			b.Run(name, func(b *testing.B) { benchClaim(b, claimers, finish) })
+			if shape.queues > 1 {
+				name += fmt.Sprintf(",queues=%d", shape.queues)
+			}
+			b.Run(name, func(b *testing.B) { benchClaim(b, shape.claimers, shape.queues, finish) })
 		}
 	}
 }
 
-func benchClaim(b *testing.B, claimers int, finish bool) {
+// benchClaim runs claimers goroutines over queues Queues, each with its own
+// pool, as instances spread over that many worker processes would: claims
+// are combined within a Queue, never across.
+func benchClaim(b *testing.B, claimers, queues int, finish bool) {
 	bd := setup(b, nil)
 	bd.seed(b, dueTopics(max(10000, b.N))...)
 	bd.db.ExecContext(bd.ctx, "ANALYZE TABLE topic")
-	// Warm the pool so connection setup is not timed.
+	qs := []*queue.Queue{bd.q}
+	for range queues - 1 {
+		q, err := queue.Open(bd.ctx, env.Primary(""), bd.cfg)
+		if err != nil {
+			b.Fatalf("open queue: %v", err)
+		}
+		b.Cleanup(func() { q.Close() })
+		qs = append(qs, q)
+	}
+	// Warm the pools so connection setup is not timed.
 	var warm sync.WaitGroup
-	for range claimers {
+	for i := range claimers {
 		warm.Add(1)
-		go func() { defer warm.Done(); bd.q.DB().PingContext(bd.ctx) }()
+		go func() { defer warm.Done(); qs[i%queues].DB().PingContext(bd.ctx) }()
 	}
 	warm.Wait()
-	before := bd.q.Stats()
+	stats := func() (s queue.ClaimStats) {
+		for _, q := range qs {
+			st := q.Stats()
+			s.Won, s.Lost, s.Empty = s.Won+st.Won, s.Lost+st.Lost, s.Empty+st.Empty
+		}
+		return s
+	}
+	before := stats()
 	var left atomic.Int64
 	left.Store(int64(b.N))
 	var wg sync.WaitGroup
@@ -52,7 +74,8 @@ func benchClaim(b *testing.B, claimers int, finish bool) {
 		go func(inst int64) {
 			defer wg.Done()
 			for left.Add(-1) >= 0 {
-				c, err := bd.q.Claim(bd.ctx, &queue.ClaimParams{InstanceID: inst})
+				q := qs[int(inst-101)%queues]
+				c, err := q.Claim(bd.ctx, &queue.ClaimParams{InstanceID: inst})
 				if err != nil {
 					if !errors.Is(err, queue.ErrNoneDue) {
 						failed.Store(err)
@@ -62,7 +85,7 @@ func benchClaim(b *testing.B, claimers int, finish bool) {
 					return
 				}
 				if finish {
-					if err := bd.q.Finish(bd.ctx, c); err != nil {
+					if err := q.Finish(bd.ctx, c); err != nil {
 						failed.Store(err)
 						return
 					}
@@ -76,7 +99,7 @@ func benchClaim(b *testing.B, claimers int, finish bool) {
 	if err, _ := failed.Load().(error); err != nil {
 		b.Fatal(err)
 	}
-	st := bd.q.Stats()
+	st := stats()
 	won, lost := st.Won-before.Won, st.Lost-before.Lost
 	b.ReportMetric(float64(won)/elapsed.Seconds(), "claims/s")
 	b.ReportMetric(100*float64(lost)/float64(max(1, won+lost)), "lost_cas_%")

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -50,8 +51,14 @@ type Queue struct {
 	// Prepared once: each call is then one round trip (EXECUTE) instead of
 	// three (PREPARE, EXECUTE, CLOSE); database/sql re-prepares per
 	// connection as needed.
-	claimStmt, claimReadStmt, heartbeatStmt, holdsStmt, releaseStmt, finishStmt *sql.Stmt
-	stats                                                                       struct{ won, lost, empty atomic.Int64 }
+	claimStmt, claimReadStmt, claimPickStmt, heartbeatStmt, holdsStmt, releaseStmt, finishStmt *sql.Stmt
+	stats                                                                                      struct{ won, lost, empty, combined atomic.Int64 }
+
+	// Claims waiting for the next combined claim (claimbatch.go), and
+	// whether a goroutine is serving them.
+	cmu     sync.Mutex
+	pending []*claimReq
+	leading bool
 }
 
 // ClaimStats counts claim outcomes since Open.
@@ -59,11 +66,14 @@ type ClaimStats struct {
 	Won   int64 // claims that returned a topic
 	Lost  int64 // compare-and-sets that lost: deadlock or lock-wait retries, and claims taken back before they were read
 	Empty int64 // claims that found nothing due
+	// Combined counts the claims won through a combined statement
+	// (claims of one Queue that arrived together).
+	Combined int64
 }
 
 // Stats returns the claim counters; safe for concurrent use.
 func (q *Queue) Stats() ClaimStats {
-	return ClaimStats{Won: q.stats.won.Load(), Lost: q.stats.lost.Load(), Empty: q.stats.empty.Load()}
+	return ClaimStats{Won: q.stats.won.Load(), Lost: q.stats.lost.Load(), Empty: q.stats.empty.Load(), Combined: q.stats.combined.Load()}
 }
 
 // Open validates cfg, connects to the primary described by mc and checks
@@ -109,7 +119,7 @@ func (q *Queue) prepare(ctx context.Context) {
 		dst  **sql.Stmt
 		text string
 	}{
-		{&q.claimStmt, q.sql.claim}, {&q.claimReadStmt, q.sql.claimRead}, {&q.heartbeatStmt, q.sql.heartbeat},
+		{&q.claimStmt, q.sql.claim}, {&q.claimReadStmt, q.sql.claimRead}, {&q.claimPickStmt, q.sql.claimPick}, {&q.heartbeatStmt, q.sql.heartbeat},
 		{&q.holdsStmt, q.sql.holds}, {&q.releaseStmt, q.sql.release}, {&q.finishStmt, q.sql.finish},
 	} {
 		if *p.dst != nil {
@@ -123,7 +133,7 @@ func (q *Queue) prepare(ctx context.Context) {
 
 // Close closes the pool.
 func (q *Queue) Close() error {
-	for _, st := range []*sql.Stmt{q.claimStmt, q.claimReadStmt, q.heartbeatStmt, q.holdsStmt, q.releaseStmt, q.finishStmt} {
+	for _, st := range []*sql.Stmt{q.claimStmt, q.claimReadStmt, q.claimPickStmt, q.heartbeatStmt, q.holdsStmt, q.releaseStmt, q.finishStmt} {
 		if st != nil {
 			st.Close()
 		}
@@ -177,6 +187,7 @@ func firstLine(s string) string {
 // travel as arguments.
 type statements struct {
 	claim, claimRead, heartbeat, holds, release, finish string
+	claimPick, claimMark, primaryPos                    string
 	reapFind, reapTake, reapRecord                      string
 	request, requestCreate                              string
 	activeArgs                                          []any
@@ -212,6 +223,18 @@ func buildStatements(cfg Config, f flavor.Flavor) statements {
  {id} = LAST_INSERT_ID({id})
  WHERE {claimable} = 1 AND {due} <= NOW(6) AND {activecol} IN ({active}) AND {priority} >= ?
  ORDER BY {priority} DESC, {due}, {id} LIMIT 1`),
+		// The combined claim (claimbatch.go): pick and lock in claim
+		// order, skipping rows other sessions hold, then mark each for its
+		// instance; {cases}, {ids} and {lease_us} are integers filled in
+		// per batch.
+		claimPick: r.Replace(`SELECT /* nonqueue claim */ {id}, {required}, {token}, {reqv}, {attempts}, {priority}
+ FROM {t} FORCE INDEX (nq_claim)
+ WHERE {claimable} = 1 AND {due} <= NOW(6) AND {activecol} IN ({active}) AND {priority} >= ?
+ ORDER BY {priority} DESC, {due}, {id} LIMIT ? FOR UPDATE SKIP LOCKED`),
+		claimMark: r.Replace(`UPDATE /* nonqueue claim */ {t} SET {running} = CASE {id}{cases} END, {token} = {token} + 1,
+ {claimedv} = {reqv}, {claimed_at} = NOW(6), {hb} = NOW(6), {lease} = NOW(6) + INTERVAL {lease_us} MICROSECOND
+ WHERE {id} IN ({ids}) AND {claimable} = 1`),
+		primaryPos: "SELECT /* nonqueue claim */ " + f.PrimaryPosExpr(),
 		claimRead: r.Replace(`SELECT /* nonqueue claim */ {required}, {token}, {claimedv}, {attempts}, {priority}, {primarypos}
  FROM {t} WHERE {id} = ? AND {running} = ?`),
 		heartbeat: r.Replace(`UPDATE /* nonqueue heartbeat */ {t} SET {hb} = NOW(6), {lease} = NOW(6) + INTERVAL ? MICROSECOND
@@ -261,13 +284,28 @@ type ClaimParams struct {
 }
 
 // Claim takes the most urgent due topic (priority desc, due asc, id) that
-// is claimable, active and at least MinPriority, in one compare-and-set. It
-// returns ErrNoneDue when there is none. A deadlock or lock wait timeout is
-// retried a few times before it is returned.
+// is claimable, active and at least MinPriority, as a compare-and-set. It
+// returns ErrNoneDue when there is none. Claims that arrive together are
+// served by one combined statement (claimbatch.go). A deadlock or lock wait
+// timeout is retried a few times before it is returned. Once sent, a claim
+// is seen through whatever happens to ctx (bounded by 30s): a claim
+// abandoned after it committed would leave its topic marked running.
 func (q *Queue) Claim(ctx context.Context, p *ClaimParams) (*Claim, error) {
 	if p.InstanceID == 0 {
-		return nil, errors.New("claim: instance id 0 is reserved for 'not running'")
+		return nil, errClaimZero
 	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("claim: %w", err)
+	}
+	r := &claimReq{p: *p, done: make(chan claimResult, 1)}
+	q.enqueue(r)
+	res := <-r.done
+	return res.c, res.err
+}
+
+// claimOne is the one-statement claim: pick in index order, compare-and-set
+// and hand the id back, then read the claim.
+func (q *Queue) claimOne(ctx context.Context, p *ClaimParams) (*Claim, error) {
 	args := make([]any, 0, 3+len(q.sql.activeArgs))
 	args = append(args, p.InstanceID, q.cfg.Lease.Microseconds())
 	args = append(args, q.sql.activeArgs...)
@@ -426,7 +464,7 @@ func (q *Queue) table() string          { return ident.Qualified(q.cfg.Schema, q
 // statements that use them; nothing runs. The error names what is missing
 // as the server reports it.
 func (q *Queue) CheckSchema(ctx context.Context) error {
-	stmts := append([]string{q.sql.claim, q.sql.claimRead, q.sql.heartbeat, q.sql.holds, q.sql.release, q.sql.finish, q.sql.reapTake}, q.cfg.checkStatements()...)
+	stmts := append([]string{q.sql.claim, q.sql.claimRead, q.sql.claimPick, q.sql.heartbeat, q.sql.holds, q.sql.release, q.sql.finish, q.sql.reapTake}, q.cfg.checkStatements()...)
 	for _, s := range stmts {
 		st, err := q.db.PrepareContext(ctx, s)
 		if err != nil {

@@ -17,9 +17,30 @@ import (
 // table the claimers write themselves, independent of the claim columns.
 func TestConcurrentClaimersExactlyOnce(t *testing.T) {
 	t.Parallel()
+	// One Queue: claims arriving together are combined. Three Queues (three
+	// worker processes): their combined claims skip each other's locked
+	// rows, and lone claims wait on them.
+	for _, queues := range []int{1, 3} {
+		t.Run(fmt.Sprintf("queues=%d", queues), func(t *testing.T) {
+			t.Parallel()
+			claimExactlyOnce(t, queues)
+		})
+	}
+}
+
+func claimExactlyOnce(t *testing.T, queues int) {
 	b := setup(t, nil)
 	const topics, claimers = 5000, 32
 	b.seed(t, dueTopics(topics)...)
+	qs := []*queue.Queue{b.q}
+	for range queues - 1 {
+		q, err := queue.Open(b.ctx, env.Primary(""), b.cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { q.Close() })
+		qs = append(qs, q)
+	}
 	if _, err := b.db.ExecContext(b.ctx, "CREATE TABLE done_log (seq BIGINT AUTO_INCREMENT PRIMARY KEY, topic_id BIGINT NOT NULL, instance_id BIGINT NOT NULL)"); err != nil {
 		t.Fatal(err)
 	}
@@ -30,7 +51,8 @@ func TestConcurrentClaimersExactlyOnce(t *testing.T) {
 		go func(inst int64) {
 			defer wg.Done()
 			for n := 0; n < 2*topics; n++ { // bounded: more than any one claimer can get
-				c, err := b.q.Claim(b.ctx, &queue.ClaimParams{InstanceID: inst})
+				q := qs[int(inst)%queues]
+				c, err := q.Claim(b.ctx, &queue.ClaimParams{InstanceID: inst})
 				if errors.Is(err, queue.ErrNoneDue) {
 					return
 				}
@@ -42,7 +64,7 @@ func TestConcurrentClaimersExactlyOnce(t *testing.T) {
 					errs <- err
 					return
 				}
-				if err := b.q.Finish(b.ctx, c); err != nil {
+				if err := q.Finish(b.ctx, c); err != nil {
 					errs <- err
 					return
 				}
@@ -70,7 +92,117 @@ func TestConcurrentClaimersExactlyOnce(t *testing.T) {
 	}
 	var instances int
 	b.db.QueryRowContext(b.ctx, "SELECT COUNT(DISTINCT instance_id) FROM done_log").Scan(&instances)
-	t.Logf("%d topics by %d distinct claimers", total, instances)
+	var combined int64
+	for _, q := range qs {
+		combined += q.Stats().Combined
+	}
+	t.Logf("%d topics by %d distinct claimers over %d queues, %d through combined claims", total, instances, queues, combined)
+	if combined == 0 {
+		t.Errorf("32 claimers never had their claims combined")
+	}
+}
+
+// TestCombinedClaimOrder: a combined claim hands out topics in the
+// original's order, most urgent to the first request, each marked for its
+// own instance with its token bumped; requests beyond the due topics get
+// ErrNoneDue, and the pick is served by the claim index in order.
+func TestCombinedClaimOrder(t *testing.T) {
+	t.Parallel()
+	b := setup(t, func(c *queue.Config) { c.ActiveValues = []int64{1, 2} })
+	b.seed(t,
+		topic{id: 1, required: 1, due: -time.Minute, priority: 5, active: 1},
+		topic{id: 2, required: 2, due: -time.Hour, priority: 5, active: 2},
+		topic{id: 3, required: 1, due: -time.Hour, priority: 9, active: 1},
+		topic{id: 5, required: 0, due: -time.Hour, priority: 99, active: 1}, // not required
+		topic{id: 6, required: 1, due: time.Hour, priority: 99, active: 1},  // not due yet
+		topic{id: 8, required: 1, due: -time.Hour, priority: 99, active: 3}, // active value not in the set
+		topic{id: 9, required: 1, due: -time.Hour, priority: 1, active: 1},  // below the minimum priority
+		topic{id: 10, required: 1, due: -2 * time.Hour, priority: 2, active: 1},
+	)
+	before := map[int64]uint64{}
+	rows, err := b.db.QueryContext(b.ctx, "SELECT id, claim_token FROM topic")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var id int64
+		var tok uint64
+		rows.Scan(&id, &tok)
+		before[id] = tok
+	}
+	rows.Close()
+
+	ps := []queue.ClaimParams{{InstanceID: 201, MinPriority: 2}, {InstanceID: 202, MinPriority: 2}, {InstanceID: 203, MinPriority: 2},
+		{InstanceID: 204, MinPriority: 2}, {InstanceID: 205, MinPriority: 2}}
+	claims, errs := b.q.ClaimTogether(b.ctx, ps)
+	want := []int64{3, 2, 1, 10}
+	for i, p := range ps {
+		if i >= len(want) {
+			if !errors.Is(errs[i], queue.ErrNoneDue) {
+				t.Errorf("request %d: %v, %v; want ErrNoneDue", i, claims[i], errs[i])
+			}
+			continue
+		}
+		if errs[i] != nil {
+			t.Fatalf("request %d: %v", i, errs[i])
+		}
+		c := claims[i]
+		if c.TopicID != want[i] || c.InstanceID != p.InstanceID {
+			t.Errorf("request %d got topic %d for instance %d, want topic %d for %d", i, c.TopicID, c.InstanceID, want[i], p.InstanceID)
+		}
+		if c.PrimaryPos == "" {
+			t.Errorf("claim of topic %d carries no primary GTID position", c.TopicID)
+		}
+		var running int64
+		var tok uint64
+		if err := b.db.QueryRowContext(b.ctx, "SELECT running, claim_token FROM topic WHERE id = ?", c.TopicID).Scan(&running, &tok); err != nil {
+			t.Fatal(err)
+		}
+		if running != p.InstanceID || tok != c.Token || tok != before[c.TopicID]+1 {
+			t.Errorf("topic %d: running %d token %d (claim token %d, before %d), want running %d and the token bumped once",
+				c.TopicID, running, tok, c.Token, before[c.TopicID], p.InstanceID)
+		}
+		// The claim is a real one: fenced writes accept it.
+		if err := b.q.Heartbeat(b.ctx, c); err != nil {
+			t.Errorf("heartbeat of combined claim of topic %d: %v", c.TopicID, err)
+		}
+	}
+	if claims[1] != nil && claims[1].Scope != 2 {
+		t.Errorf("topic 2 claimed with scope %d, want 2", claims[1].Scope)
+	}
+	var left int
+	b.db.QueryRowContext(b.ctx, "SELECT COUNT(*) FROM topic WHERE running <> 0 AND id NOT IN (1, 2, 3, 10)").Scan(&left)
+	if left != 0 {
+		t.Errorf("%d other topics marked running", left)
+	}
+
+	// The pick reads the claim index in order (no filesort).
+	b.seed(t, dueTopics(2000)[10:]...)
+	b.db.ExecContext(b.ctx, "ANALYZE TABLE topic")
+	stmt, args := b.q.ClaimPickStatement(8)
+	erows, err := b.db.QueryContext(b.ctx, "EXPLAIN "+stmt, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer erows.Close()
+	cols, _ := erows.Columns()
+	for erows.Next() {
+		vals := make([]sql.NullString, len(cols))
+		ptrs := make([]any, len(cols))
+		for i := range vals {
+			ptrs[i] = &vals[i]
+		}
+		if err := erows.Scan(ptrs...); err != nil {
+			t.Fatal(err)
+		}
+		m := map[string]string{}
+		for i, col := range cols {
+			m[col] = vals[i].String
+		}
+		if m["key"] != "nq_claim" || strings.Contains(m["Extra"], "filesort") {
+			t.Errorf("combined pick: key %q, extra %q; want nq_claim without filesort", m["key"], m["Extra"])
+		}
+	}
 }
 
 // TestClaimOrderAndFilters: the original's order (priority desc, due asc,
@@ -262,6 +394,82 @@ func TestStaleTokenIsFenced(t *testing.T) {
 	if err := b.q.Finish(b.ctx, cur); err != nil {
 		t.Fatalf("current claim: %v", err)
 	}
+}
+
+// TestHoldsReadsTheFence: Holds accepts the live claim and refuses, with
+// ErrClaimLost, a stale token of the same instance, another instance id,
+// another topic and a finished claim; and it is a read: the row, claim
+// times included, is the same before and after.
+func TestHoldsReadsTheFence(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	b.seed(t, dueTopics(1)...)
+	old, err := b.q.Claim(b.ctx, &queue.ClaimParams{InstanceID: 101})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.q.Holds(b.ctx, old); err != nil {
+		t.Fatalf("live claim: %v", err)
+	}
+	// Taken back and re-claimed by the same instance id: only the token
+	// tells the claims apart.
+	if _, err := b.db.ExecContext(b.ctx, "UPDATE topic SET lease_until = NOW(6) - INTERVAL 1 SECOND"); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := b.q.Reap(b.ctx, 900, 10); err != nil || len(r) != 1 {
+		t.Fatalf("reap: %v %v", r, err)
+	}
+	cur, err := b.q.Claim(b.ctx, &queue.ClaimParams{InstanceID: 101})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cur.TopicID != old.TopicID || cur.Token == old.Token {
+		t.Fatalf("re-claim %+v, old %+v: want the same topic, another token", cur, old)
+	}
+	before, beforeTimes := b.row(t, 1), b.claimTimes(t, 1)
+	// Any write would stamp NOW(6) after this.
+	time.Sleep(5 * time.Millisecond)
+	if err := b.q.Holds(b.ctx, cur); err != nil {
+		t.Fatalf("live claim after a re-claim: %v", err)
+	}
+	otherInstance, otherTopic := *cur, *cur
+	otherInstance.InstanceID = 102
+	otherTopic.TopicID = 2
+	for _, c := range []struct {
+		name  string
+		claim *queue.Claim
+	}{{"stale token", old}, {"another instance id", &otherInstance}, {"a topic that does not exist", &otherTopic}} {
+		if err := b.q.Holds(b.ctx, c.claim); !errors.Is(err, queue.ErrClaimLost) {
+			t.Errorf("%s: %v, want ErrClaimLost", c.name, err)
+		}
+	}
+	if after, afterTimes := b.row(t, 1), b.claimTimes(t, 1); after != before || afterTimes != beforeTimes {
+		t.Fatalf("Holds changed the topic:\nbefore %+v %+v\nafter  %+v %+v", before, beforeTimes, after, afterTimes)
+	}
+	if !beforeTimes.heartbeat.Valid || !beforeTimes.lease.Valid {
+		t.Fatalf("a claimed topic without heartbeat or lease: %+v", beforeTimes)
+	}
+	if err := b.q.Finish(b.ctx, cur); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.q.Holds(b.ctx, cur); !errors.Is(err, queue.ErrClaimLost) {
+		t.Fatalf("finished claim: %v, want ErrClaimLost", err)
+	}
+}
+
+// claimTimes are the times a claim writes, to the microsecond.
+type claimTimes struct{ claimed, heartbeat, lease sql.NullString }
+
+func (b *bundle) claimTimes(t testing.TB, id int64) claimTimes {
+	t.Helper()
+	c := b.cfg.Columns
+	var ct claimTimes
+	stmt := fmt.Sprintf("SELECT CAST(`%s` AS CHAR), CAST(`%s` AS CHAR), CAST(`%s` AS CHAR) FROM `%s`.`%s` WHERE `%s` = ?",
+		c.ClaimedAt, c.HeartbeatAt, c.LeaseUntil, b.cfg.Schema, b.cfg.Table, c.ID)
+	if err := b.db.QueryRowContext(b.ctx, stmt, id).Scan(&ct.claimed, &ct.heartbeat, &ct.lease); err != nil {
+		t.Fatalf("read claim times of topic %d: %v", id, err)
+	}
+	return ct
 }
 
 // TestRerequestDuringRunSurvivesFinish: a request that arrives while the
