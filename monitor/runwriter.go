@@ -20,9 +20,11 @@ type RunWriter struct {
 	h        *History
 	log      *slog.Logger
 	maxDelay time.Duration
-	in       chan *Run
 	done     chan struct{}
-	once     sync.Once
+
+	mu     sync.Mutex // guards closed and sends on in
+	closed bool
+	in     chan *Run
 }
 
 // Batching limits of a RunWriter: how long a run may wait for company, and
@@ -46,17 +48,30 @@ func NewRunWriter(h *History, log *slog.Logger, maxDelay time.Duration) *RunWrit
 }
 
 // Record queues r, stamping its end time if unset. It blocks only while
-// a full batch is being written. It must not be called after Close.
+// a full batch is being written. After Close it writes r at once.
 func (w *RunWriter) Record(r *Run) {
 	if r.FinishedAt.IsZero() {
 		r.FinishedAt = time.Now()
 	}
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		w.write([]*Run{r})
+		return
+	}
 	w.in <- r
+	w.mu.Unlock()
 }
 
 // Close writes the queued runs and stops the writer; ctx bounds the wait.
+// It is idempotent.
 func (w *RunWriter) Close(ctx context.Context) error {
-	w.once.Do(func() { close(w.in) })
+	w.mu.Lock()
+	if !w.closed {
+		w.closed = true
+		close(w.in)
+	}
+	w.mu.Unlock()
 	select {
 	case <-w.done:
 		return nil

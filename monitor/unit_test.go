@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -84,4 +86,55 @@ func TestGateConfigValidate(t *testing.T) {
 		d.BehindBackoff != 2*time.Second || d.SampleInterval != 250*time.Millisecond {
 		t.Errorf("defaults %+v", d)
 	}
+}
+
+// TestRecordRunsNone: no runs is no statement (the History has no pool and
+// an invalid schema, either of which would fail a write) and no error.
+func TestRecordRunsNone(t *testing.T) {
+	t.Parallel()
+	h := &monitor.History{Schema: "not a schema"}
+	if err := h.RecordRuns(context.Background(), nil); err != nil {
+		t.Fatalf("RecordRuns(nil) = %v", err)
+	}
+	if err := h.RecordRuns(context.Background(), []*monitor.Run{}); err != nil {
+		t.Fatalf("RecordRuns(empty) = %v", err)
+	}
+}
+
+// TestRunWriterLogsFailures: a batch that cannot be written is logged and
+// dropped; Close still returns once the writer is done.
+func TestRunWriterLogsFailures(t *testing.T) {
+	t.Parallel()
+	var log syncBuffer
+	h := &monitor.History{Schema: "not a schema"}
+	w := monitor.NewRunWriter(h, slog.New(slog.NewTextHandler(&log, nil)), time.Hour)
+	for i := range 3 {
+		w.Record(&monitor.Run{TopicID: int64(i + 1), Outcome: monitor.OutcomeDone, StartedAt: time.Now()})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := w.Close(ctx); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if s := log.String(); !strings.Contains(s, "record runs") || !strings.Contains(s, "runs=3") {
+		t.Fatalf("log: %q, want one failed batch of 3 runs", s)
+	}
+}
+
+// syncBuffer is a log destination safe for the writer's goroutine.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf strings.Builder
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

@@ -69,13 +69,11 @@ var cellEscaper = strings.NewReplacer(`\`, `\\`, "\t", `\t`, "\n", `\n`, "\r", `
 
 func escapeCell(s string) string { return cellEscaper.Replace(s) }
 
-// close flushes, syncs and closes the file, returning the first error of
-// the whole log.
+// close flushes and closes the file, returning the first error of the
+// whole log. It does not fsync: a run log is a diagnostic, and a sync per
+// run (a journal commit) costs more than a log lost to a crash of the host.
 func (l *runLog) close() error {
 	if err := l.w.Flush(); l.err == nil {
-		l.err = err
-	}
-	if err := l.f.Sync(); l.err == nil {
 		l.err = err
 	}
 	if err := l.f.Close(); l.err == nil {

@@ -21,9 +21,11 @@ import (
 type Dropper struct {
 	s    *Shipper
 	db   *sql.DB
-	in   chan string
 	done chan struct{}
-	once sync.Once
+
+	mu     sync.Mutex // guards closed and sends on in
+	closed bool
+	in     chan string
 }
 
 // Dropper limits: how long a table may wait for company and how many one
@@ -45,15 +47,29 @@ func (s *Shipper) NewDropper(primary *sql.DB) *Dropper {
 	return d
 }
 
+// add queues names; after Close it drops them at once.
 func (d *Dropper) add(names []string) {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		d.drop(names)
+		return
+	}
 	for _, n := range names {
 		d.in <- n
 	}
+	d.mu.Unlock()
 }
 
-// Close drops what is queued and stops; ctx bounds the wait.
+// Close drops what is queued and stops; ctx bounds the wait. It is
+// idempotent.
 func (d *Dropper) Close(ctx context.Context) error {
-	d.once.Do(func() { close(d.in) })
+	d.mu.Lock()
+	if !d.closed {
+		d.closed = true
+		close(d.in)
+	}
+	d.mu.Unlock()
 	select {
 	case <-d.done:
 		return nil
