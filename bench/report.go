@@ -124,8 +124,11 @@ func (b *bench) summary() (map[string]any, []target, int) {
 		sum["ceiling_topics_per_s"] = num(ceil.TopicsPerS)
 	}
 	if nq != nil && ceil != nil {
-		// Extra wall time per topic per instance.
-		overhead = num((nq.MedianS - ceil.MedianS) * 1000 * float64(headToHead.Instances) / float64(nq.Topics))
+		// The definition: (nonqueue time - procedure time) per
+		// topic, both at 1 x 4 on the same topics. Also reported: the same
+		// per instance (x 4), the extra latency each instance sees.
+		overhead = num((nq.MedianS - ceil.MedianS) * 1000 / float64(nq.Topics))
+		sum["overhead_ms_per_topic_per_instance"] = num(*overhead * float64(headToHead.Instances))
 	}
 	if sc := b.find("scale_" + b.s.ScaleTopo.String()); sc != nil {
 		eff = num(sc.TopicsPerS / float64(b.s.ScaleTopo.total()))
@@ -166,7 +169,7 @@ func (b *bench) summary() (map[string]any, []target, int) {
 	d := float64(dups)
 	targets := []target{
 		check("nonqueue vs the original loop, 1 replica x 4 (ratio_vs_seed)", ratio, ">= 20", func(v float64) bool { return v >= 20 }),
-		check("overhead per topic per instance, ms (overhead_ms_per_topic)", overhead, "<= 10", func(v float64) bool { return v <= 10 }),
+		check("overhead per topic, ms (overhead_ms_per_topic)", overhead, "<= 10", func(v float64) bool { return v <= 10 }),
 		check("efficiency with a 1 s procedure, 2 x 16 (efficiency_1s_proc)", eff, ">= 0.90", func(v float64) bool { return v >= 0.9 }),
 		check("topics computed twice by nonqueue (duplicates)", &d, "0", func(v float64) bool { return v == 0 }),
 		check("publish vs plain scp (publish_vs_scp)", pubVsScp, ">= 0.8", func(v float64) bool { return v >= 0.8 }),
@@ -225,7 +228,7 @@ func (b *bench) finish(runErr error) int {
 		}
 		fmt.Fprintf(w, "%-66s %10s %8s  %s\n", t.Name, v, t.Goal, mark)
 	}
-	fmt.Fprintln(w, "overhead_ms_per_topic = (T_nonqueue - T_procedure_alone) x 4 instances / topics, at 1 replica x 4; see bench/README.md")
+	fmt.Fprintln(w, "overhead_ms_per_topic = (T_nonqueue - T_procedure_alone) / topics, at 1 replica x 4 (x 4 instances: overhead_ms_per_topic_per_instance); see bench/README.md")
 	if busy(b.machine.LoadAvgStart, b.machine.NProc) || busy(b.machine.LoadAvgEnd, b.machine.NProc) {
 		fmt.Fprintf(w, "note: load average %s at the start, %s at the end, on %d CPUs: other work on this machine shows in the figures\n",
 			b.machine.LoadAvgStart, b.machine.LoadAvgEnd, b.machine.NProc)
@@ -267,7 +270,7 @@ func (b *bench) finish(runErr error) int {
 		"errors":          errs,
 		"harness_s":       math.Round(b.elapsed.Seconds()*10) / 10,
 		"seed_script":     b.seed,
-		"overhead_method": "(T_nonqueue_1x4 - T_procedure_alone_4_connections) * 4 / topics: extra wall time per topic per instance",
+		"overhead_method": "(T_nonqueue_1x4 - T_procedure_alone_4_connections) / topics: extra wall time per topic; x 4 = per instance (overhead_ms_per_topic_per_instance)",
 		"exit_status":     status,
 	}
 	buf, err := json.MarshalIndent(res, "", "  ")

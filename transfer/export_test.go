@@ -16,3 +16,7 @@ func (s *Shipper) BreakConnection() {
 // SetStreamHook sets a function run before each streaming attempt of Ship
 // (0, then 1 for the retry after a lost connection).
 func (s *Shipper) SetStreamHook(f func(attempt int)) { s.testHookStream = f }
+
+// SetShippedHook runs f once the files are on the primary's host, before
+// they are verified (to corrupt one).
+func (s *Shipper) SetShippedHook(f func()) { s.testHookShipped = f }

@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path"
 	"path/filepath"
 	"slices"
@@ -32,8 +33,9 @@ import (
 const swapTimeout = 30 * time.Second
 
 // fileParallelism is how many files are streamed at once over the shared
-// SFTP session. Each stream keeps up to 64 writes of 32 KiB in flight, so
-// memory stays around 8 MiB whatever the table size.
+// SFTP session. Each stream keeps about 2 MiB of writes in flight (64 of
+// 32 KiB, or 8 of 255 KiB with OpenSSH), so memory stays around 8 MiB
+// whatever the table size.
 const fileParallelism = 4
 
 // myisamExts are a MyISAM table's files; the .frm goes last, so an
@@ -110,8 +112,6 @@ type stagedTable struct {
 
 type stagedFile struct {
 	mode          os.FileMode // applied with chmod when not 0
-	hash          bool        // compute crc while streaming
-	crc           uint32      // POSIX cksum of the bytes sent, with hash
 	local, remote string
 	size          int64
 	frm           bool
@@ -332,7 +332,6 @@ func (s *Shipper) export(ctx context.Context, p *ShipParams, tables []*stagedTab
 				remote: path.Join(remoteDir, t.tmp+ext),
 				frm:    ext == ".frm",
 				mode:   s.cfg.FileMode,
-				hash:   s.cfg.Verify == VerifyCksum,
 			}
 			st, err := os.Stat(f.local)
 			if err != nil {
@@ -357,25 +356,30 @@ func (s *Shipper) export(ctx context.Context, p *ShipParams, tables []*stagedTab
 		err  error
 	}
 	sumDone := make(chan sumResult, 1)
-	sha := s.cfg.Verify == VerifyCksum
+	byteSums := s.cfg.Verify == VerifyCksum
 	go func() {
-		if sha {
-			sumDone <- sumResult{}
+		if byteSums {
+			// The files do not change under the export lock: cksum on
+			// this host reads them (from the page cache, at memory speed)
+			// while they stream, and verifyRemote compares with cksum on
+			// the primary's host.
+			sums, err := localCksums(sumCtx, files)
+			sumDone <- sumResult{sums, err}
 			return
 		}
 		sums, err := checksums(sumCtx, rep.conn, s.cfg.Schema, live)
 		sumDone <- sumResult{sums, err}
 	}()
 	streamErr := s.stream(ctx, files, log)
-	if streamErr == nil && sha {
-		streamErr = s.verifyRemote(ctx, files)
+	if streamErr == nil && s.testHookShipped != nil {
+		s.testHookShipped()
 	}
 	if streamErr != nil {
 		cancelSum()
 	}
 	res := <-sumDone
 	if streamErr != nil {
-		if res.err != nil {
+		if res.err != nil && !byteSums {
 			rep.bad = true // cancelled mid-query
 		}
 		return "", streamErr
@@ -383,8 +387,13 @@ func (s *Shipper) export(ctx context.Context, p *ShipParams, tables []*stagedTab
 	if res.err != nil {
 		return "", fmt.Errorf("checksum result tables on the replica: %w", res.err)
 	}
+	if byteSums {
+		if err := s.verifyRemote(ctx, files, res.sums); err != nil {
+			return "", err
+		}
+	}
 	for _, t := range tables {
-		if sha {
+		if byteSums {
 			break
 		}
 		sum, ok := res.sums[t.live]
@@ -576,16 +585,7 @@ func putFile(ctx context.Context, c *sftp.Client, f *stagedFile) error {
 	} else {
 		chmod <- nil
 	}
-	var r io.Reader = src
-	var h *posixCRC
-	if f.hash {
-		h = &posixCRC{}
-		r = io.TeeReader(src, h) // ReadFrom reads in order: the CRC is of the bytes sent
-	}
-	n, err := dst.ReadFrom(&ctxReader{err: ctx.Err, r: r, size: f.size})
-	if h != nil {
-		f.crc = h.Sum32()
-	}
+	n, err := dst.ReadFrom(&ctxReader{err: ctx.Err, r: src, size: f.size})
 	if cerr := dst.Close(); err == nil && cerr != nil {
 		err = fmt.Errorf("close: %w", cerr)
 	}
@@ -824,9 +824,44 @@ func placeholders(n int) string {
 	return strings.TrimSuffix(strings.Repeat("?, ", n), ", ")
 }
 
+// cksumCmd is the command line that prints "CRC SIZE NAME" per file, the
+// same program on both hosts so the two outputs compare as text.
+func cksumCmd(paths []string) string {
+	cmd := "cksum --"
+	for _, p := range paths {
+		cmd += " " + shellQuote(p)
+	}
+	return cmd
+}
+
+// parseCksum maps each file named in cksum's output to "CRC SIZE".
+func parseCksum(out []byte) map[string]string {
+	got := map[string]string{}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if f := strings.SplitN(line, " ", 3); len(f) == 3 {
+			got[f[2]] = f[0] + " " + f[1]
+		}
+	}
+	return got
+}
+
+// localCksums runs cksum on this host over the files' local paths.
+func localCksums(ctx context.Context, files []*stagedFile) (map[string]string, error) {
+	args := []string{"--"}
+	for _, f := range files {
+		args = append(args, f.local)
+	}
+	out, err := exec.CommandContext(ctx, "cksum", args...).Output()
+	if err != nil {
+		return nil, fmt.Errorf("cksum on this host (verify = %q needs coreutils here too): %w", VerifyCksum, err)
+	}
+	return parseCksum(out), nil
+}
+
 // verifyRemote runs cksum on the primary's host over an SSH exec session
-// and compares every shipped file's CRC and size with the bytes sent.
-func (s *Shipper) verifyRemote(ctx context.Context, files []*stagedFile) error {
+// and compares every shipped file's CRC and size with local's (the files
+// as read on the replica host).
+func (s *Shipper) verifyRemote(ctx context.Context, files []*stagedFile, local map[string]string) error {
 	l, err := s.link(ctx)
 	if err != nil {
 		return err
@@ -836,27 +871,24 @@ func (s *Shipper) verifyRemote(ctx context.Context, files []*stagedFile) error {
 		return fmt.Errorf("verify shipped files: open an ssh session: %w", err)
 	}
 	defer sess.Close()
-	cmd := "cksum --"
-	for _, f := range files {
-		cmd += " " + shellQuote(f.remote)
+	remote := make([]string, len(files))
+	for i, f := range files {
+		remote[i] = f.remote
 	}
 	stop := context.AfterFunc(ctx, func() { sess.Close() })
 	defer stop()
-	out, err := sess.Output(cmd)
+	out, err := sess.Output(cksumCmd(remote))
 	if err != nil {
 		return fmt.Errorf("verify shipped files: cksum on the primary's host (needs a shell there; or set verify = %q): %w", VerifyChecksum, err)
 	}
-	got := map[string]string{}
-	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-		// "CRC SIZE NAME"
-		if f := strings.SplitN(line, " ", 3); len(f) == 3 {
-			got[f[2]] = f[0] + " " + f[1]
-		}
-	}
+	got := parseCksum(out)
 	for _, f := range files {
-		want := fmt.Sprintf("%d %d", f.crc, f.size)
+		want, ok := local[f.local]
+		if !ok || !strings.HasSuffix(want, " "+strconv.FormatInt(f.size, 10)) {
+			return fmt.Errorf("%w: %s: cksum on this host gave %q, %d bytes were sent", ErrChecksumMismatch, f.local, want, f.size)
+		}
 		if got[f.remote] != want {
-			return fmt.Errorf("%w: %s: sent cksum %s, the primary's host has %q", ErrChecksumMismatch, f.remote, want, got[f.remote])
+			return fmt.Errorf("%w: %s: %s here, the primary's host has %q", ErrChecksumMismatch, f.remote, want, got[f.remote])
 		}
 	}
 	return nil
@@ -882,6 +914,9 @@ func (s *Shipper) CheckVerify(ctx context.Context) error {
 		return fmt.Errorf("open an ssh session: %w", err)
 	}
 	defer sess.Close()
+	if _, err := exec.LookPath("cksum"); err != nil {
+		return fmt.Errorf("cksum on this host (verify = %q runs it on both hosts): %w", VerifyCksum, err)
+	}
 	if out, err := sess.CombinedOutput("cksum -- /dev/null"); err != nil {
 		return fmt.Errorf("cksum on the primary's host (verify = %q needs a shell and coreutils there): %w: %s", VerifyCksum, err, strings.TrimSpace(string(out)))
 	}

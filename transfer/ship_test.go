@@ -723,3 +723,52 @@ func TestShipVerifyCksum(t *testing.T) {
 	}
 	b.assertNoStaging(t)
 }
+
+// TestShipDetectsCorruption: a byte changed in a shipped data file after
+// the transfer and before the verification (a broken copy) is caught by
+// either verification; nothing is published (the live tables keep the
+// previous version) and no staging is left.
+func TestShipDetectsCorruption(t *testing.T) {
+	t.Parallel()
+	for _, verify := range []string{transfer.VerifyChecksum, transfer.VerifyCksum} {
+		t.Run(verify, func(t *testing.T) {
+			t.Parallel()
+			b := setup(t, func(c *transfer.Config) { c.Verify = verify })
+			const topic = 12
+			names := b.cfg.TableNames(topic)
+			b.makeResult(t, topic, 1)
+			if _, err := b.sh.Ship(b.ctx, b.params(topic, 1)); err != nil {
+				t.Fatalf("first Ship: %v", err)
+			}
+			live := checksum(t, b.ctx, b.primary, names[1])
+			b.makeResult(t, topic, 2)
+			corrupted := false
+			b.sh.SetShippedHook(func() {
+				// Flip one byte in the middle of the staged Post data file.
+				f := filepath.Join(env.SB.Primary.Datadir, b.schema, "nqtmp_2_"+names[1]+".MYD")
+				data, err := os.ReadFile(f)
+				if err != nil || len(data) < 100 {
+					t.Errorf("read staged file %s: %d bytes, %v", f, len(data), err)
+					return
+				}
+				data[len(data)/2] ^= 0x5a
+				if err := os.WriteFile(f, data, 0o660); err != nil {
+					t.Errorf("corrupt %s: %v", f, err)
+					return
+				}
+				corrupted = true
+			})
+			_, err := b.sh.Ship(b.ctx, b.params(topic, 2))
+			if !corrupted {
+				t.Fatal("the staged file was not corrupted")
+			}
+			if !errors.Is(err, transfer.ErrChecksumMismatch) {
+				t.Fatalf("Ship of a corrupted copy: %v, want ErrChecksumMismatch", err)
+			}
+			if got := checksum(t, b.ctx, b.primary, names[1]); got != live {
+				t.Errorf("live %s changed to %s after a failed verification (was %s)", names[1], got, live)
+			}
+			b.assertNoStaging(t)
+		})
+	}
+}
