@@ -93,11 +93,13 @@ type Config struct {
 	// Verify is how a copy is checked before it goes live:
 	// VerifyChecksum (default) compares CHECKSUM TABLE … EXTENDED on the
 	// replica (while the files stream) and on the primary (after them);
-	// VerifyCksum computes the POSIX cksum CRC of the bytes as they stream
-	// and compares it with `cksum` run on the primary's host over an SSH
-	// exec session (GNU coreutils reads at memory speed), so nothing
-	// re-reads a big table row by row through the server; the SSH login
-	// needs a shell and coreutils there.
+	// VerifyCksum runs `cksum` over the files on this host while they
+	// stream (they cannot change under the export lock) and on the
+	// primary's host over an SSH exec session, and compares CRC and size
+	// (GNU coreutils reads at memory speed), so nothing re-reads a big
+	// table row by row through a server; the SSH login needs a shell and
+	// coreutils there. The exec session costs the primary's sshd a login
+	// (about 0.1 s of CPU measured here), so it pays off for big results.
 	Verify string
 }
 

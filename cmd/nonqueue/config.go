@@ -122,9 +122,9 @@ type Results struct {
 	BackupDir  string   `toml:"backup_dir"`  // optional local copy of shipped files
 	BackupKeep int      `toml:"backup_keep"` // copies kept per topic; default 3
 	// Verify: "checksum" (CHECKSUM TABLE on both servers, default) or
-	// "cksum" (the bytes' CRC while streaming, and cksum on the
-	// primary's host over SSH: no second read through the server; for big
-	// results; needs a shell there).
+	// "cksum" (cksum of the files on the replica's host while they
+	// stream and on the primary's host over SSH: no row-by-row read
+	// through the servers; for big results; needs a shell there).
 	Verify string `toml:"verify"`
 }
 
