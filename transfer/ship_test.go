@@ -772,3 +772,32 @@ func TestShipDetectsCorruption(t *testing.T) {
 		})
 	}
 }
+
+// TestShipEmptyTables: a procedure that found nothing publishes empty
+// tables (a 0-byte data file), with both verifications.
+func TestShipEmptyTables(t *testing.T) {
+	t.Parallel()
+	for _, verify := range []string{transfer.VerifyChecksum, transfer.VerifyCksum} {
+		t.Run(verify, func(t *testing.T) {
+			t.Parallel()
+			b := setup(t, func(c *transfer.Config) { c.Verify = verify })
+			const topic = 13
+			names := b.cfg.TableNames(topic)
+			for _, n := range names {
+				if _, err := b.local.ExecContext(b.ctx, "CREATE TABLE "+n+" (id INT PRIMARY KEY, v VARCHAR(20)) ENGINE=MyISAM"); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if _, err := b.sh.Ship(b.ctx, b.params(topic, 1)); err != nil {
+				t.Fatalf("Ship: %v", err)
+			}
+			for _, n := range names {
+				var rows int
+				if err := b.primary.QueryRowContext(b.ctx, "SELECT COUNT(*) FROM "+n).Scan(&rows); err != nil || rows != 0 {
+					t.Errorf("%s on the primary: %d rows (%v), want an empty table", n, rows, err)
+				}
+			}
+			b.assertNoStaging(t)
+		})
+	}
+}
