@@ -77,10 +77,11 @@ type ShipParams struct {
 	// Ship's and bounded by 30s: the tables are live already.
 	Commit func(ctx context.Context) error
 	// DropReplica drops the result tables on the replica once their files
-	// are shipped, while the publish runs on the primary (protocol 7): the
-	// drop, a synced DDL, is then off the run's critical path. Ship waits
-	// for it before returning; its failure is logged, not returned (the
-	// next run's procedure replaces the tables anyway).
+	// are shipped, while the primary verifies them (protocol 7): the drop,
+	// a synced DDL, is then mostly off the run's critical path. Ship waits
+	// for it before taking the publish lock, so it is over before Commit
+	// can make the topic claimable again; its failure is logged, not
+	// returned (the next run's procedure replaces the tables anyway).
 	DropReplica bool
 	// Dropper, if set, drops the swapped-out live tables in the background
 	// (batched); nil drops them before Ship returns.
@@ -231,7 +232,7 @@ func (s *Shipper) Ship(ctx context.Context, p *ShipParams) (*Shipment, error) {
 
 	t0 = time.Now()
 	var old []string
-	published, old, err = s.publish(ctx, prim, p, tables, log)
+	published, old, err = s.publish(ctx, prim, p, tables, dropped, log)
 	ship.PublishTime = time.Since(t0)
 	if !published {
 		return nil, fmt.Errorf("publish topic %d: %w", p.TopicID, err)
@@ -651,7 +652,7 @@ func (c *ctxReader) Size() int64 { return c.size }
 // publish runs steps 3 and 4 on the primary. It reports whether the swap
 // happened, and the swapped-out tables the caller drops once the lock is
 // released; after the swap, err can only be a Commit failure.
-func (s *Shipper) publish(ctx context.Context, prim *session, p *ShipParams, tables []*stagedTable, log *slog.Logger) (published bool, old []string, err error) {
+func (s *Shipper) publish(ctx context.Context, prim *session, p *ShipParams, tables []*stagedTable, dropped <-chan struct{}, log *slog.Logger) (published bool, old []string, err error) {
 	tmp := make([]string, len(tables))
 	for i, t := range tables {
 		tmp[i] = t.tmp
@@ -683,6 +684,16 @@ func (s *Shipper) publish(ctx context.Context, prim *session, p *ShipParams, tab
 		if got != t.sum {
 			return false, nil, fmt.Errorf("%w: %s: replica %s, primary %s (shipped as %s)", ErrChecksumMismatch, t.live, t.sum, got, t.tmp)
 		}
+	}
+
+	// The replica's drop (started with the checksum) must be over before
+	// Commit can make the topic claimable again: a run of the same topic
+	// on this replica, re-requested meanwhile, would otherwise have its
+	// fresh tables dropped under it.
+	select {
+	case <-dropped:
+	case <-ctx.Done():
+		return false, nil, fmt.Errorf("wait for the result tables' drop on the replica: %w", ctx.Err())
 	}
 
 	timeout := cmp.Or(p.LockTimeout, DefaultLockTimeout)

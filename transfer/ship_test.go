@@ -801,3 +801,53 @@ func TestShipEmptyTables(t *testing.T) {
 		})
 	}
 }
+
+// TestShipWaitsForReplicaDrop: the drop of the result tables on the replica
+// is over before Commit (the finish that can make the topic claimable
+// again), so a re-requested run of the topic on this replica never has its
+// fresh tables dropped under it. A session holding a read lock on one
+// result table delays the drop; Commit must come after the lock's release.
+func TestShipWaitsForReplicaDrop(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	const topic = 14
+	names := b.cfg.TableNames(topic)
+	b.makeResult(t, topic, 1)
+	conn, err := b.local.Conn(b.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var released, committed atomic.Int64
+	b.sh.SetShippedHook(func() {
+		lctx, cancel := context.WithTimeout(b.ctx, 5*time.Second)
+		defer cancel()
+		if _, err := conn.ExecContext(lctx, "LOCK TABLES "+names[0]+" READ"); err != nil {
+			t.Errorf("lock %s on the replica: %v", names[0], err)
+			return
+		}
+		go func() {
+			time.Sleep(500 * time.Millisecond)
+			released.Store(time.Now().UnixNano())
+			if _, err := conn.ExecContext(b.ctx, "UNLOCK TABLES"); err != nil {
+				t.Errorf("unlock: %v", err)
+			}
+		}()
+	})
+	p := b.params(topic, 1)
+	p.DropReplica = true
+	p.Commit = func(context.Context) error {
+		committed.Store(time.Now().UnixNano())
+		return nil
+	}
+	if _, err := b.sh.Ship(b.ctx, p); err != nil {
+		t.Fatalf("Ship: %v", err)
+	}
+	if released.Load() == 0 || committed.Load() <= released.Load() {
+		t.Fatalf("Commit at %d, the replica's drop was blocked until %d: the finish came first", committed.Load(), released.Load())
+	}
+	var left int
+	if err := b.local.QueryRowContext(b.ctx, "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ?", b.schema).Scan(&left); err != nil || left != 0 {
+		t.Errorf("replica kept %d result tables (%v)", left, err)
+	}
+}
