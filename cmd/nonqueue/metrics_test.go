@@ -160,6 +160,7 @@ var workerFamilies = map[string]dto.MetricType{
 	"nonqueue_run_phase_duration_seconds":    dto.MetricType_HISTOGRAM,
 	"nonqueue_bytes_shipped_total":           dto.MetricType_COUNTER,
 	"nonqueue_claims_total":                  dto.MetricType_COUNTER,
+	"nonqueue_claims_combined_total":         dto.MetricType_COUNTER,
 	"nonqueue_leases_reaped_total":           dto.MetricType_COUNTER,
 	"nonqueue_replication_lag_seconds":       dto.MetricType_GAUGE,
 	"nonqueue_replication_running":           dto.MetricType_GAUGE,

@@ -178,7 +178,7 @@ nonqueue_instances{state="waiting for lag"} 1
 func TestWorkerClaimsAndReaped(t *testing.T) {
 	t.Parallel()
 	b := setupWorker(t)
-	b.src.set(func(f *fakeSources) { f.claims = queue.ClaimStats{Won: 7, Lost: 2, Empty: 40} })
+	b.src.set(func(f *fakeSources) { f.claims = queue.ClaimStats{Won: 7, Lost: 2, Empty: 40, Combined: 3} })
 	b.w.ObserveReaped(queue.Reaped{TopicID: 1})
 	b.w.ObserveReaped(queue.Reaped{TopicID: 2})
 	want := `# HELP nonqueue_claims_total Claim attempts of this process by result: won (got a topic), lost (compare-and-set lost: deadlock or lock-wait retry, or taken back before read), empty (nothing due).
@@ -186,11 +186,14 @@ func TestWorkerClaimsAndReaped(t *testing.T) {
 nonqueue_claims_total{result="empty"} 40
 nonqueue_claims_total{result="lost"} 2
 nonqueue_claims_total{result="won"} 7
+# HELP nonqueue_claims_combined_total Claims won through a combined statement (claims of this process that arrived together); a share of won.
+# TYPE nonqueue_claims_combined_total counter
+nonqueue_claims_combined_total 3
 # HELP nonqueue_leases_reaped_total Claims whose lease ran out that this process's reaper took back.
 # TYPE nonqueue_leases_reaped_total counter
 nonqueue_leases_reaped_total 2
 `
-	if err := testutil.GatherAndCompare(b.reg, strings.NewReader(want), "nonqueue_claims_total", "nonqueue_leases_reaped_total"); err != nil {
+	if err := testutil.GatherAndCompare(b.reg, strings.NewReader(want), "nonqueue_claims_total", "nonqueue_claims_combined_total", "nonqueue_leases_reaped_total"); err != nil {
 		t.Fatal(err)
 	}
 	b.src.set(func(f *fakeSources) { f.claims.Won = 8 })

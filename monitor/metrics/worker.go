@@ -205,8 +205,8 @@ func (s *instanceStates) Collect(ch chan<- prometheus.Metric) {
 // claimCollector reads the queue's own claim counters at scrape time, so
 // there is one source of truth and nothing to keep in step.
 type claimCollector struct {
-	desc  *prometheus.Desc
-	stats func() queue.ClaimStats
+	desc, combined *prometheus.Desc
+	stats          func() queue.ClaimStats
 }
 
 func newClaimCollector(stats func() queue.ClaimStats) *claimCollector {
@@ -214,17 +214,21 @@ func newClaimCollector(stats func() queue.ClaimStats) *claimCollector {
 		desc: prometheus.NewDesc(Namespace+"_claims_total",
 			"Claim attempts of this process by result: won (got a topic), lost (compare-and-set lost: deadlock or lock-wait retry, or taken back before read), empty (nothing due).",
 			[]string{"result"}, nil),
+		combined: prometheus.NewDesc(Namespace+"_claims_combined_total",
+			"Claims won through a combined statement (claims of this process that arrived together); a share of won.",
+			nil, nil),
 		stats: stats,
 	}
 }
 
-func (c *claimCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+func (c *claimCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc; ch <- c.combined }
 
 func (c *claimCollector) Collect(ch chan<- prometheus.Metric) {
 	s := c.stats()
 	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(s.Won), "won")
 	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(s.Lost), "lost")
 	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(s.Empty), "empty")
+	ch <- prometheus.MustNewConstMetric(c.combined, prometheus.CounterValue, float64(s.Combined))
 }
 
 // replicationCollector exposes the lag gate's last sample. It reads what
