@@ -17,6 +17,7 @@ const (
 	DefaultBackoffBase  = 10 * time.Second
 	DefaultBackoffMax   = 10 * time.Minute
 	DefaultLogDir       = "/var/log/nonqueue"
+	DefaultMaxProcs     = 1
 )
 
 // ErrConfig is wrapped by every *ConfigError.
@@ -67,6 +68,13 @@ type Config struct {
 	ReapInterval time.Duration `toml:"reap_interval"`
 	// LogDir receives one log file per run (result sets, warnings, outcome).
 	LogDir string `toml:"log_dir"`
+	// MaxProcs is how many threads may run the process's Go code at once
+	// (GOMAXPROCS); default 1. A worker orchestrates I/O next to its
+	// replica's mariadbd: at one per CPU, Go's idle schedulers spin and wake
+	// threads on every network event, CPU the database needs (measured at
+	// 1 replica × 4 on 2 cores: 113 → 119 topics/s, and the 512 MB transfer
+	// faster, with 1). The GOMAXPROCS environment variable overrides it.
+	MaxProcs int `toml:"max_procs"`
 }
 
 // WithDefaults fills zero fields; lease is the queue's lease.
@@ -81,6 +89,7 @@ func (c Config) WithDefaults(lease time.Duration) Config {
 	c.BackoffMax = cmp.Or(c.BackoffMax, max(DefaultBackoffMax, c.BackoffBase))
 	c.LogDir = cmp.Or(c.LogDir, DefaultLogDir)
 	c.ReapInterval = cmp.Or(c.ReapInterval, min(5*time.Second, lease/2))
+	c.MaxProcs = cmp.Or(c.MaxProcs, DefaultMaxProcs)
 	return c
 }
 
@@ -103,6 +112,8 @@ func (c Config) Validate(lease time.Duration) error {
 		return &ConfigError{"backoff_max", fmt.Errorf("want 0 < backoff_base (%v) <= backoff_max (%v)", c.BackoffBase, c.BackoffMax)}
 	case c.LogDir == "":
 		return &ConfigError{"log_dir", errors.New("is required")}
+	case c.MaxProcs < 0:
+		return &ConfigError{"max_procs", fmt.Errorf("%d: want 1 or more", c.MaxProcs)}
 	}
 	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 	"time"
 
@@ -227,6 +228,11 @@ func runWork(ctx context.Context, args []string, stdout, stderr io.Writer, logge
 	if err := c.validateWorker(); err != nil {
 		return err
 	}
+	// GOMAXPROCS in the environment is the operator's explicit choice.
+	if os.Getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(c.Worker.MaxProcs)
+	}
+	logger.Info("worker starting", "version", version, "max_procs", runtime.GOMAXPROCS(0))
 	numbers := []int{*one}
 	if *count > 0 {
 		numbers = numbers[:0]

@@ -275,6 +275,14 @@ func TestSIGTERMLeavesNothingRunning(t *testing.T) {
 	if n := b.count(t, "SELECT COUNT(*) FROM instance WHERE state <> 'exited'"); n != 0 {
 		t.Errorf("%d instances not marked exited", n)
 	}
+	// [worker] max_procs defaults to 1 unless GOMAXPROCS is set.
+	want := "max_procs=1"
+	if v := os.Getenv("GOMAXPROCS"); v != "" {
+		want = "max_procs=" + v
+	}
+	if !strings.Contains(w.out.String(), want) {
+		t.Errorf("worker log does not say %s:\n%s", want, w.out)
+	}
 }
 
 // TestWrongHostKeyRefused: a known_hosts with another key for the
