@@ -79,9 +79,9 @@ type ShipParams struct {
 	// DropReplica drops the result tables on the replica once their files
 	// are shipped, while the primary verifies them (protocol 7): the drop,
 	// a synced DDL, is then mostly off the run's critical path. Ship waits
-	// for it before taking the publish lock, so it is over before Commit
-	// can make the topic claimable again; its failure is logged, not
-	// returned (the next run's procedure replaces the tables anyway).
+	// for it right before Commit, so it is over before the finish can make
+	// the topic claimable again; its failure is logged, not returned (the
+	// next run's procedure replaces the tables anyway).
 	DropReplica bool
 	// Dropper, if set, drops the swapped-out live tables in the background
 	// (batched); nil drops them before Ship returns.
@@ -686,16 +686,6 @@ func (s *Shipper) publish(ctx context.Context, prim *session, p *ShipParams, tab
 		}
 	}
 
-	// The replica's drop (started with the checksum) must be over before
-	// Commit can make the topic claimable again: a run of the same topic
-	// on this replica, re-requested meanwhile, would otherwise have its
-	// fresh tables dropped under it.
-	select {
-	case <-dropped:
-	case <-ctx.Done():
-		return false, nil, fmt.Errorf("wait for the result tables' drop on the replica: %w", ctx.Err())
-	}
-
 	timeout := cmp.Or(p.LockTimeout, DefaultLockTimeout)
 	var got sql.NullInt64
 	if err := prim.conn.QueryRowContext(ctx, getLockSQL, p.LockName, timeout.Seconds()).Scan(&got); err != nil {
@@ -742,6 +732,13 @@ func (s *Shipper) publish(ctx context.Context, prim *session, p *ShipParams, tab
 	if err != nil {
 		return false, nil, fmt.Errorf("swap result tables in on the primary: %w", err)
 	}
+	// The replica's drop, started before the checksum and bounded by its
+	// own cleanup timeout, must be over before Commit can make the topic
+	// claimable again: a run of the same topic on this replica,
+	// re-requested meanwhile, would otherwise have its fresh tables
+	// dropped under it. Waiting here, after the swap, keeps the drop in
+	// the shadow of the primary's checksum, lock and RENAME.
+	<-dropped
 	if p.Commit != nil {
 		if err := p.Commit(sctx); err != nil {
 			return true, old, fmt.Errorf("%w: %w", ErrCommit, err)
