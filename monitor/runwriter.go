@@ -3,7 +3,6 @@ package monitor
 import (
 	"context"
 	"log/slog"
-	"sync"
 	"time"
 
 	"github.com/nonqueue/nonqueue/internal/batch"
@@ -13,18 +12,13 @@ import (
 // process ends many runs a second; one multi-row INSERT is one commit on
 // the primary and one transaction for every replica to apply, instead of
 // one per run (River batches its job completions for the same reason). A
-// run is written at most MaxDelay after it ends; Close writes what is left.
+// run is written at most maxDelay after it ends; Close writes what is left.
 // Writes are best effort, as History's are: a failure is logged, never
 // retried into a growing backlog.
 type RunWriter struct {
-	h        *History
-	log      *slog.Logger
-	maxDelay time.Duration
-	done     chan struct{}
-
-	mu     sync.Mutex // guards closed and sends on in
-	closed bool
-	in     chan *Run
+	h   *History
+	log *slog.Logger
+	b   *batch.Batcher[*Run]
 }
 
 // Batching limits of a RunWriter: how long a run may wait for company, and
@@ -42,8 +36,8 @@ func NewRunWriter(h *History, log *slog.Logger, maxDelay time.Duration) *RunWrit
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	w := &RunWriter{h: h, log: log, maxDelay: maxDelay, in: make(chan *Run, maxRunBatch), done: make(chan struct{})}
-	go w.loop()
+	w := &RunWriter{h: h, log: log}
+	w.b = batch.Start(maxRunBatch, maxDelay, w.write)
 	return w
 }
 
@@ -53,37 +47,12 @@ func (w *RunWriter) Record(r *Run) {
 	if r.FinishedAt.IsZero() {
 		r.FinishedAt = time.Now()
 	}
-	w.mu.Lock()
-	if w.closed {
-		w.mu.Unlock()
-		w.write([]*Run{r})
-		return
-	}
-	w.in <- r
-	w.mu.Unlock()
+	w.b.Add(r)
 }
 
 // Close writes the queued runs and stops the writer; ctx bounds the wait.
 // It is idempotent.
-func (w *RunWriter) Close(ctx context.Context) error {
-	w.mu.Lock()
-	if !w.closed {
-		w.closed = true
-		close(w.in)
-	}
-	w.mu.Unlock()
-	select {
-	case <-w.done:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-func (w *RunWriter) loop() {
-	defer close(w.done)
-	batch.Run(w.in, maxRunBatch, w.maxDelay, w.write)
-}
+func (w *RunWriter) Close(ctx context.Context) error { return w.b.Close(ctx) }
 
 func (w *RunWriter) write(runs []*Run) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

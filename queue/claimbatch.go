@@ -86,15 +86,10 @@ func (q *Queue) lead() {
 // longest waiting; requests left without one get ErrNoneDue.
 func (q *Queue) claimBatch(ctx context.Context, batch []*claimReq) {
 	var claims []*Claim
-	var err error
-	for try := 0; ; try++ {
+	err := q.retryLost(ctx, func() (err error) {
 		claims, err = q.claimRows(ctx, batch)
-		if err == nil || try == 4 || !retryable(err) {
-			break
-		}
-		q.stats.lost.Add(1)
-		time.Sleep(time.Duration(try+1) * 2 * time.Millisecond)
-	}
+		return err
+	})
 	if err == nil && len(claims) > 0 {
 		// The position after the claims committed: see Claim.PrimaryPos.
 		var pos string

@@ -115,13 +115,7 @@ func Open(ctx context.Context, mc *mysql.Config, cfg Config) (*Queue, error) {
 // table, but the schema may not exist yet (schema apply), so a failure
 // leaves the statement unprepared and ApplySchema tries again.
 func (q *Queue) prepare(ctx context.Context) {
-	for _, p := range []struct {
-		dst  **sql.Stmt
-		text string
-	}{
-		{&q.claimStmt, q.sql.claim}, {&q.claimReadStmt, q.sql.claimRead}, {&q.claimPickStmt, q.sql.claimPick}, {&q.heartbeatStmt, q.sql.heartbeat},
-		{&q.holdsStmt, q.sql.holds}, {&q.releaseStmt, q.sql.release}, {&q.finishStmt, q.sql.finish},
-	} {
+	for _, p := range q.prepared() {
 		if *p.dst != nil {
 			continue
 		}
@@ -131,11 +125,26 @@ func (q *Queue) prepare(ctx context.Context) {
 	}
 }
 
+// preparedStmt is a hot statement and where its prepared form lives.
+type preparedStmt struct {
+	dst  **sql.Stmt
+	text string
+}
+
+// prepared lists the hot statements, for prepare and Close.
+func (q *Queue) prepared() []preparedStmt {
+	return []preparedStmt{
+		{&q.claimStmt, q.sql.claim}, {&q.claimReadStmt, q.sql.claimRead}, {&q.claimPickStmt, q.sql.claimPick},
+		{&q.heartbeatStmt, q.sql.heartbeat}, {&q.holdsStmt, q.sql.holds}, {&q.releaseStmt, q.sql.release},
+		{&q.finishStmt, q.sql.finish},
+	}
+}
+
 // Close closes the pool.
 func (q *Queue) Close() error {
-	for _, st := range []*sql.Stmt{q.claimStmt, q.claimReadStmt, q.claimPickStmt, q.heartbeatStmt, q.holdsStmt, q.releaseStmt, q.finishStmt} {
-		if st != nil {
-			st.Close()
+	for _, p := range q.prepared() {
+		if *p.dst != nil {
+			(*p.dst).Close()
 		}
 	}
 	return q.db.Close()
@@ -312,19 +321,10 @@ func (q *Queue) claimOne(ctx context.Context, p *ClaimParams) (*Claim, error) {
 	args = append(args, p.MinPriority)
 
 	var res sql.Result
-	var err error
-	for try := 0; ; try++ {
+	err := q.retryLost(ctx, func() (err error) {
 		res, err = q.exec(ctx, q.claimStmt, q.sql.claim, args...)
-		if err == nil || try == 4 || !retryable(err) {
-			break
-		}
-		q.stats.lost.Add(1)
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("claim: %w", ctx.Err())
-		case <-time.After(time.Duration(try+1) * 2 * time.Millisecond):
-		}
-	}
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("claim: %w", err)
 	}
@@ -354,6 +354,24 @@ func (q *Queue) claimOne(ctx context.Context, p *ClaimParams) (*Claim, error) {
 	}
 	q.stats.won.Add(1)
 	return c, nil
+}
+
+// retryLost runs f until it succeeds, fails for good, or has lost five
+// times to a deadlock or lock wait timeout (counted as lost compare-and-
+// sets), backing off a little more each time.
+func (q *Queue) retryLost(ctx context.Context, f func() error) error {
+	for try := 0; ; try++ {
+		err := f()
+		if err == nil || try == 4 || !retryable(err) {
+			return err
+		}
+		q.stats.lost.Add(1)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Duration(try+1) * 2 * time.Millisecond):
+		}
+	}
 }
 
 // retryable reports a deadlock (1213) or lock wait timeout (1205).

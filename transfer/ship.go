@@ -237,16 +237,16 @@ func (s *Shipper) Ship(ctx context.Context, p *ShipParams) (*Shipment, error) {
 	if !published {
 		return nil, fmt.Errorf("publish topic %d: %w", p.TopicID, err)
 	}
-	if len(old) > 0 && p.Dropper != nil {
-		p.Dropper.add(old)
-	} else if len(old) > 0 {
+	switch {
+	case len(old) == 0:
+	case p.Dropper != nil:
+		p.Dropper.b.Add(old...)
+	default:
 		// After the lock's release: the swapped-out tables carry our token,
 		// nothing else reaches them, and the DROP (a synced DDL) need not
 		// delay the reaper or the next publish.
 		dctx, cancel := cleanupContext(ctx)
-		if _, derr := prim.conn.ExecContext(dctx, fmt.Sprintf(dropSQL, s.qualifiedList(old))); derr != nil {
-			log.WarnContext(dctx, "drop swapped-out tables on the primary; CleanupPrimary will", "tables", old, "err", derr)
-		}
+		s.dropSwappedOut(dctx, prim.conn, old, log)
 		cancel()
 	}
 	if backup != "" {
@@ -305,11 +305,14 @@ func (s *Shipper) export(ctx context.Context, p *ShipParams, tables []*stagedTab
 	// .MYI under its name): the catalogue is asked only to explain a
 	// failure, which saves a round trip and an information_schema read on
 	// every run.
-	if _, err := rep.conn.ExecContext(ctx, fmt.Sprintf(flushExportSQL, s.qualifiedList(live))); err != nil {
+	explain := func(err error) error {
 		if cerr := s.checkReplicaTables(ctx, rep.conn, tables); cerr != nil {
-			return "", cerr
+			return cerr
 		}
-		return "", fmt.Errorf("flush result tables for export on the replica: %w", err)
+		return err
+	}
+	if _, err := rep.conn.ExecContext(ctx, fmt.Sprintf(flushExportSQL, s.qualifiedList(live))); err != nil {
+		return "", explain(fmt.Errorf("flush result tables for export on the replica: %w", err))
 	}
 	locked := true
 	defer func() {
@@ -336,10 +339,7 @@ func (s *Shipper) export(ctx context.Context, p *ShipParams, tables []*stagedTab
 			}
 			st, err := os.Stat(f.local)
 			if err != nil {
-				if cerr := s.checkReplicaTables(ctx, rep.conn, tables); cerr != nil {
-					return "", cerr
-				}
-				return "", fmt.Errorf("stat table file on the replica host (is ReplicaDatadir %q this replica's?): %w", datadir, err)
+				return "", explain(fmt.Errorf("stat table file on the replica host (is ReplicaDatadir %q this replica's?): %w", datadir, err))
 			}
 			f.size = st.Size()
 			ship.Bytes += f.size
@@ -392,16 +392,14 @@ func (s *Shipper) export(ctx context.Context, p *ShipParams, tables []*stagedTab
 		if err := s.verifyRemote(ctx, files, res.sums); err != nil {
 			return "", err
 		}
-	}
-	for _, t := range tables {
-		if byteSums {
-			break
+	} else {
+		for _, t := range tables {
+			sum, ok := res.sums[t.live]
+			if !ok {
+				return "", fmt.Errorf("checksum of %s on the replica: %w", t.live, ErrTableMissing)
+			}
+			t.sum = sum
 		}
-		sum, ok := res.sums[t.live]
-		if !ok {
-			return "", fmt.Errorf("checksum of %s on the replica: %w", t.live, ErrTableMissing)
-		}
-		t.sum = sum
 	}
 
 	if s.cfg.BackupDir != "" {
@@ -745,6 +743,16 @@ func (s *Shipper) publish(ctx context.Context, prim *session, p *ShipParams, tab
 		}
 	}
 	return true, old, nil
+}
+
+// dropSwappedOut drops tables a publish swapped out. A failure is logged,
+// not returned: CleanupPrimary drops what is left.
+func (s *Shipper) dropSwappedOut(ctx context.Context, conn *sql.Conn, names []string, log *slog.Logger) error {
+	_, err := conn.ExecContext(ctx, fmt.Sprintf(dropSQL, s.qualifiedList(names)))
+	if err != nil {
+		log.WarnContext(ctx, "drop swapped-out tables on the primary; CleanupPrimary will", "tables", names, "err", err)
+	}
+	return err
 }
 
 // swapPairs is the RENAME TABLE list that moves every table of existing

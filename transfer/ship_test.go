@@ -730,76 +730,68 @@ func TestShipVerifyCksum(t *testing.T) {
 // previous version) and no staging is left.
 func TestShipDetectsCorruption(t *testing.T) {
 	t.Parallel()
-	for _, verify := range []string{transfer.VerifyChecksum, transfer.VerifyCksum} {
-		t.Run(verify, func(t *testing.T) {
-			t.Parallel()
-			b := setup(t, func(c *transfer.Config) { c.Verify = verify })
-			const topic = 12
-			names := b.cfg.TableNames(topic)
-			b.makeResult(t, topic, 1)
-			if _, err := b.sh.Ship(b.ctx, b.params(topic, 1)); err != nil {
-				t.Fatalf("first Ship: %v", err)
+	eachVerify(t, func(t *testing.T, b *bundle) {
+		const topic = 12
+		names := b.cfg.TableNames(topic)
+		b.makeResult(t, topic, 1)
+		if _, err := b.sh.Ship(b.ctx, b.params(topic, 1)); err != nil {
+			t.Fatalf("first Ship: %v", err)
+		}
+		live := checksum(t, b.ctx, b.primary, names[1])
+		b.makeResult(t, topic, 2)
+		corrupted := false
+		b.sh.SetShippedHook(func() {
+			// Flip one byte in the middle of the staged Post data file.
+			f := filepath.Join(env.SB.Primary.Datadir, b.schema, "nqtmp_2_"+names[1]+".MYD")
+			data, err := os.ReadFile(f)
+			if err != nil || len(data) < 100 {
+				t.Errorf("read staged file %s: %d bytes, %v", f, len(data), err)
+				return
 			}
-			live := checksum(t, b.ctx, b.primary, names[1])
-			b.makeResult(t, topic, 2)
-			corrupted := false
-			b.sh.SetShippedHook(func() {
-				// Flip one byte in the middle of the staged Post data file.
-				f := filepath.Join(env.SB.Primary.Datadir, b.schema, "nqtmp_2_"+names[1]+".MYD")
-				data, err := os.ReadFile(f)
-				if err != nil || len(data) < 100 {
-					t.Errorf("read staged file %s: %d bytes, %v", f, len(data), err)
-					return
-				}
-				data[len(data)/2] ^= 0x5a
-				if err := os.WriteFile(f, data, 0o660); err != nil {
-					t.Errorf("corrupt %s: %v", f, err)
-					return
-				}
-				corrupted = true
-			})
-			_, err := b.sh.Ship(b.ctx, b.params(topic, 2))
-			if !corrupted {
-				t.Fatal("the staged file was not corrupted")
+			data[len(data)/2] ^= 0x5a
+			if err := os.WriteFile(f, data, 0o660); err != nil {
+				t.Errorf("corrupt %s: %v", f, err)
+				return
 			}
-			if !errors.Is(err, transfer.ErrChecksumMismatch) {
-				t.Fatalf("Ship of a corrupted copy: %v, want ErrChecksumMismatch", err)
-			}
-			if got := checksum(t, b.ctx, b.primary, names[1]); got != live {
-				t.Errorf("live %s changed to %s after a failed verification (was %s)", names[1], got, live)
-			}
-			b.assertNoStaging(t)
+			corrupted = true
 		})
-	}
+		_, err := b.sh.Ship(b.ctx, b.params(topic, 2))
+		if !corrupted {
+			t.Fatal("the staged file was not corrupted")
+		}
+		if !errors.Is(err, transfer.ErrChecksumMismatch) {
+			t.Fatalf("Ship of a corrupted copy: %v, want ErrChecksumMismatch", err)
+		}
+		if got := checksum(t, b.ctx, b.primary, names[1]); got != live {
+			t.Errorf("live %s changed to %s after a failed verification (was %s)", names[1], got, live)
+		}
+		b.assertNoStaging(t)
+	})
 }
 
 // TestShipEmptyTables: a procedure that found nothing publishes empty
 // tables (a 0-byte data file), with both verifications.
 func TestShipEmptyTables(t *testing.T) {
 	t.Parallel()
-	for _, verify := range []string{transfer.VerifyChecksum, transfer.VerifyCksum} {
-		t.Run(verify, func(t *testing.T) {
-			t.Parallel()
-			b := setup(t, func(c *transfer.Config) { c.Verify = verify })
-			const topic = 13
-			names := b.cfg.TableNames(topic)
-			for _, n := range names {
-				if _, err := b.local.ExecContext(b.ctx, "CREATE TABLE "+n+" (id INT PRIMARY KEY, v VARCHAR(20)) ENGINE=MyISAM"); err != nil {
-					t.Fatal(err)
-				}
+	eachVerify(t, func(t *testing.T, b *bundle) {
+		const topic = 13
+		names := b.cfg.TableNames(topic)
+		for _, n := range names {
+			if _, err := b.local.ExecContext(b.ctx, "CREATE TABLE "+n+" (id INT PRIMARY KEY, v VARCHAR(20)) ENGINE=MyISAM"); err != nil {
+				t.Fatal(err)
 			}
-			if _, err := b.sh.Ship(b.ctx, b.params(topic, 1)); err != nil {
-				t.Fatalf("Ship: %v", err)
+		}
+		if _, err := b.sh.Ship(b.ctx, b.params(topic, 1)); err != nil {
+			t.Fatalf("Ship: %v", err)
+		}
+		for _, n := range names {
+			var rows int
+			if err := b.primary.QueryRowContext(b.ctx, "SELECT COUNT(*) FROM "+n).Scan(&rows); err != nil || rows != 0 {
+				t.Errorf("%s on the primary: %d rows (%v), want an empty table", n, rows, err)
 			}
-			for _, n := range names {
-				var rows int
-				if err := b.primary.QueryRowContext(b.ctx, "SELECT COUNT(*) FROM "+n).Scan(&rows); err != nil || rows != 0 {
-					t.Errorf("%s on the primary: %d rows (%v), want an empty table", n, rows, err)
-				}
-			}
-			b.assertNoStaging(t)
-		})
-	}
+		}
+		b.assertNoStaging(t)
+	})
 }
 
 // TestShipWaitsForReplicaDrop: the drop of the result tables on the replica
@@ -849,5 +841,16 @@ func TestShipWaitsForReplicaDrop(t *testing.T) {
 	var left int
 	if err := b.local.QueryRowContext(b.ctx, "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ?", b.schema).Scan(&left); err != nil || left != 0 {
 		t.Errorf("replica kept %d result tables (%v)", left, err)
+	}
+}
+
+// eachVerify runs f in parallel subtests, one per verification mode, each
+// with its own bundle.
+func eachVerify(t *testing.T, f func(t *testing.T, b *bundle)) {
+	for _, verify := range []string{transfer.VerifyChecksum, transfer.VerifyCksum} {
+		t.Run(verify, func(t *testing.T) {
+			t.Parallel()
+			f(t, setup(t, func(c *transfer.Config) { c.Verify = verify }))
+		})
 	}
 }

@@ -284,7 +284,6 @@ func (in *Instance) dropLocal(claim *queue.Claim, log *slog.Logger) {
 }
 
 func (in *Instance) record(run *monitor.Run) {
-	run.FinishedAt = time.Now()
 	if in.runs != nil {
 		in.runs.Record(run)
 	} else {

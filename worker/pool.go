@@ -36,22 +36,19 @@ func (p *Pool) Run(soft, hard context.Context) error {
 		p.Deps.Logger = log
 	}
 	var instances []*Instance
+	// closeBounded stops a background writer, waiting a bounded time for
+	// what it still holds.
+	closeBounded := func(what string, close func(context.Context) error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		if err := close(ctx); err != nil {
+			log.Warn(what, "err", err)
+		}
+	}
 	runs := monitor.NewRunWriter(p.Deps.History, log, 0)
-	defer func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-		defer cancel()
-		if err := runs.Close(ctx); err != nil {
-			log.Warn("write the last runs to the history", "err", err)
-		}
-	}()
+	defer closeBounded("write the last runs to the history", runs.Close)
 	dropper := p.Deps.Shipper.NewDropper(p.Deps.Primary)
-	defer func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-		defer cancel()
-		if err := dropper.Close(ctx); err != nil {
-			log.Warn("drop the last swapped-out tables", "err", err)
-		}
-	}()
+	defer closeBounded("drop the last swapped-out tables", dropper.Close)
 	host, _ := os.Hostname()
 	for _, n := range p.Numbers {
 		id, err := p.Config.InstanceID(p.ServerID, n)
@@ -101,9 +98,8 @@ func (p *Pool) Run(soft, hard context.Context) error {
 		}()
 	}
 	wg.Wait()
-	if err := runs.Close(context.Background()); err != nil {
-		log.Warn("write the last runs to the history", "err", err)
-	}
+	// The history first, then the instances' last state.
+	closeBounded("write the last runs to the history", runs.Close)
 	for _, in := range instances {
 		in.setState(context.Background(), monitor.StateExited, 0, 0, 0)
 	}

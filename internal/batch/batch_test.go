@@ -1,7 +1,9 @@
 package batch
 
 import (
+	"context"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 )
@@ -51,5 +53,27 @@ func TestRunFlushesAfterMaxDelay(t *testing.T) {
 	}
 	if len(flushed) != 0 {
 		t.Fatalf("an empty batch was flushed: %v", <-flushed)
+	}
+}
+
+func TestBatcherFlushesOnCloseAndAfter(t *testing.T) {
+	var mu sync.Mutex
+	var got []int
+	flush := func(b []int) { mu.Lock(); got = append(got, b...); mu.Unlock() }
+	b := Start(10, time.Hour, flush)
+	b.Add(1, 2)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := b.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Close(ctx); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	b.Add(3) // a straggler: flushed at once, no panic
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(got, []int{1, 2, 3}) {
+		t.Fatalf("flushed %v, want [1 2 3]", got)
 	}
 }
