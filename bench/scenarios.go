@@ -50,7 +50,7 @@ type scenario struct {
 // runResult is one measurement.
 type runResult struct {
 	Seconds float64 `json:"seconds"`
-	// PollSeconds: nonqueue, when the harness's 20 ms poll saw every topic
+	// PollSeconds: nonqueue, when the harness's poll (every pollInterval) saw every topic
 	// done (Seconds comes from the run history and is the figure used).
 	PollSeconds float64 `json:"poll_seconds,omitempty"`
 	callCount
@@ -59,6 +59,9 @@ type runResult struct {
 	Outcomes map[string]int `json:"outcomes,omitempty"`
 	// AvgMS: nonqueue's mean time per phase of a done run (run history).
 	AvgMS map[string]float64 `json:"avg_ms,omitempty"`
+	// CPUMSPerTopic: nonqueue, milliseconds of CPU per topic by part of
+	// the topology over the round (bench/cpu.go), from /proc.
+	CPUMSPerTopic map[string]float64 `json:"cpu_ms_per_topic,omitempty"`
 	// LoopErrors: the original loop's "proc failed"/"copy failed" lines.
 	LoopErrors int `json:"loop_errors,omitempty"`
 	// Big result.
@@ -469,6 +472,7 @@ func (b *bench) nonqueueScenario(ctx context.Context, sc *scenario, topo topolog
 		b.info("run %d/%d: %6.2f s  %7.1f topics/s  computed twice %d  outcomes %v  avg ms: claim %.2f gtid %.2f proc %.2f transfer %.2f publish %.2f",
 			i, sc.want, r.Seconds, float64(n)/r.Seconds, r.Duplicates, r.Outcomes,
 			r.AvgMS["claim"], r.AvgMS["lag_wait"], r.AvgMS["proc"], r.AvgMS["transfer"], r.AvgMS["publish"])
+		b.info("        CPU ms per topic: %s", formatCPU(r.CPUMSPerTopic))
 		if r.Duplicates > 0 || r.Unexpected > 0 {
 			sc.Notes = append(sc.Notes, fmt.Sprintf("FAIL run %d: %d topics computed twice", i, r.Duplicates))
 		}
@@ -501,6 +505,10 @@ func (b *bench) nqRound(ctx context.Context, ws []*child, lo, hi int, topo topol
 	var reqAt string
 	if err := b.primary.QueryRowContext(ctx, "SELECT NOW(6)").Scan(&reqAt); err != nil {
 		return nil, err
+	}
+	cpu0, err := b.sampleCPU(ws)
+	if err != nil {
+		return nil, fmt.Errorf("read CPU times: %w", err)
 	}
 	t0 := time.Now()
 	res, err := b.q.Request(ctx, &queue.RequestParams{IDs: ids, Scope: queue.ScopeFull})
@@ -543,6 +551,11 @@ func (b *bench) nqRound(ctx context.Context, ws []*child, lo, hi int, topo topol
 		}
 	}
 	r := &runResult{PollSeconds: time.Since(t0).Seconds()}
+	cpu1, err := b.sampleCPU(ws)
+	if err != nil {
+		return nil, fmt.Errorf("read CPU times: %w", err)
+	}
+	r.CPUMSPerTopic = cpuPerTopic(cpu0, cpu1, n)
 	var us sql.NullInt64
 	if err := b.primary.QueryRowContext(ctx, `SELECT TIMESTAMPDIFF(MICROSECOND, ?, MAX(finished_at)) FROM nonqueue.run WHERE id > ? AND outcome = 'done'`,
 		reqAt, lastRun).Scan(&us); err != nil {

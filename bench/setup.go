@@ -463,11 +463,12 @@ func (b *bench) writeConfigs() error {
 			if err != nil {
 				return err
 			}
-			// A big result is verified by byte hashes (no second read of it
-			// through the primary); small ones by CHECKSUM TABLE, the default.
-			verify := "checksum"
+			// A big result is verified by its bytes (no second read of it
+			// through the primary); the others by -verify (default bytes,
+			// the workers' default too).
+			verify := b.s.Verify
 			if proc == procBig {
-				verify = "cksum"
+				verify = "bytes"
 			}
 			err = workerConfig.Execute(f, map[string]any{"SB": b.sb, "Replica": r, "Proc": proc,
 				"LogDir": filepath.Join(b.dir, "runs"), "IdleWait": b.s.IdleWait.String(), "Verify": verify})

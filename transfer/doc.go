@@ -10,16 +10,18 @@
 //   - on the replica, in a pinned session with sql_log_bin=0, FLUSH TABLES
 //     … FOR EXPORT closes the tables, makes their files consistent and holds
 //     a read lock (MariaDB 10.11 accepts it for MyISAM: checked on the
-//     sandbox); CHECKSUM TABLE … EXTENDED runs in that session while the
-//     files stream;
+//     sandbox);
 //   - the files stream from the local disk over one shared SFTP session
 //     into the primary's datadir as nqtmp_<claim token>_<table>, data files
 //     first and the .frm last, so a copy cut short never forms a table;
-//     sizes are checked, then the replica is unlocked;
+//     sizes are checked and the copy verified (Config.Verify: each file read
+//     back and compared, or cksum on both hosts for big files; or CHECKSUM
+//     TABLE … EXTENDED in the locked session while the files stream), then
+//     the replica is unlocked;
 //   - on the primary, in a pinned session with sql_log_bin=0 (nothing of a
 //     publish may replicate back to the replicas, whose tables are their
-//     own), the server finds the staging tables from their files and
-//     CHECKSUM TABLE must match the replica's;
+//     own), the server must open the staging tables from their files (with
+//     VerifyChecksum: and CHECKSUM TABLE must match the replica's);
 //   - under GET_LOCK(LockName), the lock the reaper also takes, the Fence
 //     callback re-checks the claim, then one RENAME TABLE moves each live
 //     table aside and each staging table in, the old tables are dropped,

@@ -20,3 +20,15 @@ func (s *Shipper) SetStreamHook(f func(attempt int)) { s.testHookStream = f }
 // SetShippedHook runs f once the files are on the primary's host, before
 // they are verified (to corrupt one).
 func (s *Shipper) SetShippedHook(f func()) { s.testHookShipped = f }
+
+// SetWrittenHook runs f for each file once its bytes are on the primary's
+// host and before they are verified.
+func (s *Shipper) SetWrittenHook(f func(remote string)) { s.testHookWritten = f }
+
+// SetCksumUsable decides, instead of the probe, whether cksum runs on
+// both hosts (VerifyBytes with big files).
+func (s *Shipper) SetCksumUsable(ok bool) {
+	s.cksumMu.Lock()
+	defer s.cksumMu.Unlock()
+	s.cksumKnown, s.cksumOK = true, ok
+}

@@ -87,13 +87,20 @@ func (w tWriter) Write(p []byte) (int, error) {
 // every version, Post's content changes with version.
 func (b *bundle) makeResult(t *testing.T, topic int64, version int) {
 	t.Helper()
+	b.makeResultRows(t, topic, version, 1000)
+}
+
+// makeResultRows is makeResult with rows rows per table: 1,000 make files
+// of a few KiB to a few tens of KiB, 20,000 files of several hundred KiB.
+func (b *bundle) makeResultRows(t *testing.T, topic int64, version, rows int) {
+	t.Helper()
 	d, p := b.cfg.TableNames(topic)[0], b.cfg.TableNames(topic)[1]
 	for _, q := range []string{
 		"DROP TABLE IF EXISTS " + d + ", " + p,
 		"CREATE TABLE " + d + " (id INT PRIMARY KEY, x BIGINT NOT NULL) ENGINE=MyISAM",
-		fmt.Sprintf("INSERT INTO %s SELECT seq, CAST(seq AS SIGNED) + IF(seq %% 2 = 0, %d, -%d) FROM seq_1_to_1000", d, version, version),
+		fmt.Sprintf("INSERT INTO %s SELECT seq, CAST(seq AS SIGNED) + IF(seq %% 2 = 0, %d, -%d) FROM seq_1_to_%d", d, version, version, rows),
 		"CREATE TABLE " + p + " (id INT PRIMARY KEY, body VARCHAR(100) NOT NULL, KEY (body)) ENGINE=MyISAM",
-		fmt.Sprintf("INSERT INTO %s SELECT seq, CONCAT('post ', seq, ' v', %d) FROM seq_1_to_1000", p, version),
+		fmt.Sprintf("INSERT INTO %s SELECT seq, CONCAT('post ', seq, ' v', %d) FROM seq_1_to_%d", p, version, rows),
 	} {
 		if _, err := b.local.ExecContext(b.ctx, q); err != nil {
 			t.Fatalf("make result: %s: %v", q, err)

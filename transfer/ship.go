@@ -1,6 +1,7 @@
 package transfer
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"crypto/sha256"
@@ -97,7 +98,7 @@ type Shipment struct {
 	// TransferTime runs from FLUSH TABLES … FOR EXPORT on the replica to
 	// UNLOCK TABLES: export, stream, replica checksum, local backup.
 	TransferTime time.Duration
-	// PublishTime runs from the primary's CHECKSUM TABLE to the lock's
+	// PublishTime runs from the primary's check of the tables to the lock's
 	// release: verify, lock, fence, swap, Commit.
 	PublishTime time.Duration
 	// Backup is the local backup directory, "" if none was kept.
@@ -116,6 +117,9 @@ type stagedFile struct {
 	local, remote string
 	size          int64
 	frm           bool
+	// readBack: verified by reading it back over its SFTP handle right
+	// after the write (VerifyBytes, small files); otherwise by cksum.
+	readBack bool
 }
 
 // stagingName is prefix + token + "_" + table, or, when that exceeds the 64
@@ -328,6 +332,7 @@ func (s *Shipper) export(ctx context.Context, p *ShipParams, tables []*stagedTab
 
 	// The files are consistent and stay so while the lock is held.
 	var files []*stagedFile
+	big := false // with VerifyBytes: a file too big to read back in one go
 	remoteDir := path.Join(s.cfg.PrimaryDatadir, s.cfg.Schema)
 	for _, t := range tables {
 		for _, ext := range myisamExts {
@@ -342,9 +347,17 @@ func (s *Shipper) export(ctx context.Context, p *ShipParams, tables []*stagedTab
 				return "", explain(fmt.Errorf("stat table file on the replica host (is ReplicaDatadir %q this replica's?): %w", datadir, err))
 			}
 			f.size = st.Size()
+			f.readBack = s.cfg.Verify == VerifyBytes && f.size <= smallFile
+			big = big || (s.cfg.Verify == VerifyBytes && f.size > smallFile)
 			ship.Bytes += f.size
 			t.files = append(t.files, f)
 			files = append(files, f)
+		}
+	}
+
+	if big && !s.cksumUsable(ctx) {
+		for _, f := range files {
+			f.readBack = true
 		}
 	}
 
@@ -357,14 +370,26 @@ func (s *Shipper) export(ctx context.Context, p *ShipParams, tables []*stagedTab
 		err  error
 	}
 	sumDone := make(chan sumResult, 1)
-	byteSums := s.cfg.Verify == VerifyCksum
+	byteSums := s.cfg.Verify == VerifyBytes
+	// Files too big to read back are compared by cksum on both hosts.
+	var cksummed []*stagedFile
+	for _, f := range files {
+		if byteSums && !f.readBack {
+			cksummed = append(cksummed, f)
+		}
+	}
 	go func() {
 		if byteSums {
 			// The files do not change under the export lock: cksum on
 			// this host reads them (from the page cache, at memory speed)
 			// while they stream, and verifyRemote compares with cksum on
-			// the primary's host.
-			sums, err := localCksums(sumCtx, files)
+			// the primary's host. Small files are read back as they are
+			// written (putSmall).
+			if len(cksummed) == 0 {
+				sumDone <- sumResult{}
+				return
+			}
+			sums, err := localCksums(sumCtx, cksummed)
 			sumDone <- sumResult{sums, err}
 			return
 		}
@@ -389,8 +414,10 @@ func (s *Shipper) export(ctx context.Context, p *ShipParams, tables []*stagedTab
 		return "", fmt.Errorf("checksum result tables on the replica: %w", res.err)
 	}
 	if byteSums {
-		if err := s.verifyRemote(ctx, files, res.sums); err != nil {
-			return "", err
+		if len(cksummed) > 0 {
+			if err := s.verifyRemote(ctx, cksummed, res.sums); err != nil {
+				return "", err
+			}
 		}
 	} else {
 		for _, t := range tables {
@@ -499,7 +526,7 @@ func (s *Shipper) stream(ctx context.Context, files []*stagedFile, log *slog.Log
 	if s.testHookStream != nil {
 		s.testHookStream(0)
 	}
-	err = putAll(ctx, l.sftp, files)
+	err = putAll(ctx, l.sftp, files, s.testHookWritten)
 	if err != nil && ctx.Err() == nil && connLost(l, err) {
 		log.WarnContext(ctx, "ssh connection lost during the transfer; dialling again and retrying once", "err", err)
 		l2, derr := s.redial(ctx, l)
@@ -509,12 +536,15 @@ func (s *Shipper) stream(ctx context.Context, files []*stagedFile, log *slog.Log
 		if s.testHookStream != nil {
 			s.testHookStream(1)
 		}
-		err = putAll(ctx, l2.sftp, files)
+		err = putAll(ctx, l2.sftp, files, s.testHookWritten)
 	}
 	return err
 }
 
-func putAll(ctx context.Context, c *sftp.Client, files []*stagedFile) error {
+// putAll copies files, the data and index files first and the .frm
+// files last. written, if set, hears each file once its bytes are written
+// and before it is read back (tests).
+func putAll(ctx context.Context, c *sftp.Client, files []*stagedFile, written func(remote string)) error {
 	var data, frm []*stagedFile
 	for _, f := range files {
 		if f.frm {
@@ -523,15 +553,15 @@ func putAll(ctx context.Context, c *sftp.Client, files []*stagedFile) error {
 			data = append(data, f)
 		}
 	}
-	if err := putParallel(ctx, c, data); err != nil {
+	if err := putParallel(ctx, c, data, written); err != nil {
 		return err
 	}
-	return putParallel(ctx, c, frm)
+	return putParallel(ctx, c, frm, written)
 }
 
 // putParallel copies files, fileParallelism at a time; the first failure
 // stops the others.
-func putParallel(ctx context.Context, c *sftp.Client, files []*stagedFile) error {
+func putParallel(ctx context.Context, c *sftp.Client, files []*stagedFile, written func(string)) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	sem := make(chan struct{}, fileParallelism)
@@ -543,7 +573,7 @@ func putParallel(ctx context.Context, c *sftp.Client, files []*stagedFile) error
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			if err := putFile(ctx, c, f); err != nil {
+			if err := putFile(ctx, c, f, written); err != nil {
 				errs[i] = err
 				cancel()
 			}
@@ -565,16 +595,21 @@ func putParallel(ctx context.Context, c *sftp.Client, files []*stagedFile) error
 
 // putFile streams one local file to its remote path (never buffering it
 // whole) and checks that every byte was written and acknowledged and that
-// Close succeeded: with the SSH transport's integrity that is the copy;
-// the table checksum on the primary then checks what the server reads.
-// A chmod, when configured, runs concurrently with the writes.
-func putFile(ctx context.Context, c *sftp.Client, f *stagedFile) error {
+// Close succeeded: with the SSH transport's integrity that is the copy. A
+// readBack file is then read back over the same handle and compared; the
+// others are verified after the transfer (cksum or CHECKSUM TABLE). A
+// chmod, when configured, runs concurrently with the writes.
+func putFile(ctx context.Context, c *sftp.Client, f *stagedFile, written func(string)) error {
 	src, err := os.Open(f.local)
 	if err != nil {
 		return fmt.Errorf("open %s: %w", f.local, err)
 	}
 	defer src.Close()
-	dst, err := c.OpenFile(f.remote, os.O_WRONLY|os.O_CREATE|os.O_TRUNC)
+	flags := os.O_WRONLY | os.O_CREATE | os.O_TRUNC
+	if f.readBack {
+		flags = os.O_RDWR | os.O_CREATE | os.O_TRUNC
+	}
+	dst, err := c.OpenFile(f.remote, flags)
 	if err != nil {
 		return fmt.Errorf("create %s over sftp: %w", f.remote, err)
 	}
@@ -586,9 +621,15 @@ func putFile(ctx context.Context, c *sftp.Client, f *stagedFile) error {
 	}
 	var n int64
 	if f.size <= smallFile {
-		n, err = putSmall(dst, src, f.size)
+		n, err = putSmall(dst, src, f, written)
 	} else {
 		n, err = dst.ReadFrom(&ctxReader{err: ctx.Err, r: src, size: f.size})
+		if err == nil && written != nil {
+			written(f.remote)
+		}
+		if err == nil && f.readBack {
+			err = compareStreams(ctx, dst, src, f.size)
+		}
 	}
 	if cerr := dst.Close(); err == nil && cerr != nil {
 		err = fmt.Errorf("close: %w", cerr)
@@ -606,28 +647,92 @@ func putFile(ctx context.Context, c *sftp.Client, f *stagedFile) error {
 }
 
 // smallFile is the size up to which a file goes in one write from a pooled
-// buffer: sftp's ReadFrom allocates a whole packet (255 KiB with OpenSSH)
-// per file, which for the small tables of a typical topic made the
-// garbage collector a tenth of the worker's CPU.
+// buffer (and, with VerifyBytes, is read back in one read): sftp's
+// ReadFrom allocates a whole packet (255 KiB with OpenSSH) per file, which
+// for the small tables of a typical topic made the garbage collector a
+// tenth of the worker's CPU.
 const smallFile = 64 << 10
 
 var smallBufs = sync.Pool{New: func() any { b := make([]byte, smallFile+1); return &b }}
 
-// putSmall copies a file of size bytes (at most smallFile) with one write.
-func putSmall(dst *sftp.File, src io.Reader, size int64) (int64, error) {
+// putSmall copies a file of f.size bytes (at most smallFile) with one
+// write and, for a readBack file, reads it back and compares.
+func putSmall(dst *sftp.File, src io.Reader, f *stagedFile, written func(string)) (int64, error) {
 	bp := smallBufs.Get().(*[]byte)
 	defer smallBufs.Put(bp)
 	// One byte more than expected tells a file that grew from one that
 	// did not (neither can happen under the export lock).
-	n, err := io.ReadFull(src, (*bp)[:size+1])
+	n, err := io.ReadFull(src, (*bp)[:f.size+1])
 	if err != io.ErrUnexpectedEOF && err != io.EOF {
 		if err == nil {
-			return 0, fmt.Errorf("the file has more than the %d bytes it had", size)
+			return 0, fmt.Errorf("the file has more than the %d bytes it had", f.size)
 		}
 		return 0, err
 	}
-	m, err := dst.Write((*bp)[:n])
-	return int64(m), err
+	sent := (*bp)[:n]
+	m, err := dst.Write(sent)
+	if err != nil {
+		return int64(m), err
+	}
+	if written != nil {
+		written(f.remote)
+	}
+	if !f.readBack {
+		return int64(m), nil
+	}
+	if err := readBack(dst, sent); err != nil {
+		return int64(m), err
+	}
+	return int64(m), nil
+}
+
+// compareStreams reads a big file back through its SFTP handle and the
+// local file again, a chunk at a time (never the whole file in memory),
+// and compares them: VerifyBytes where cksum cannot run.
+func compareStreams(ctx context.Context, dst *sftp.File, src *os.File, size int64) error {
+	a, b := smallBufs.Get().(*[]byte), smallBufs.Get().(*[]byte)
+	defer smallBufs.Put(a)
+	defer smallBufs.Put(b)
+	for off := int64(0); off < size; {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		n := int(min(int64(smallFile), size-off))
+		got, want := (*a)[:n], (*b)[:n]
+		if k, err := dst.ReadAt(got, off); k != n {
+			return fmt.Errorf("read back at %d: %d of %d bytes: %w", off, k, n, err)
+		}
+		if k, err := src.ReadAt(want, off); k != n {
+			return fmt.Errorf("read %s again at %d: %d of %d bytes: %w", src.Name(), off, k, n, err)
+		}
+		if !bytes.Equal(got, want) {
+			return fmt.Errorf("%w: %s: the bytes read back from the primary's host at %d differ from those sent", ErrChecksumMismatch, dst.Name(), off)
+		}
+		off += int64(n)
+	}
+	return nil
+}
+
+// readBack reads the remote file from its start through its handle and
+// compares it with sent. Its length was fixed by O_TRUNC and the write.
+func readBack(dst *sftp.File, sent []byte) error {
+	if len(sent) == 0 {
+		return nil
+	}
+	bp := smallBufs.Get().(*[]byte)
+	defer smallBufs.Put(bp)
+	got := (*bp)[:len(sent)]
+	k, err := dst.ReadAt(got, 0)
+	if k == len(got) {
+		err = nil // io.EOF with the whole file read
+	}
+	if err != nil {
+		return fmt.Errorf("read back: %w", err)
+	}
+	if !bytes.Equal(got, sent) {
+		return fmt.Errorf("%w: %s: the bytes read back from the primary's host differ from the %d bytes sent", ErrChecksumMismatch, dst.Name(), len(sent))
+	}
+	return nil
 }
 
 // ctxReader stops a copy when its context ends. Size lets sftp's ReadFrom
@@ -655,7 +760,7 @@ func (s *Shipper) publish(ctx context.Context, prim *session, p *ShipParams, tab
 	for i, t := range tables {
 		tmp[i] = t.tmp
 	}
-	if s.cfg.Verify == VerifyCksum {
+	if s.cfg.Verify == VerifyBytes {
 		// The bytes are verified; make sure the server opens the tables.
 		var probes []string
 		for _, n := range tmp {
@@ -666,13 +771,13 @@ func (s *Shipper) publish(ctx context.Context, prim *session, p *ShipParams, tab
 		}
 	}
 	sums := map[string]string{}
-	if s.cfg.Verify != VerifyCksum {
+	if s.cfg.Verify != VerifyBytes {
 		if sums, err = checksums(ctx, prim.conn, s.cfg.Schema, tmp); err != nil {
 			return false, nil, fmt.Errorf("checksum shipped tables on the primary: %w", err)
 		}
 	}
 	for _, t := range tables {
-		if s.cfg.Verify == VerifyCksum {
+		if s.cfg.Verify == VerifyBytes {
 			break
 		}
 		got, ok := sums[t.tmp]
@@ -899,7 +1004,7 @@ func localCksums(ctx context.Context, files []*stagedFile) (map[string]string, e
 	}
 	out, err := exec.CommandContext(ctx, "cksum", args...).Output()
 	if err != nil {
-		return nil, fmt.Errorf("cksum on this host (verify = %q needs coreutils here too): %w", VerifyCksum, err)
+		return nil, fmt.Errorf("cksum on this host (verify = %q needs coreutils here too): %w", VerifyBytes, err)
 	}
 	return parseCksum(out), nil
 }
@@ -945,11 +1050,28 @@ func shellQuote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
-// CheckVerify checks that the configured verification can run: with
-// VerifyCksum, that the SSH login can run cksum on the primary's host.
-func (s *Shipper) CheckVerify(ctx context.Context) error {
-	if s.cfg.Verify != VerifyCksum {
-		return nil
+// CheckVerify says how shipped files will be verified, for `nonqueue
+// check`. With VerifyBytes it probes cksum on both hosts (one SSH exec):
+// without it big files are read back over SFTP instead, which works but
+// sends each of them twice; that is said, not returned as an error.
+func (s *Shipper) CheckVerify(ctx context.Context) (string, error) {
+	if s.cfg.Verify != VerifyBytes {
+		return "verify = " + s.cfg.Verify + ": CHECKSUM TABLE on both servers", nil
+	}
+	if err := s.probeCksum(ctx); err != nil {
+		if ctx.Err() != nil {
+			return "", err
+		}
+		return fmt.Sprintf("verify = %s: files read back over SFTP; files over %d KiB too, since %v", VerifyBytes, smallFile>>10, err), nil
+	}
+	return fmt.Sprintf("verify = %s: files up to %d KiB read back over SFTP, bigger ones compared by cksum on both hosts", VerifyBytes, smallFile>>10), nil
+}
+
+// probeCksum runs cksum here and, over an SSH exec session, on the
+// primary's host.
+func (s *Shipper) probeCksum(ctx context.Context) error {
+	if _, err := exec.LookPath("cksum"); err != nil {
+		return fmt.Errorf("cksum cannot run on this host: %w", err)
 	}
 	l, err := s.link(ctx)
 	if err != nil {
@@ -960,11 +1082,31 @@ func (s *Shipper) CheckVerify(ctx context.Context) error {
 		return fmt.Errorf("open an ssh session: %w", err)
 	}
 	defer sess.Close()
-	if _, err := exec.LookPath("cksum"); err != nil {
-		return fmt.Errorf("cksum on this host (verify = %q runs it on both hosts): %w", VerifyCksum, err)
-	}
+	stop := context.AfterFunc(ctx, func() { sess.Close() })
+	defer stop()
 	if out, err := sess.CombinedOutput("cksum -- /dev/null"); err != nil {
-		return fmt.Errorf("cksum on the primary's host (verify = %q needs a shell and coreutils there): %w: %s", VerifyCksum, err, strings.TrimSpace(string(out)))
+		return fmt.Errorf("cksum cannot run on the primary's host (it needs a shell and coreutils there): %w: %s", err, strings.TrimSpace(string(out)))
 	}
 	return nil
+}
+
+// cksumUsable reports whether big files can be compared by cksum on both
+// hosts. The first call with a big file probes (one SSH exec) and the
+// answer is kept for the Shipper's life; a probe cut short by ctx is not
+// kept.
+func (s *Shipper) cksumUsable(ctx context.Context) bool {
+	s.cksumMu.Lock()
+	defer s.cksumMu.Unlock()
+	if s.cksumKnown {
+		return s.cksumOK
+	}
+	err := s.probeCksum(ctx)
+	if ctx.Err() != nil {
+		return false
+	}
+	s.cksumKnown, s.cksumOK = true, err == nil
+	if err != nil {
+		s.logger.WarnContext(ctx, "verify = bytes: files over 64 KiB are read back over SFTP instead of compared by cksum (each is sent twice)", "err", err)
+	}
+	return s.cksumOK
 }

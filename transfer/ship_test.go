@@ -6,11 +6,13 @@ import (
 	"crypto/rand"
 	"database/sql"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -690,90 +692,151 @@ func TestShipLargeTableSmallMemory(t *testing.T) {
 	}
 }
 
-// TestShipVerifyCksum: with byte verification the CRC of the bytes sent
-// equals cksum on the primary's host, the tables go live identical
-// (CHECKSUM TABLE on both sides), and no staging is left; the dropping of
-// the replica's tables during the publish happens too.
-func TestShipVerifyCksum(t *testing.T) {
+// TestShipVerifyBytes: with byte verification small files are read back
+// and big ones compared by cksum on both hosts, or read back too where
+// cksum cannot run; either way the tables go live identical (CHECKSUM
+// TABLE on both sides) and no staging is left; the dropping of the
+// replica's tables during the publish happens too.
+func TestShipVerifyBytes(t *testing.T) {
 	t.Parallel()
-	b := setup(t, func(c *transfer.Config) { c.Verify = transfer.VerifyCksum })
-	const topic = 9
-	names := b.cfg.TableNames(topic)
-	b.makeResult(t, topic, 1)
-	want := map[string]string{}
-	for _, n := range names {
-		want[n] = checksum(t, b.ctx, b.local, n)
+	for _, tc := range []struct {
+		name    string
+		rows    int
+		noCksum bool
+	}{{"small files read back", 1000, false}, {"big files by cksum", 20000, false}, {"big files read back without cksum", 20000, true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			b := setup(t, func(c *transfer.Config) { c.Verify = transfer.VerifyCksum }) // the former name
+			if b.cfg.Verify != transfer.VerifyBytes {
+				t.Fatalf("verify %q, want %q", b.cfg.Verify, transfer.VerifyBytes)
+			}
+			const topic = 9
+			names := b.cfg.TableNames(topic)
+			b.makeResultRows(t, topic, 1, tc.rows)
+			want := map[string]string{}
+			for _, n := range names {
+				want[n] = checksum(t, b.ctx, b.local, n)
+			}
+			how, err := b.sh.CheckVerify(b.ctx)
+			if err != nil || !strings.Contains(how, "compared by cksum on both hosts") {
+				t.Fatalf("CheckVerify: %q, %v; want cksum usable on this sandbox", how, err)
+			}
+			if tc.noCksum {
+				b.sh.SetCksumUsable(false)
+			}
+			var mu sync.Mutex
+			var big int
+			b.sh.SetWrittenHook(func(remote string) {
+				if st, err := os.Stat(remote); err == nil && st.Size() > 64<<10 {
+					mu.Lock()
+					big++
+					mu.Unlock()
+				}
+			})
+			p := b.params(topic, 3)
+			p.DropReplica = true
+			if _, err := b.sh.Ship(b.ctx, p); err != nil {
+				t.Fatalf("Ship: %v", err)
+			}
+			if (tc.rows > 1000) != (big > 0) {
+				t.Fatalf("%d files over 64 KiB shipped with %d rows: the case does not test what it says", big, tc.rows)
+			}
+			for _, n := range names {
+				if got := checksum(t, b.ctx, b.openPrimary(t), n); got != want[n] {
+					t.Errorf("%s: primary checksum %s, replica had %s", n, got, want[n])
+				}
+			}
+			var left int
+			if err := b.local.QueryRowContext(b.ctx, "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ?", b.schema).Scan(&left); err != nil || left != 0 {
+				t.Errorf("replica kept %d result tables (%v)", left, err)
+			}
+			b.assertNoStaging(t)
+		})
 	}
-	if err := b.sh.CheckVerify(b.ctx); err != nil {
-		t.Fatalf("CheckVerify: %v", err)
-	}
-	p := b.params(topic, 3)
-	p.DropReplica = true
-	if _, err := b.sh.Ship(b.ctx, p); err != nil {
-		t.Fatalf("Ship: %v", err)
-	}
-	for _, n := range names {
-		if got := checksum(t, b.ctx, b.openPrimary(t), n); got != want[n] {
-			t.Errorf("%s: primary checksum %s, replica had %s", n, got, want[n])
-		}
-	}
-	var left int
-	if err := b.local.QueryRowContext(b.ctx, "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ?", b.schema).Scan(&left); err != nil || left != 0 {
-		t.Errorf("replica kept %d result tables (%v)", left, err)
-	}
-	b.assertNoStaging(t)
 }
 
 // TestShipDetectsCorruption: a byte changed in a shipped data file after
-// the transfer and before the verification (a broken copy) is caught by
-// either verification; nothing is published (the live tables keep the
-// previous version) and no staging is left.
+// it was written and before it was verified (a broken copy) is caught by
+// every verification — CHECKSUM TABLE, a small file's read-back and a big
+// file's cksum; nothing is published (the live tables keep the previous
+// version) and no staging is left.
 func TestShipDetectsCorruption(t *testing.T) {
 	t.Parallel()
-	eachVerify(t, func(t *testing.T, b *bundle) {
-		const topic = 12
-		names := b.cfg.TableNames(topic)
-		b.makeResult(t, topic, 1)
-		if _, err := b.sh.Ship(b.ctx, b.params(topic, 1)); err != nil {
-			t.Fatalf("first Ship: %v", err)
+	for _, tc := range []struct {
+		rows    int
+		noCksum bool // VerifyBytes only: big files read back
+	}{{1000, false}, {20000, false}, {20000, true}} {
+		name := fmt.Sprintf("%d rows", tc.rows)
+		if tc.noCksum {
+			name += " no cksum"
 		}
-		live := checksum(t, b.ctx, b.primary, names[1])
-		b.makeResult(t, topic, 2)
-		corrupted := false
-		b.sh.SetShippedHook(func() {
-			// Flip one byte in the middle of the staged Post data file.
-			f := filepath.Join(env.SB.Primary.Datadir, b.schema, "nqtmp_2_"+names[1]+".MYD")
-			data, err := os.ReadFile(f)
-			if err != nil || len(data) < 100 {
-				t.Errorf("read staged file %s: %d bytes, %v", f, len(data), err)
-				return
+		rows := tc.rows
+		var modes []string // every mode
+		if tc.noCksum {
+			modes = []string{transfer.VerifyBytes} // the only one using cksum
+		}
+		eachVerify(t, name, func(t *testing.T, b *bundle) {
+			if tc.noCksum {
+				b.sh.SetCksumUsable(false)
 			}
-			data[len(data)/2] ^= 0x5a
-			if err := os.WriteFile(f, data, 0o660); err != nil {
-				t.Errorf("corrupt %s: %v", f, err)
-				return
+			const topic = 12
+			names := b.cfg.TableNames(topic)
+			b.makeResultRows(t, topic, 1, rows)
+			if _, err := b.sh.Ship(b.ctx, b.params(topic, 1)); err != nil {
+				t.Fatalf("first Ship: %v", err)
 			}
-			corrupted = true
-		})
-		_, err := b.sh.Ship(b.ctx, b.params(topic, 2))
-		if !corrupted {
-			t.Fatal("the staged file was not corrupted")
-		}
-		if !errors.Is(err, transfer.ErrChecksumMismatch) {
-			t.Fatalf("Ship of a corrupted copy: %v, want ErrChecksumMismatch", err)
-		}
-		if got := checksum(t, b.ctx, b.primary, names[1]); got != live {
-			t.Errorf("live %s changed to %s after a failed verification (was %s)", names[1], got, live)
-		}
-		b.assertNoStaging(t)
-	})
+			live := checksum(t, b.ctx, b.primary, names[1])
+			b.makeResultRows(t, topic, 2, rows)
+			var corrupted atomic.Bool
+			target := filepath.Join(env.SB.Primary.Datadir, b.schema, "nqtmp_2_"+names[1]+".MYD")
+			b.sh.SetWrittenHook(func(remote string) {
+				if remote != target {
+					return
+				}
+				// Flip one byte in the middle of the staged Post data file.
+				data, err := os.ReadFile(remote)
+				if err != nil || len(data) < 100 {
+					t.Errorf("read staged file %s: %d bytes, %v", remote, len(data), err)
+					return
+				}
+				data[len(data)/2] ^= 0x5a
+				if err := os.WriteFile(remote, data, 0o660); err != nil {
+					t.Errorf("corrupt %s: %v", remote, err)
+					return
+				}
+				corrupted.Store(true)
+			})
+			_, err := b.sh.Ship(b.ctx, b.params(topic, 2))
+			if !corrupted.Load() {
+				t.Fatal("the staged file was not corrupted")
+			}
+			if !errors.Is(err, transfer.ErrChecksumMismatch) {
+				t.Fatalf("Ship of a corrupted copy: %v, want ErrChecksumMismatch", err)
+			}
+			// Each mechanism catches it in its own words.
+			want := "replica"
+			switch {
+			case b.cfg.Verify == transfer.VerifyBytes && (rows <= 1000 || tc.noCksum):
+				want = "read back"
+			case b.cfg.Verify == transfer.VerifyBytes:
+				want = "the primary's host has"
+			}
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("Ship of a corrupted copy: %v, want it caught by the check that says %q", err, want)
+			}
+			if got := checksum(t, b.ctx, b.primary, names[1]); got != live {
+				t.Errorf("live %s changed to %s after a failed verification (was %s)", names[1], got, live)
+			}
+			b.assertNoStaging(t)
+		}, modes...)
+	}
 }
 
 // TestShipEmptyTables: a procedure that found nothing publishes empty
 // tables (a 0-byte data file), with both verifications.
 func TestShipEmptyTables(t *testing.T) {
 	t.Parallel()
-	eachVerify(t, func(t *testing.T, b *bundle) {
+	eachVerify(t, "", func(t *testing.T, b *bundle) {
 		const topic = 13
 		names := b.cfg.TableNames(topic)
 		for _, n := range names {
@@ -844,11 +907,19 @@ func TestShipWaitsForReplicaDrop(t *testing.T) {
 	}
 }
 
-// eachVerify runs f in parallel subtests, one per verification mode, each
-// with its own bundle.
-func eachVerify(t *testing.T, f func(t *testing.T, b *bundle)) {
-	for _, verify := range []string{transfer.VerifyChecksum, transfer.VerifyCksum} {
-		t.Run(verify, func(t *testing.T) {
+// eachVerify runs f in parallel subtests, one per verification mode (or
+// per one of modes), each with its own bundle; name, if set, prefixes the
+// subtests' names.
+func eachVerify(t *testing.T, name string, f func(t *testing.T, b *bundle), modes ...string) {
+	if len(modes) == 0 {
+		modes = []string{transfer.VerifyChecksum, transfer.VerifyBytes}
+	}
+	for _, verify := range modes {
+		sub := verify
+		if name != "" {
+			sub = name + " " + verify
+		}
+		t.Run(sub, func(t *testing.T) {
 			t.Parallel()
 			f(t, setup(t, func(c *transfer.Config) { c.Verify = verify }))
 		})

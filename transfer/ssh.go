@@ -34,12 +34,19 @@ type Shipper struct {
 	cur    *link // nil until dialled, or after a broken link was closed
 	closed bool
 
+	// With VerifyBytes: whether cksum runs on both hosts, once probed.
+	cksumMu             sync.Mutex
+	cksumKnown, cksumOK bool
+
 	// testHookStream, set only by tests, runs before each streaming attempt
 	// (0, then 1 for the retry).
 	testHookStream func(attempt int)
 	// testHookShipped, set only by tests, runs once the files are on the
 	// primary's host, before they are verified.
 	testHookShipped func()
+	// testHookWritten, set only by tests, runs for each file once its
+	// bytes are written and before they are verified.
+	testHookWritten func(remote string)
 }
 
 // link is one SSH connection and its SFTP session.

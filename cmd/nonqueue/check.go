@@ -92,10 +92,7 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer, logg
 			return "can write " + filepath.Join(c.SSH.Datadir, c.Results.Schema), nil
 		}},
 		{"copy verification", func(ctx context.Context) (string, error) {
-			if err := n.shipper.CheckVerify(ctx); err != nil {
-				return "", err
-			}
-			return "verify = " + c.transferConfig().Verify, nil
+			return n.shipper.CheckVerify(ctx)
 		}},
 		{"run log directory", func(ctx context.Context) (string, error) {
 			if err := os.MkdirAll(c.Worker.LogDir, 0o750); err != nil {

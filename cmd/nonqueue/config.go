@@ -121,10 +121,10 @@ type Results struct {
 	Tables     []string `toml:"tables"`      // templates such as "Dynamics_{id}"
 	BackupDir  string   `toml:"backup_dir"`  // optional local copy of shipped files
 	BackupKeep int      `toml:"backup_keep"` // copies kept per topic; default 3
-	// Verify: "checksum" (CHECKSUM TABLE on both servers, default) or
-	// "cksum" (cksum of the files on the replica's host while they
-	// stream and on the primary's host over SSH: no row-by-row read
-	// through the servers; for big results; needs a shell there).
+	// Verify: "bytes" (default: small files read back over SFTP, big
+	// ones compared by cksum on both hosts where it runs; "cksum" is its
+	// former name) or "checksum" (CHECKSUM TABLE on both servers, a read
+	// per row on each). See transfer.Config.Verify.
 	Verify string `toml:"verify"`
 }
 
