@@ -2,10 +2,13 @@ package procs
 
 import (
 	"bufio"
+	"cmp"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -28,20 +31,75 @@ func resolveLogPath(dir, logPath string, topicID int64, at time.Time) (string, e
 // runLog writes one run's output. Write errors are kept, not returned at
 // each call: the run goes on and the first error is reported at close.
 type runLog struct {
-	f   *os.File
-	w   *bufio.Writer
-	err error
+	path string
+	f    *os.File
+	w    *bufio.Writer
+	err  error
 }
 
-func openRunLog(path string) (*runLog, error) {
+// openRunLog opens path for one run, reusing the file if it exists: a run
+// log is rewritten in place (truncated under an exclusive flock held until
+// close) rather than created anew, so a log per topic stays one file and
+// costs no new inode per run. If another run holds the lock, this one
+// writes beside it, in path with the time before the extension (created
+// exclusively).
+func openRunLog(path string, now time.Time) (*runLog, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 		return nil, fmt.Errorf("create log directory: %w", err)
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o640)
+	f, err := lockedLog(path, os.O_WRONLY|os.O_CREATE)
+	if errors.Is(err, syscall.EWOULDBLOCK) {
+		ext := filepath.Ext(path)
+		path = strings.TrimSuffix(path, ext) + "." + now.UTC().Format("20060102T150405.000000000Z") + ext
+		f, err = lockedLog(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("create run log: %w", err)
 	}
-	return &runLog{f: f, w: bufio.NewWriter(f)}, nil
+	if err := f.Truncate(0); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("truncate run log: %w", err)
+	}
+	return &runLog{path: path, f: f, w: bufio.NewWriter(f)}, nil
+}
+
+// lockedLog opens path and takes an exclusive flock on it without
+// waiting; syscall.EWOULDBLOCK says another run holds it.
+func lockedLog(path string, flag int) (*os.File, error) {
+	f, err := os.OpenFile(path, flag, 0o640)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := f.SyscallConn()
+	if err == nil {
+		cerr := conn.Control(func(fd uintptr) {
+			err = syscall.Flock(int(fd), syscall.LOCK_EX|syscall.LOCK_NB)
+		})
+		err = cmp.Or(cerr, err)
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// keepAsFailed renames the log to <name>.failed<ext> (replacing an older
+// failure's) while the lock is held, so the topic's next run, which
+// reuses <name><ext>, leaves it readable. It returns the log's path, the
+// old one if the rename failed (the run's outcome does not depend on it).
+func (l *runLog) keepAsFailed() string {
+	ext := filepath.Ext(l.path)
+	base := strings.TrimSuffix(l.path, ext)
+	if strings.HasSuffix(base, ".failed") {
+		return l.path
+	}
+	failed := base + ".failed" + ext
+	if err := os.Rename(l.path, failed); err != nil {
+		return l.path
+	}
+	l.path = failed
+	return failed
 }
 
 func (l *runLog) printf(format string, args ...any) {

@@ -68,15 +68,35 @@ func (r *Runner) logger() *slog.Logger {
 	return r.Logger
 }
 
-// Run calls `schema`.`name`(topicID, scope) on one pinned connection with
+// RunParams describes one call.
+type RunParams struct {
+	// TopicID and Scope are the procedure's two arguments.
+	TopicID int64
+	Scope   int
+	// LogPath is the run's log file: used as given when absolute, taken
+	// inside Config.LogDir when relative (a path leaving it is refused),
+	// and named topic_<id>_<time>.log in Config.LogDir when empty.
+	LogPath string
+	// Label, if set, goes in the log's first line to say whose run it is
+	// (the worker writes the claim token there): a log file is reused run
+	// after run, and a reader of an older run's log path can tell whether
+	// the file still holds that run.
+	Label string
+}
+
+// Run calls `schema`.`name`(TopicID, Scope) on one pinned connection with
 // SET SESSION sql_log_bin=0, writes every result set (header and rows, tab
 // separated), SHOW WARNINGS and a final outcome line to the run's log, and
 // decides success.
 //
-// logPath is used as given when absolute, taken inside Config.LogDir when
-// relative (a path leaving it is refused), and named
-// topic_<id>_<time>.log in Config.LogDir when empty. The file is created
-// with mode 0640, its directories with 0750.
+// The log file is reused, not re-created: it is truncated under an
+// exclusive flock held for the run, so a log per topic stays one file.
+// When another run holds it (a second run of the topic on this host,
+// possible only after a claim was lost), the run writes beside it under a
+// name with the time in it. When the run fails, its log is renamed to
+// <name>.failed.log (replacing an older failure's), so the next run of the
+// topic keeps the failure readable. The file is created with mode 0640,
+// its directories with 0750; Result.LogPath says where the log ended up.
 //
 // Errors: a *ConfigError for a bad Config; the SQL error of the procedure
 // wrapped (the *mysql.MySQLError stays reachable with errors.As); ErrFailed
@@ -90,8 +110,8 @@ func (r *Runner) logger() *slog.Logger {
 // the pool: it carries sql_log_bin=0 and whatever the procedure left in its
 // session. A failure to write the log after it was opened does not change
 // the outcome; it is logged at error level.
-func (r *Runner) Run(ctx context.Context, topicID int64, scope int, logPath string) (*Result, error) {
-	res := &Result{LogPath: logPath}
+func (r *Runner) Run(ctx context.Context, p *RunParams) (*Result, error) {
+	res := &Result{LogPath: p.LogPath}
 	cfg := r.Config.WithDefaults()
 	if err := cfg.Validate(); err != nil {
 		return res, err
@@ -99,18 +119,25 @@ func (r *Runner) Run(ctx context.Context, topicID int64, scope int, logPath stri
 	if r.DB == nil {
 		return res, &ConfigError{Field: "db", Err: errors.New("no replica pool")}
 	}
+	topicID, scope := p.TopicID, p.Scope
 	schema, name, _ := cfg.split()
 	proc := ident.Qualified(schema, name)
-	path, err := resolveLogPath(cfg.LogDir, logPath, topicID, time.Now())
+	now := time.Now()
+	path, err := resolveLogPath(cfg.LogDir, p.LogPath, topicID, now)
 	if err != nil {
 		return res, fmt.Errorf("call %s for topic %d: %w", proc, topicID, err)
 	}
 	res.LogPath = path
-	lw, err := openRunLog(path)
+	lw, err := openRunLog(path, now)
 	if err != nil {
 		return res, fmt.Errorf("call %s for topic %d: %s: %w", proc, topicID, path, err)
 	}
-	lw.printf("# nonqueue: CALL %s(%d, %d) at %s, timeout %v\n", proc, topicID, scope, time.Now().UTC().Format(time.RFC3339Nano), cfg.Timeout)
+	res.LogPath = lw.path
+	label := ""
+	if p.Label != "" {
+		label = ", " + escapeCell(p.Label)
+	}
+	lw.printf("# nonqueue: CALL %s(%d, %d) at %s, timeout %v%s\n", proc, topicID, scope, now.UTC().Format(time.RFC3339Nano), cfg.Timeout, label)
 
 	runErr := r.run(ctx, cfg, proc, topicID, scope, lw, res)
 
@@ -120,11 +147,14 @@ func (r *Runner) Run(ctx context.Context, topicID int64, scope int, logPath stri
 		lw.printf("# outcome: failed after %v: %s\n", res.Duration, escapeCell(runErr.Error()))
 	}
 	log := r.logger()
+	if runErr != nil {
+		res.LogPath = lw.keepAsFailed()
+	}
 	if err := lw.close(); err != nil {
-		log.ErrorContext(ctx, "run log incomplete", "topic_id", topicID, "log_path", path, "err", err)
+		log.ErrorContext(ctx, "run log incomplete", "topic_id", topicID, "log_path", res.LogPath, "err", err)
 	}
 	attrs := []any{"topic_id", topicID, "scope", scope, "procedure", schema + "." + name, "duration", res.Duration,
-		"result_sets", res.ResultSets, "rows", res.Rows, "warnings", res.Warnings, "log_path", path}
+		"result_sets", res.ResultSets, "rows", res.Rows, "warnings", res.Warnings, "log_path", res.LogPath}
 	if runErr != nil {
 		log.WarnContext(ctx, "procedure run failed", append(attrs, "err", runErr)...)
 	} else {

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -74,7 +75,7 @@ func TestRunSuccess(t *testing.T) {
 	posBefore, ownBefore := binlogState(t, b)
 
 	r := b.runner(t, "calc", nil)
-	res, err := r.Run(b.ctx, 42, 2, "runs/42.log")
+	res, err := r.Run(b.ctx, &procs.RunParams{TopicID: 42, Scope: 2, LogPath: "runs/42.log"})
 	if err != nil {
 		t.Fatalf("Run: %v", err)
 	}
@@ -156,7 +157,7 @@ func TestRunSuccess(t *testing.T) {
 func TestRunMarkerMissing(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	res, err := b.runner(t, "nomark", nil).Run(b.ctx, 1, 1, "")
+	res, err := b.runner(t, "nomark", nil).Run(b.ctx, &procs.RunParams{TopicID: 1, Scope: 1, LogPath: ""})
 	if !errors.Is(err, procs.ErrFailed) {
 		t.Fatalf("Run = %v, want ErrFailed", err)
 	}
@@ -167,12 +168,12 @@ func TestRunMarkerMissing(t *testing.T) {
 
 	// Without a marker, finishing without a SQL error is success, even
 	// with no result set at all.
-	res, err = b.runner(t, "quiet", func(c *procs.Config) { c.Marker = "" }).Run(b.ctx, 1, 1, "")
+	res, err = b.runner(t, "quiet", func(c *procs.Config) { c.Marker = "" }).Run(b.ctx, &procs.RunParams{TopicID: 1, Scope: 1, LogPath: ""})
 	if err != nil || res.ResultSets != 0 {
 		t.Fatalf("quiet without marker: %+v, %v", res, err)
 	}
 	// With a marker, no result set is a failure.
-	if _, err := b.runner(t, "quiet", nil).Run(b.ctx, 1, 1, ""); !errors.Is(err, procs.ErrFailed) {
+	if _, err := b.runner(t, "quiet", nil).Run(b.ctx, &procs.RunParams{TopicID: 1, Scope: 1, LogPath: ""}); !errors.Is(err, procs.ErrFailed) {
 		t.Fatalf("quiet with marker: %v, want ErrFailed", err)
 	}
 }
@@ -182,7 +183,7 @@ func TestRunMarkerMissing(t *testing.T) {
 func TestRunSignal(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	res, err := b.runner(t, "boom", nil).Run(b.ctx, 5, 1, "boom.log")
+	res, err := b.runner(t, "boom", nil).Run(b.ctx, &procs.RunParams{TopicID: 5, Scope: 1, LogPath: "boom.log"})
 	var me *mysql.MySQLError
 	if !errors.As(err, &me) || me.Number != 1644 || !strings.Contains(me.Message, "no data for topic") {
 		t.Fatalf("Run = %v, want the procedure's MySQL error 1644", err)
@@ -207,7 +208,7 @@ func TestRunTimeout(t *testing.T) {
 	b := setup(t)
 	r := b.runner(t, "sleepy", func(c *procs.Config) { c.Timeout = 500 * time.Millisecond })
 	start := time.Now()
-	res, err := r.Run(b.ctx, 9, 1, "")
+	res, err := r.Run(b.ctx, &procs.RunParams{TopicID: 9, Scope: 1, LogPath: ""})
 	took := time.Since(start)
 	if !errors.Is(err, procs.ErrTimeout) {
 		t.Fatalf("Run = %v, want ErrTimeout", err)
@@ -227,7 +228,7 @@ func TestRunStubborn(t *testing.T) {
 	b := setup(t)
 	r := b.runner(t, "stubborn", func(c *procs.Config) { c.Timeout = 300 * time.Millisecond })
 	start := time.Now()
-	_, err := r.Run(b.ctx, 11, 1, "")
+	_, err := r.Run(b.ctx, &procs.RunParams{TopicID: 11, Scope: 1, LogPath: ""})
 	took := time.Since(start)
 	// KILL QUERY usually only ends one SLEEP of the loop and the
 	// connection has to be killed; when it lands between statements it
@@ -250,7 +251,7 @@ func TestRunCancelled(t *testing.T) {
 	ctx, cancel := context.WithTimeout(b.ctx, 300*time.Millisecond)
 	defer cancel()
 	start := time.Now()
-	_, err := b.runner(t, "sleepy", nil).Run(ctx, 10, 1, "")
+	_, err := b.runner(t, "sleepy", nil).Run(ctx, &procs.RunParams{TopicID: 10, Scope: 1, LogPath: ""})
 	if !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, procs.ErrTimeout) {
 		t.Fatalf("Run = %v, want the context's error", err)
 	}
@@ -310,8 +311,85 @@ func TestExists(t *testing.T) {
 func TestRunBadLogPath(t *testing.T) {
 	t.Parallel()
 	r := &procs.Runner{DB: &sql.DB{}, Config: procs.Config{Procedure: "a.b", LogDir: t.TempDir()}}
-	res, err := r.Run(context.Background(), 1, 1, "../escape.log")
+	res, err := r.Run(context.Background(), &procs.RunParams{TopicID: 1, Scope: 1, LogPath: "../escape.log"})
 	if err == nil || res == nil || res.LogPath != "../escape.log" {
 		t.Fatalf("Run = %+v, %v; want a refusal naming the path", res, err)
+	}
+}
+
+// TestRunLogPerTopic: a topic's log is one file rewritten by each run
+// (same inode, only the last run's lines, its label in the first line); a
+// failed run's log moves to <name>.failed.log and outlives the next
+// successful run; a log another run holds (flock) is left alone and the
+// run writes beside it.
+func TestRunLogPerTopic(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	calc := b.runner(t, "calc", nil)
+	path := filepath.Join(b.logDir, "42.log")
+
+	res, err := calc.Run(b.ctx, &procs.RunParams{TopicID: 61, Scope: 1, LogPath: "42.log", Label: "claim token 1"})
+	if err != nil || res.LogPath != path {
+		t.Fatalf("first run: %+v, %v; want its log at %s", res, err, path)
+	}
+	first, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err = calc.Run(b.ctx, &procs.RunParams{TopicID: 62, Scope: 1, LogPath: "42.log", Label: "claim token 2"})
+	if err != nil || res.LogPath != path {
+		t.Fatalf("second run: %+v, %v; want its log at %s", res, err, path)
+	}
+	second, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !os.SameFile(first, second) {
+		t.Error("the second run created a new file instead of rewriting the topic's log")
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(data), "# nonqueue: CALL"); n != 1 || !strings.Contains(strings.SplitN(string(data), "\n", 2)[0], "claim token 2") {
+		t.Fatalf("log after two runs has %d headers, first line %q; want only the second run's", n, strings.SplitN(string(data), "\n", 2)[0])
+	}
+	assertOutcome(t, path, "# outcome: success")
+
+	// (Each run has its own topic id: calc creates result_<id> without
+	// dropping it. The log path is what the test is about.)
+	// A failure is kept beside the topic's log, past the next success.
+	boom := b.runner(t, "boom", nil)
+	res, err = boom.Run(b.ctx, &procs.RunParams{TopicID: 63, Scope: 1, LogPath: "42.log"})
+	failed := filepath.Join(b.logDir, "42.failed.log")
+	if err == nil || res.LogPath != failed {
+		t.Fatalf("failing run: %+v, %v; want an error and its log at %s", res, err, failed)
+	}
+	if _, err := calc.Run(b.ctx, &procs.RunParams{TopicID: 64, Scope: 1, LogPath: "42.log"}); err != nil {
+		t.Fatal(err)
+	}
+	assertOutcome(t, failed, "# outcome: failed")
+	assertOutcome(t, path, "# outcome: success")
+
+	// A log held by another run: this run writes beside it.
+	held, err := os.OpenFile(path, os.O_RDONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	if err := syscall.Flock(int(held.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := os.ReadFile(path)
+	res, err = calc.Run(b.ctx, &procs.RunParams{TopicID: 65, Scope: 1, LogPath: "42.log"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if filepath.Dir(res.LogPath) != b.logDir || !strings.HasPrefix(filepath.Base(res.LogPath), "42.") || res.LogPath == path || res.LogPath == failed {
+		t.Fatalf("run beside a held log wrote %q", res.LogPath)
+	}
+	assertOutcome(t, res.LogPath, "# outcome: success")
+	if after, _ := os.ReadFile(path); string(after) != string(before) {
+		t.Error("the held log was changed")
 	}
 }

@@ -66,7 +66,10 @@ type Config struct {
 	// ReapInterval is how often this process looks for expired leases;
 	// default 5s.
 	ReapInterval time.Duration `toml:"reap_interval"`
-	// LogDir receives one log file per run (result sets, warnings, outcome).
+	// LogDir receives the run logs (result sets, warnings, outcome): one
+	// file per topic, <topic>.log, rewritten by each of its runs, and
+	// <topic>.failed.log, the last failed run's. One directory per topic
+	// table: topics of two tables would share names.
 	LogDir string `toml:"log_dir"`
 	// MaxProcs is how many threads may run the process's Go code at once
 	// (GOMAXPROCS); default 1. A worker orchestrates I/O next to its

@@ -190,8 +190,14 @@ func (in *Instance) process(hard context.Context, claim *queue.Claim, run *monit
 
 	// The procedure, on the local replica.
 	t0 = time.Now()
-	logPath := filepath.Join(in.cfg.LogDir, fmt.Sprintf("%d.%d.%d.log", claim.TopicID, in.Number, claim.Token))
-	res, err := in.deps.Runner.Run(ctx, claim.TopicID, claim.Scope, logPath)
+	// One log per topic, rewritten by each run (the run history keeps
+	// every run's figures; a failed run's log is kept beside it as
+	// <topic>.failed.log): the directory stays as big as the topic table.
+	res, err := in.deps.Runner.Run(ctx, &procs.RunParams{
+		TopicID: claim.TopicID, Scope: claim.Scope,
+		LogPath: filepath.Join(in.cfg.LogDir, fmt.Sprintf("%d.log", claim.TopicID)),
+		Label:   fmt.Sprintf("claim token %d, instance %d", claim.Token, in.ID),
+	})
 	run.Proc = time.Since(t0)
 	if res != nil {
 		run.LogPath = res.LogPath

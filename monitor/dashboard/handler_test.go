@@ -55,6 +55,11 @@ func seedActivity(t *testing.T, b *bundle) map[string]int64 {
 	}
 	b.seedRun(t, monitor.Run{TopicID: 7, InstanceID: inst, ClaimToken: 2, Scope: 2, Outcome: monitor.OutcomeFailed, Error: "procedure: calc failed on purpose (topic 7)"})
 	b.seedRun(t, monitor.Run{TopicID: 8, InstanceID: inst, ClaimToken: 2, Scope: 2, Outcome: monitor.OutcomeParked, Error: "procedure: calc failed on purpose (topic 8)"})
+	// Topic 12's log as the worker writes it, rewritten by its latest run
+	// (claim token 9): the older run's page says so.
+	rewritten := b.writeLog(t, "12.log", "# nonqueue: CALL db.calc(12, 1) at 2026-11-30T10:00:00Z, timeout 1h0m0s, claim token 9, instance 100101\nSUMMARY\t12\n")
+	b.seedRun(t, monitor.Run{TopicID: 12, InstanceID: inst, ClaimToken: 8, Scope: 1, Outcome: monitor.OutcomeDone, LogPath: rewritten})
+	b.seedRun(t, monitor.Run{TopicID: 12, InstanceID: inst, ClaimToken: 9, Scope: 1, Outcome: monitor.OutcomeDone, LogPath: rewritten})
 	b.seedRun(t, monitor.Run{TopicID: 9, InstanceID: inst, ClaimToken: 3, Scope: 1, Outcome: monitor.OutcomeDone, LogPath: "/etc/passwd"})
 	b.seedRun(t, monitor.Run{TopicID: 9, InstanceID: inst, ClaimToken: 4, Scope: 1, Outcome: monitor.OutcomeDone, LogPath: b.logDir + "/../../etc/passwd"})
 	b.seedRun(t, monitor.Run{TopicID: 9, InstanceID: inst, ClaimToken: 5, Scope: 1, Outcome: monitor.OutcomeDone, LogPath: b.logDir + "/gone.log"})
@@ -78,6 +83,10 @@ func seedActivity(t *testing.T, b *bundle) map[string]int64 {
 			ids["missing"] = id
 		case topic == 7:
 			ids["failed"] = id
+		case topic == 12 && token == 8:
+			ids["older"] = id
+		case topic == 12 && token == 9:
+			ids["latest"] = id
 		}
 	}
 	ids["running"] = claim.TopicID
@@ -101,7 +110,7 @@ func TestPages(t *testing.T) {
 	if err := json.Unmarshal([]byte(r.body), &sum); err != nil || r.status != 200 {
 		t.Fatalf("summary json: %d %v\n%s", r.status, err, snippet(r.body))
 	}
-	if sum.Topics.Total != 30 || sum.Topics.States[queue.TopicRunning] != 1 || sum.Hour.Done != 8 || sum.Hour.Failed != 2 || sum.Phases.Runs != 8 {
+	if sum.Topics.Total != 30 || sum.Topics.States[queue.TopicRunning] != 1 || sum.Hour.Done != 10 || sum.Hour.Failed != 2 || sum.Phases.Runs != 10 {
 		t.Errorf("summary: total %d running %d done %d failed %d phase runs %d", sum.Topics.Total, sum.Topics.States[queue.TopicRunning], sum.Hour.Done, sum.Hour.Failed, sum.Phases.Runs)
 	}
 	if len(sum.Instances) != 1 || sum.Instances[0].Stale || sum.Instances[0].TopicID != ids["running"] {
@@ -111,8 +120,8 @@ func TestPages(t *testing.T) {
 	expect(t, "replicas", c.get("/replicas"), 200, fmt.Sprintf("Replica server_id %d", replicaServerID), "live lag", "replication running", "worker-a", "heartbeat row age", "newest run")
 	r = c.get("/topics")
 	expect(t, "topics", r, 200, `data-topic="1"`, `data-topic="30"`)
-	if !strings.Contains(r.body, "done ") || strings.Count(r.body, `<span class="muted">none</span>`) != 30-5 {
-		t.Errorf("topic list's last runs: want 5 topics with a run and 25 with none\n%s", snippet(r.body))
+	if !strings.Contains(r.body, "done ") || strings.Count(r.body, `<span class="muted">none</span>`) != 30-6 {
+		t.Errorf("topic list's last runs: want 6 topics with a run and 24 with none\n%s", snippet(r.body))
 	}
 	expect(t, "running topics", c.get("/topics?state=running"), 200, fmt.Sprintf(`data-topic="%d"`, ids["running"]), "instance 100101")
 	expect(t, "topic page", c.get("/topics/7"), 200, "Topic 7", "Run history", "calc failed on purpose (topic 7)")
@@ -121,6 +130,10 @@ func TestPages(t *testing.T) {
 	expect(t, "failures 1h", c.get("/failures?window=1h"), 200, "in the last 1h00m")
 	r = c.get(fmt.Sprintf("/runs/%d/log", ids["inside"]))
 	expect(t, "run log", r, 200, "SUMMARY", "outcome: done &lt;b&gt;bold&lt;/b&gt;")
+	expect(t, "an older run's rewritten log", c.get(fmt.Sprintf("/runs/%d/log", ids["older"])), 200, `id="rewritten"`, "claim token 9; this run's was 8", "SUMMARY\t12")
+	if r := c.get(fmt.Sprintf("/runs/%d/log", ids["latest"])); r.status != 200 || strings.Contains(r.body, `id="rewritten"`) {
+		t.Errorf("the latest run's own log: status %d, says rewritten: %v", r.status, strings.Contains(r.body, `id="rewritten"`))
+	}
 	expect(t, "log outside the log dir", c.get(fmt.Sprintf("/runs/%d/log", ids["outside"])), 403, "not under a configured log directory")
 	expect(t, "log path with ..", c.get(fmt.Sprintf("/runs/%d/log", ids["dotdot"])), 403, "not under a configured log directory")
 	expect(t, "missing log", c.get(fmt.Sprintf("/runs/%d/log", ids["missing"])), 404, "not on this host")

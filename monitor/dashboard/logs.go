@@ -5,6 +5,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -12,14 +14,31 @@ import (
 // outcome is.
 const maxLogBytes = 256 << 10
 
+// logText is what readLog read of a run log.
+type logText struct {
+	// Text is the file's last max bytes (all of it unless Truncated);
+	// Size the file's size.
+	Text      string
+	Size      int64
+	Truncated bool
+	// First is the file's first line (at most 512 bytes), where the
+	// worker names the run the file holds.
+	First string
+}
+
 // readLog reads the last max bytes of the run log at path, only if path is
 // a clean absolute path inside one of dirs. The file is opened through
 // os.OpenInRoot, so a symbolic link inside a log directory cannot lead out
 // of it either. Anything else is ErrLogNotAllowed; a missing file wraps
 // fs.ErrNotExist.
-func readLog(dirs []string, path string, max int64) (text string, size int64, truncated bool, err error) {
+func readLog(dirs []string, path string, max int64) (lt logText, err error) {
+	text, size, truncated, first, err := readLogFile(dirs, path, max)
+	return logText{Text: text, Size: size, Truncated: truncated, First: first}, err
+}
+
+func readLogFile(dirs []string, path string, max int64) (text string, size int64, truncated bool, first string, err error) {
 	if !filepath.IsAbs(path) || filepath.Clean(path) != path {
-		return "", 0, false, ErrLogNotAllowed
+		return "", 0, false, "", ErrLogNotAllowed
 	}
 	for _, dir := range dirs {
 		rel, err := filepath.Rel(dir, path)
@@ -29,31 +48,50 @@ func readLog(dirs []string, path string, max int64) (text string, size int64, tr
 		f, err := os.OpenInRoot(dir, rel)
 		if err != nil {
 			if os.IsNotExist(err) {
-				return "", 0, false, fmt.Errorf("open run log: %w", err)
+				return "", 0, false, "", fmt.Errorf("open run log: %w", err)
 			}
-			return "", 0, false, fmt.Errorf("open run log: %w: %w", ErrLogNotAllowed, err)
+			return "", 0, false, "", fmt.Errorf("open run log: %w: %w", ErrLogNotAllowed, err)
 		}
 		defer f.Close()
 		fi, err := f.Stat()
 		if err != nil {
-			return "", 0, false, fmt.Errorf("open run log: %w", err)
+			return "", 0, false, "", fmt.Errorf("open run log: %w", err)
 		}
 		if !fi.Mode().IsRegular() {
-			return "", 0, false, fmt.Errorf("%w: %s is not a regular file", ErrLogNotAllowed, path)
+			return "", 0, false, "", fmt.Errorf("%w: %s is not a regular file", ErrLogNotAllowed, path)
 		}
 		size = fi.Size()
 		off := int64(0)
 		if size > max {
 			off, truncated = size-max, true
 		}
+		head := make([]byte, min(size, 512))
+		if _, err := f.ReadAt(head, 0); err != nil {
+			return "", 0, false, "", fmt.Errorf("read run log: %w", err)
+		}
+		first, _, _ = strings.Cut(string(head), "\n")
 		b, err := io.ReadAll(io.NewSectionReader(f, off, size-off))
 		if err != nil {
-			return "", 0, false, fmt.Errorf("read run log: %w", err)
+			return "", 0, false, "", fmt.Errorf("read run log: %w", err)
 		}
 		for truncated && len(b) > 0 && !utf8.RuneStart(b[0]) { // start on a character
 			b = b[1:]
 		}
-		return string(b), size, truncated, nil
+		return string(b), size, truncated, first, nil
 	}
-	return "", 0, false, ErrLogNotAllowed
+	return "", 0, false, "", ErrLogNotAllowed
+}
+
+// loggedClaimToken is the claim token the worker writes in a run log's
+// first line ("…, claim token N, instance I"), 0 when there is none.
+func loggedClaimToken(first string) uint64 {
+	_, rest, ok := strings.Cut(first, "claim token ")
+	if !ok {
+		return 0
+	}
+	if i := strings.IndexFunc(rest, func(r rune) bool { return r < '0' || r > '9' }); i >= 0 {
+		rest = rest[:i]
+	}
+	n, _ := strconv.ParseUint(rest, 10, 64)
+	return n
 }

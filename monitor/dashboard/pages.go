@@ -186,6 +186,9 @@ type logView struct {
 	Text      string
 	Truncated bool
 	Size      int64
+	// Rewritten is the claim token of the later run the file now holds
+	// (a topic's log is rewritten by each run); 0 when it is this run's.
+	Rewritten uint64
 }
 
 func (s *Server) runLogPage(w http.ResponseWriter, r *http.Request) {
@@ -207,7 +210,7 @@ func (s *Server) runLogPage(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, http.StatusNotFound, fmt.Sprintf("run %d recorded no log file", id))
 		return
 	}
-	text, size, truncated, err := readLog(s.cfg.LogDirs, run.LogPath, maxLogBytes)
+	lt, err := readLog(s.cfg.LogDirs, run.LogPath, maxLogBytes)
 	switch {
 	case errors.Is(err, ErrLogNotAllowed):
 		s.fail(w, r, http.StatusForbidden, fmt.Sprintf("run %d's log %q: %v (dashboard log_dirs: %v)", id, run.LogPath, err, s.cfg.LogDirs))
@@ -220,7 +223,16 @@ func (s *Server) runLogPage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.render(w, r, http.StatusOK, "log.html", s.newView(w, r, fmt.Sprintf("Log of run %d", id), "topics",
-		&logView{Run: run, Text: text, Truncated: truncated, Size: size}))
+		&logView{Run: run, Text: lt.Text, Truncated: lt.Truncated, Size: lt.Size, Rewritten: rewrittenBy(lt.First, run.ClaimToken)}))
+}
+
+// rewrittenBy is the claim token named in a log's first line when it is
+// not the run's own: a later run of the topic rewrote the file.
+func rewrittenBy(first string, own uint64) uint64 {
+	if tok := loggedClaimToken(first); tok != 0 && tok != own {
+		return tok
+	}
+	return 0
 }
 
 // failuresView is the failures page.

@@ -43,7 +43,8 @@ func TestReadLogRefusesPathTricks(t *testing.T) {
 		{"a missing log", filepath.Join(dir, "gone.log"), fs.ErrNotExist, ""},
 		{"a prefix that is not the directory", dir + "x/ok.log", ErrLogNotAllowed, ""},
 	} {
-		text, _, _, err := readLog([]string{dir}, c.path, 1<<20)
+		lt, err := readLog([]string{dir}, c.path, 1<<20)
+		text := lt.Text
 		if c.want == nil && (err != nil || text != c.text) {
 			t.Errorf("%s: %q %v", c.name, text, err)
 		}
@@ -51,7 +52,7 @@ func TestReadLogRefusesPathTricks(t *testing.T) {
 			t.Errorf("%s (%s): %v, want %v", c.name, c.path, err, c.want)
 		}
 	}
-	if _, _, _, err := readLog(nil, filepath.Join(dir, "ok.log"), 10); !errors.Is(err, ErrLogNotAllowed) {
+	if _, err := readLog(nil, filepath.Join(dir, "ok.log"), 10); !errors.Is(err, ErrLogNotAllowed) {
 		t.Errorf("no log directories configured: %v", err)
 	}
 }
@@ -62,9 +63,13 @@ func TestReadLogShowsTheEnd(t *testing.T) {
 	dir := t.TempDir()
 	p := filepath.Join(dir, "long.log")
 	os.WriteFile(p, []byte(strings.Repeat("é", 100)+"END"), 0o640)
-	text, size, trunc, err := readLog([]string{dir}, p, 10)
+	lt, err := readLog([]string{dir}, p, 10)
+	text, size, trunc := lt.Text, lt.Size, lt.Truncated
 	if err != nil || !trunc || size != 203 || !strings.HasSuffix(text, "END") || strings.ContainsRune(text, 0xFFFD) || len(text) > 10 {
 		t.Fatalf("%q size %d truncated %v %v", text, size, trunc, err)
+	}
+	if lt.First != strings.Repeat("é", 100)+"END" {
+		t.Errorf("first line %q: the whole (short) file", lt.First)
 	}
 }
 
