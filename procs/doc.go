@@ -5,10 +5,12 @@
 // writes on a replica must never reach the replica's binary log (with
 // gtid_strict_mode a local GTID breaks replication with "out-of-order
 // sequence number", as measured in DESIGN.md). Every result set the
-// procedure returns is written to a per-run log file, header and rows tab
+// procedure returns is written to the run's log file, header and rows tab
 // separated, followed by SHOW WARNINGS and a last line stating the outcome,
 // so an operator can read what a run printed, as with the original loop's
-// output capture.
+// output capture. A log file is rewritten in place by the next run given
+// the same path (the worker gives one per topic), and a failed run's log
+// is kept aside as <name>.failed.log.
 //
 // Success means the CALL returned without a SQL error and, when a Marker is
 // configured, a cell of the last result set equals or contains it (the

@@ -356,7 +356,7 @@ func demoSummary(ctx context.Context, w io.Writer, db *sql.DB, sb *sandbox.Sandb
 	fmt.Fprintf(w, "    look at a result on the primary (with --keep):\n")
 	fmt.Fprintf(w, "      mariadb -S %s -uroot -e 'SELECT * FROM influencer.Dynamics_1 ORDER BY influence_rank LIMIT 5'\n", sb.Primary.Socket)
 	fmt.Fprintf(w, "      mariadb -S %s -uroot -e 'SELECT * FROM nonqueue.run ORDER BY id DESC LIMIT 5\\G'\n", sb.Primary.Socket)
-	fmt.Fprintf(w, "    per-run logs: %s/runs   worker logs: %s/worker-*.log   config: %s\n", sb.Dir, sb.Dir, cfg)
+	fmt.Fprintf(w, "    run logs (one per topic): %s/runs   worker logs: %s/worker-*.log   config: %s\n", sb.Dir, sb.Dir, cfg)
 	return nil
 }
 
