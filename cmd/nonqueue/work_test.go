@@ -314,6 +314,10 @@ func TestCheck(t *testing.T) {
 	if err != nil || strings.Contains(out, "FAIL") {
 		t.Fatalf("check: %v\n%s", err, out)
 	}
+	// The default verification, with cksum runnable on both hosts here.
+	if !strings.Contains(out, "verify = bytes: files up to 64 KiB read back over SFTP, bigger ones compared by cksum on both hosts") {
+		t.Errorf("check does not say how copies are verified:\n%s", out)
+	}
 	t.Log(out)
 }
 
