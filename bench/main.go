@@ -26,6 +26,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/nonqueue/nonqueue/transfer"
 )
 
 // settings are the sizes of one bench run.
@@ -80,7 +82,7 @@ func defaultSettings(quick bool) settings {
 		Sweep: []topology{headToHead, {2, 1}, {2, 4}, {2, 8}, {2, 16}}, SweepRuns: 3,
 		ScaleTopics: 320, ScaleTopo: topology{2, 16},
 		BigMB:    512,
-		Verify:   "bytes",
+		Verify:   transfer.VerifyBytes,
 		IdleWait: 20 * time.Millisecond,
 		PostsMin: 200, PostsMax: 400,
 	}
@@ -117,7 +119,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	out := fs.String("out", "", "results file (default: REPO/bench/results.json)")
 	runs := fs.Int("runs", 0, "runs per scenario (default 3)")
 	sweep := fs.String("sweep", "", "run only these nonqueue topologies of scenario 2, comma-separated REPLICASxINSTANCES such as 1x4,2x16 (for debugging)")
-	verify := fs.String("verify", "bytes", "the workers' [results] verify outside the big result: bytes (their default) or checksum")
+	verify := fs.String("verify", transfer.VerifyBytes, "the workers' [results] verify outside the big result: bytes (their default) or checksum")
 	only := fs.String("only", "", "run only these scenarios, comma-separated: seed, ceiling, sweep, scale, big (for debugging; the summary then has gaps)")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -135,7 +137,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		s.Runs, s.SweepRuns = *runs, *runs
 	}
 	switch *verify {
-	case "checksum", "bytes":
+	case transfer.VerifyBytes, transfer.VerifyChecksum:
 		s.Verify = *verify
 	default:
 		fmt.Fprintf(stderr, "nqbench: -verify wants checksum or bytes, not %q\n", *verify)

@@ -21,6 +21,7 @@ import (
 
 	"github.com/nonqueue/nonqueue/internal/sandbox"
 	"github.com/nonqueue/nonqueue/queue"
+	"github.com/nonqueue/nonqueue/transfer"
 )
 
 // bigID is the topic whose result tables are big (scenario 5).
@@ -468,7 +469,7 @@ func (b *bench) writeConfigs() error {
 			// the workers' default too).
 			verify := b.s.Verify
 			if proc == procBig {
-				verify = "bytes"
+				verify = transfer.VerifyBytes
 			}
 			err = workerConfig.Execute(f, map[string]any{"SB": b.sb, "Replica": r, "Proc": proc,
 				"LogDir": filepath.Join(b.dir, "runs"), "IdleWait": b.s.IdleWait.String(), "Verify": verify})

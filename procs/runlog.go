@@ -49,8 +49,7 @@ func openRunLog(path string, now time.Time) (*runLog, error) {
 	}
 	f, err := lockedLog(path, os.O_WRONLY|os.O_CREATE)
 	if errors.Is(err, syscall.EWOULDBLOCK) {
-		ext := filepath.Ext(path)
-		path = strings.TrimSuffix(path, ext) + "." + now.UTC().Format("20060102T150405.000000000Z") + ext
+		path = withTag(path, now.UTC().Format("20060102T150405.000000000Z"))
 		f, err = lockedLog(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL)
 	}
 	if err != nil {
@@ -61,6 +60,12 @@ func openRunLog(path string, now time.Time) (*runLog, error) {
 		return nil, fmt.Errorf("truncate run log: %w", err)
 	}
 	return &runLog{path: path, f: f, w: bufio.NewWriter(f)}, nil
+}
+
+// withTag puts "."+tag before path's extension: 42.log -> 42.<tag>.log.
+func withTag(path, tag string) string {
+	ext := filepath.Ext(path)
+	return strings.TrimSuffix(path, ext) + "." + tag + ext
 }
 
 // lockedLog opens path and takes an exclusive flock on it without
@@ -89,12 +94,10 @@ func lockedLog(path string, flag int) (*os.File, error) {
 // reuses <name><ext>, leaves it readable. It returns the log's path, the
 // old one if the rename failed (the run's outcome does not depend on it).
 func (l *runLog) keepAsFailed() string {
-	ext := filepath.Ext(l.path)
-	base := strings.TrimSuffix(l.path, ext)
-	if strings.HasSuffix(base, ".failed") {
+	if strings.HasSuffix(strings.TrimSuffix(l.path, filepath.Ext(l.path)), ".failed") {
 		return l.path
 	}
-	failed := base + ".failed" + ext
+	failed := withTag(l.path, "failed")
 	if err := os.Rename(l.path, failed); err != nil {
 		return l.path
 	}

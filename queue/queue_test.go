@@ -180,25 +180,7 @@ func TestCombinedClaimOrder(t *testing.T) {
 	b.seed(t, dueTopics(2000)[10:]...)
 	b.db.ExecContext(b.ctx, "ANALYZE TABLE topic")
 	stmt, args := b.q.ClaimPickStatement(8)
-	erows, err := b.db.QueryContext(b.ctx, "EXPLAIN "+stmt, args...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer erows.Close()
-	cols, _ := erows.Columns()
-	for erows.Next() {
-		vals := make([]sql.NullString, len(cols))
-		ptrs := make([]any, len(cols))
-		for i := range vals {
-			ptrs[i] = &vals[i]
-		}
-		if err := erows.Scan(ptrs...); err != nil {
-			t.Fatal(err)
-		}
-		m := map[string]string{}
-		for i, col := range cols {
-			m[col] = vals[i].String
-		}
+	for _, m := range explain(t, b, stmt, args) {
 		if m["key"] != "nq_claim" || strings.Contains(m["Extra"], "filesort") {
 			t.Errorf("combined pick: key %q, extra %q; want nq_claim without filesort", m["key"], m["Extra"])
 		}
@@ -265,12 +247,27 @@ func explainClaim(t *testing.T, b *bundle, table string) {
 	if !strings.Contains(stmt, "`"+table+"`") {
 		t.Fatalf("claim statement is not on %s: %s", table, stmt)
 	}
+	for _, m := range explain(t, b, stmt, args) {
+		if m["key"] != "nq_claim" {
+			t.Errorf("claim uses key %q, want nq_claim", m["key"])
+		}
+		if strings.Contains(m["Extra"], "filesort") {
+			t.Errorf("claim sorts: %s", m["Extra"])
+		}
+	}
+}
+
+// explain runs EXPLAIN of stmt and returns each row as column -> value,
+// logging it.
+func explain(t *testing.T, b *bundle, stmt string, args []any) []map[string]string {
+	t.Helper()
 	rows, err := b.db.QueryContext(b.ctx, "EXPLAIN "+stmt, args...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer rows.Close()
 	cols, _ := rows.Columns()
+	var out []map[string]string
 	for rows.Next() {
 		vals := make([]sql.NullString, len(cols))
 		ptrs := make([]any, len(cols))
@@ -283,18 +280,16 @@ func explainClaim(t *testing.T, b *bundle, table string) {
 		var line []string
 		m := map[string]string{}
 		for i, col := range cols {
-			s := vals[i].String
-			m[col] = s
-			line = append(line, col+"="+s)
+			m[col] = vals[i].String
+			line = append(line, col+"="+vals[i].String)
 		}
 		t.Logf("EXPLAIN: %s", strings.Join(line, " "))
-		if m["key"] != "nq_claim" {
-			t.Errorf("claim uses key %q, want nq_claim", m["key"])
-		}
-		if strings.Contains(m["Extra"], "filesort") {
-			t.Errorf("claim sorts: %s", m["Extra"])
-		}
+		out = append(out, m)
 	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
 
 // TestLeaseExpiryAndReap: a claim that stops heartbeating is taken back

@@ -332,7 +332,8 @@ func (s *Shipper) export(ctx context.Context, p *ShipParams, tables []*stagedTab
 
 	// The files are consistent and stay so while the lock is held.
 	var files []*stagedFile
-	big := false // with VerifyBytes: a file too big to read back in one go
+	byteSums := s.cfg.Verify == VerifyBytes
+	var cksummed []*stagedFile // with byteSums: files too big to read back in one go
 	remoteDir := path.Join(s.cfg.PrimaryDatadir, s.cfg.Schema)
 	for _, t := range tables {
 		for _, ext := range myisamExts {
@@ -347,18 +348,21 @@ func (s *Shipper) export(ctx context.Context, p *ShipParams, tables []*stagedTab
 				return "", explain(fmt.Errorf("stat table file on the replica host (is ReplicaDatadir %q this replica's?): %w", datadir, err))
 			}
 			f.size = st.Size()
-			f.readBack = s.cfg.Verify == VerifyBytes && f.size <= smallFile
-			big = big || (s.cfg.Verify == VerifyBytes && f.size > smallFile)
+			f.readBack = byteSums && f.size <= smallFile
+			if byteSums && !f.readBack {
+				cksummed = append(cksummed, f)
+			}
 			ship.Bytes += f.size
 			t.files = append(t.files, f)
 			files = append(files, f)
 		}
 	}
 
-	if big && !s.cksumUsable(ctx) {
-		for _, f := range files {
+	if len(cksummed) > 0 && !s.cksumUsable(ctx) {
+		for _, f := range cksummed {
 			f.readBack = true
 		}
+		cksummed = nil
 	}
 
 	// The replica's checksum runs in the locked session while the files
@@ -370,14 +374,6 @@ func (s *Shipper) export(ctx context.Context, p *ShipParams, tables []*stagedTab
 		err  error
 	}
 	sumDone := make(chan sumResult, 1)
-	byteSums := s.cfg.Verify == VerifyBytes
-	// Files too big to read back are compared by cksum on both hosts.
-	var cksummed []*stagedFile
-	for _, f := range files {
-		if byteSums && !f.readBack {
-			cksummed = append(cksummed, f)
-		}
-	}
 	go func() {
 		if byteSums {
 			// The files do not change under the export lock: cksum on
@@ -621,7 +617,7 @@ func putFile(ctx context.Context, c *sftp.Client, f *stagedFile, written func(st
 	}
 	var n int64
 	if f.size <= smallFile {
-		n, err = putSmall(dst, src, f, written)
+		n, err = putSmall(ctx, dst, src, f, written)
 	} else {
 		n, err = dst.ReadFrom(&ctxReader{err: ctx.Err, r: src, size: f.size})
 		if err == nil && written != nil {
@@ -657,7 +653,7 @@ var smallBufs = sync.Pool{New: func() any { b := make([]byte, smallFile+1); retu
 
 // putSmall copies a file of f.size bytes (at most smallFile) with one
 // write and, for a readBack file, reads it back and compares.
-func putSmall(dst *sftp.File, src io.Reader, f *stagedFile, written func(string)) (int64, error) {
+func putSmall(ctx context.Context, dst *sftp.File, src io.Reader, f *stagedFile, written func(string)) (int64, error) {
 	bp := smallBufs.Get().(*[]byte)
 	defer smallBufs.Put(bp)
 	// One byte more than expected tells a file that grew from one that
@@ -680,16 +676,14 @@ func putSmall(dst *sftp.File, src io.Reader, f *stagedFile, written func(string)
 	if !f.readBack {
 		return int64(m), nil
 	}
-	if err := readBack(dst, sent); err != nil {
-		return int64(m), err
-	}
-	return int64(m), nil
+	return int64(m), compareStreams(ctx, dst, bytes.NewReader(sent), int64(len(sent)))
 }
 
-// compareStreams reads a big file back through its SFTP handle and the
-// local file again, a chunk at a time (never the whole file in memory),
-// and compares them: VerifyBytes where cksum cannot run.
-func compareStreams(ctx context.Context, dst *sftp.File, src *os.File, size int64) error {
+// compareStreams reads a file back through its SFTP handle, a chunk at a
+// time (never the whole file in memory), and compares it with want, the
+// bytes sent: the local file read again for a big file, the sent buffer
+// for a small one.
+func compareStreams(ctx context.Context, dst *sftp.File, want io.ReaderAt, size int64) error {
 	a, b := smallBufs.Get().(*[]byte), smallBufs.Get().(*[]byte)
 	defer smallBufs.Put(a)
 	defer smallBufs.Put(b)
@@ -698,39 +692,17 @@ func compareStreams(ctx context.Context, dst *sftp.File, src *os.File, size int6
 			return err
 		}
 		n := int(min(int64(smallFile), size-off))
-		got, want := (*a)[:n], (*b)[:n]
+		got, sent := (*a)[:n], (*b)[:n]
 		if k, err := dst.ReadAt(got, off); k != n {
 			return fmt.Errorf("read back at %d: %d of %d bytes: %w", off, k, n, err)
 		}
-		if k, err := src.ReadAt(want, off); k != n {
-			return fmt.Errorf("read %s again at %d: %d of %d bytes: %w", src.Name(), off, k, n, err)
+		if k, err := want.ReadAt(sent, off); k != n {
+			return fmt.Errorf("read the sent bytes again at %d: %d of %d bytes: %w", off, k, n, err)
 		}
-		if !bytes.Equal(got, want) {
+		if !bytes.Equal(got, sent) {
 			return fmt.Errorf("%w: %s: the bytes read back from the primary's host at %d differ from those sent", ErrChecksumMismatch, dst.Name(), off)
 		}
 		off += int64(n)
-	}
-	return nil
-}
-
-// readBack reads the remote file from its start through its handle and
-// compares it with sent. Its length was fixed by O_TRUNC and the write.
-func readBack(dst *sftp.File, sent []byte) error {
-	if len(sent) == 0 {
-		return nil
-	}
-	bp := smallBufs.Get().(*[]byte)
-	defer smallBufs.Put(bp)
-	got := (*bp)[:len(sent)]
-	k, err := dst.ReadAt(got, 0)
-	if k == len(got) {
-		err = nil // io.EOF with the whole file read
-	}
-	if err != nil {
-		return fmt.Errorf("read back: %w", err)
-	}
-	if !bytes.Equal(got, sent) {
-		return fmt.Errorf("%w: %s: the bytes read back from the primary's host differ from the %d bytes sent", ErrChecksumMismatch, dst.Name(), len(sent))
 	}
 	return nil
 }
@@ -760,33 +732,8 @@ func (s *Shipper) publish(ctx context.Context, prim *session, p *ShipParams, tab
 	for i, t := range tables {
 		tmp[i] = t.tmp
 	}
-	if s.cfg.Verify == VerifyBytes {
-		// The bytes are verified; make sure the server opens the tables.
-		var probes []string
-		for _, n := range tmp {
-			probes = append(probes, "(SELECT 1 FROM "+s.qualified(n)+" LIMIT 0)")
-		}
-		if _, err := prim.conn.ExecContext(ctx, "DO /* nonqueue */ "+strings.Join(probes, ", ")); err != nil {
-			return false, nil, fmt.Errorf("%w: the primary cannot open the shipped tables: %w", ErrChecksumMismatch, err)
-		}
-	}
-	sums := map[string]string{}
-	if s.cfg.Verify != VerifyBytes {
-		if sums, err = checksums(ctx, prim.conn, s.cfg.Schema, tmp); err != nil {
-			return false, nil, fmt.Errorf("checksum shipped tables on the primary: %w", err)
-		}
-	}
-	for _, t := range tables {
-		if s.cfg.Verify == VerifyBytes {
-			break
-		}
-		got, ok := sums[t.tmp]
-		if !ok {
-			return false, nil, fmt.Errorf("%w: %s (shipped as %s) cannot be opened on the primary", ErrChecksumMismatch, t.live, t.tmp)
-		}
-		if got != t.sum {
-			return false, nil, fmt.Errorf("%w: %s: replica %s, primary %s (shipped as %s)", ErrChecksumMismatch, t.live, t.sum, got, t.tmp)
-		}
+	if err := s.verifyPrimary(ctx, prim, tables, tmp); err != nil {
+		return false, nil, err
 	}
 
 	timeout := cmp.Or(p.LockTimeout, DefaultLockTimeout)
@@ -848,6 +795,36 @@ func (s *Shipper) publish(ctx context.Context, prim *session, p *ShipParams, tab
 		}
 	}
 	return true, old, nil
+}
+
+// verifyPrimary checks the staged tables on the primary before the swap:
+// with VerifyBytes (the bytes are verified already) that the server opens
+// them; otherwise that CHECKSUM TABLE matches the replica's.
+func (s *Shipper) verifyPrimary(ctx context.Context, prim *session, tables []*stagedTable, tmp []string) error {
+	if s.cfg.Verify == VerifyBytes {
+		var probes []string
+		for _, n := range tmp {
+			probes = append(probes, "(SELECT 1 FROM "+s.qualified(n)+" LIMIT 0)")
+		}
+		if _, err := prim.conn.ExecContext(ctx, "DO /* nonqueue */ "+strings.Join(probes, ", ")); err != nil {
+			return fmt.Errorf("%w: the primary cannot open the shipped tables: %w", ErrChecksumMismatch, err)
+		}
+		return nil
+	}
+	sums, err := checksums(ctx, prim.conn, s.cfg.Schema, tmp)
+	if err != nil {
+		return fmt.Errorf("checksum shipped tables on the primary: %w", err)
+	}
+	for _, t := range tables {
+		got, ok := sums[t.tmp]
+		if !ok {
+			return fmt.Errorf("%w: %s (shipped as %s) cannot be opened on the primary", ErrChecksumMismatch, t.live, t.tmp)
+		}
+		if got != t.sum {
+			return fmt.Errorf("%w: %s: replica %s, primary %s (shipped as %s)", ErrChecksumMismatch, t.live, t.sum, got, t.tmp)
+		}
+	}
+	return nil
 }
 
 // dropSwappedOut drops tables a publish swapped out. A failure is logged,
@@ -1013,22 +990,11 @@ func localCksums(ctx context.Context, files []*stagedFile) (map[string]string, e
 // and compares every shipped file's CRC and size with local's (the files
 // as read on the replica host).
 func (s *Shipper) verifyRemote(ctx context.Context, files []*stagedFile, local map[string]string) error {
-	l, err := s.link(ctx)
-	if err != nil {
-		return err
-	}
-	sess, err := l.ssh.NewSession()
-	if err != nil {
-		return fmt.Errorf("verify shipped files: open an ssh session: %w", err)
-	}
-	defer sess.Close()
 	remote := make([]string, len(files))
 	for i, f := range files {
 		remote[i] = f.remote
 	}
-	stop := context.AfterFunc(ctx, func() { sess.Close() })
-	defer stop()
-	out, err := sess.Output(cksumCmd(remote))
+	out, err := s.primaryExec(ctx, cksumCmd(remote))
 	if err != nil {
 		return fmt.Errorf("verify shipped files: cksum on the primary's host (needs a shell there; or set verify = %q): %w", VerifyChecksum, err)
 	}
@@ -1073,21 +1039,34 @@ func (s *Shipper) probeCksum(ctx context.Context) error {
 	if _, err := exec.LookPath("cksum"); err != nil {
 		return fmt.Errorf("cksum cannot run on this host: %w", err)
 	}
+	if _, err := s.primaryExec(ctx, "cksum -- /dev/null"); err != nil {
+		return fmt.Errorf("cksum cannot run on the primary's host (it needs a shell and coreutils there): %w", err)
+	}
+	return nil
+}
+
+// primaryExec runs cmd on the primary's host over one SSH exec session of
+// the shared connection, closed when ctx ends, and returns its standard
+// output; a failure carries what it wrote to standard error.
+func (s *Shipper) primaryExec(ctx context.Context, cmd string) ([]byte, error) {
 	l, err := s.link(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	sess, err := l.ssh.NewSession()
 	if err != nil {
-		return fmt.Errorf("open an ssh session: %w", err)
+		return nil, fmt.Errorf("open an ssh session: %w", err)
 	}
 	defer sess.Close()
 	stop := context.AfterFunc(ctx, func() { sess.Close() })
 	defer stop()
-	if out, err := sess.CombinedOutput("cksum -- /dev/null"); err != nil {
-		return fmt.Errorf("cksum cannot run on the primary's host (it needs a shell and coreutils there): %w: %s", err, strings.TrimSpace(string(out)))
+	var stderr bytes.Buffer
+	sess.Stderr = &stderr
+	out, err := sess.Output(cmd)
+	if err != nil {
+		return out, fmt.Errorf("%w: %s", err, strings.TrimSpace(stderr.String()))
 	}
-	return nil
+	return out, nil
 }
 
 // cksumUsable reports whether big files can be compared by cksum on both

@@ -31,14 +31,9 @@ type logText struct {
 // os.OpenInRoot, so a symbolic link inside a log directory cannot lead out
 // of it either. Anything else is ErrLogNotAllowed; a missing file wraps
 // fs.ErrNotExist.
-func readLog(dirs []string, path string, max int64) (lt logText, err error) {
-	text, size, truncated, first, err := readLogFile(dirs, path, max)
-	return logText{Text: text, Size: size, Truncated: truncated, First: first}, err
-}
-
-func readLogFile(dirs []string, path string, max int64) (text string, size int64, truncated bool, first string, err error) {
+func readLog(dirs []string, path string, max int64) (logText, error) {
 	if !filepath.IsAbs(path) || filepath.Clean(path) != path {
-		return "", 0, false, "", ErrLogNotAllowed
+		return logText{}, ErrLogNotAllowed
 	}
 	for _, dir := range dirs {
 		rel, err := filepath.Rel(dir, path)
@@ -48,38 +43,44 @@ func readLogFile(dirs []string, path string, max int64) (text string, size int64
 		f, err := os.OpenInRoot(dir, rel)
 		if err != nil {
 			if os.IsNotExist(err) {
-				return "", 0, false, "", fmt.Errorf("open run log: %w", err)
+				return logText{}, fmt.Errorf("open run log: %w", err)
 			}
-			return "", 0, false, "", fmt.Errorf("open run log: %w: %w", ErrLogNotAllowed, err)
+			return logText{}, fmt.Errorf("open run log: %w: %w", ErrLogNotAllowed, err)
 		}
 		defer f.Close()
 		fi, err := f.Stat()
 		if err != nil {
-			return "", 0, false, "", fmt.Errorf("open run log: %w", err)
+			return logText{}, fmt.Errorf("open run log: %w", err)
 		}
 		if !fi.Mode().IsRegular() {
-			return "", 0, false, "", fmt.Errorf("%w: %s is not a regular file", ErrLogNotAllowed, path)
+			return logText{}, fmt.Errorf("%w: %s is not a regular file", ErrLogNotAllowed, path)
 		}
-		size = fi.Size()
+		lt := logText{Size: fi.Size()}
 		off := int64(0)
-		if size > max {
-			off, truncated = size-max, true
+		if lt.Size > max {
+			off, lt.Truncated = lt.Size-max, true
 		}
-		head := make([]byte, min(size, 512))
-		if _, err := f.ReadAt(head, 0); err != nil {
-			return "", 0, false, "", fmt.Errorf("read run log: %w", err)
-		}
-		first, _, _ = strings.Cut(string(head), "\n")
-		b, err := io.ReadAll(io.NewSectionReader(f, off, size-off))
+		b, err := io.ReadAll(io.NewSectionReader(f, off, lt.Size-off))
 		if err != nil {
-			return "", 0, false, "", fmt.Errorf("read run log: %w", err)
+			return logText{}, fmt.Errorf("read run log: %w", err)
 		}
-		for truncated && len(b) > 0 && !utf8.RuneStart(b[0]) { // start on a character
+		head := b[:min(len(b), 512)]
+		if lt.Truncated { // the start is not in b
+			head = make([]byte, 512)
+			n, err := f.ReadAt(head, 0)
+			if n == 0 && err != nil {
+				return logText{}, fmt.Errorf("read run log: %w", err)
+			}
+			head = head[:n]
+		}
+		lt.First, _, _ = strings.Cut(string(head), "\n")
+		for lt.Truncated && len(b) > 0 && !utf8.RuneStart(b[0]) { // start on a character
 			b = b[1:]
 		}
-		return string(b), size, truncated, first, nil
+		lt.Text = string(b)
+		return lt, nil
 	}
-	return "", 0, false, "", ErrLogNotAllowed
+	return logText{}, ErrLogNotAllowed
 }
 
 // loggedClaimToken is the claim token the worker writes in a run log's
