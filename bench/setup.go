@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"errors"
@@ -74,34 +75,13 @@ func (b *bench) maxTopic() int { return max(b.s.Topics, b.s.SeedTopics, b.s.Scal
 // runAll starts the sandbox, runs every scenario and stops everything it
 // started, whatever happens. A scenario that fails is recorded and the
 // next one runs (unless the run was interrupted).
-// sandboxBase is where the temporary sandbox goes: $NQBENCH_TMPDIR, else
-// /var/tmp, else the system's temporary directory. Not /tmp first: the
-// servers' datadirs receive every result table's files, and on this
-// project's machines creating a file under /tmp costs about 0.7 ms of
-// kernel time against 0.02 ms under /var/tmp or /root (measured with
-// 300 creates each), which would dominate the figures of both nonqueue and
-// the loop. A datadir normally lives on such an ordinary filesystem.
-func sandboxBase() string {
-	if d := os.Getenv("NQBENCH_TMPDIR"); d != "" {
-		return d
-	}
-	if st, err := os.Stat("/var/tmp"); err == nil && st.IsDir() {
-		if f, err := os.CreateTemp("/var/tmp", ".nqbench-probe-"); err == nil {
-			f.Close()
-			os.Remove(f.Name())
-			return "/var/tmp"
-		}
-	}
-	return os.TempDir()
-}
-
 func (b *bench) runAll(ctx context.Context, dir string) (err error) {
 	if err := sandbox.Check(); err != nil {
 		return err
 	}
 	made := false
 	if dir == "" {
-		if dir, err = os.MkdirTemp(sandboxBase(), "nqbench-"); err != nil {
+		if dir, err = os.MkdirTemp(cmp.Or(os.Getenv("NQBENCH_TMPDIR"), sandbox.TempBase()), "nqbench-"); err != nil {
 			return err
 		}
 		made = true

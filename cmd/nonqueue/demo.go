@@ -26,7 +26,7 @@ var hexOnly = regexp.MustCompile(`^[0-9a-f]+$`)
 
 func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer, logger *slog.Logger) (err error) {
 	fs := newFlags("demo", stderr)
-	dir := fs.String("dir", "", "sandbox directory (default: a new temporary directory)")
+	dir := fs.String("dir", "", "sandbox directory (default: a new one under $TMPDIR, else /var/tmp)")
 	keep := fs.Bool("keep", false, "leave the sandbox running at the end")
 	topics := fs.Int("topics", 300, "number of topics to request")
 	instances := fs.Int("instances", 4, "instances per replica")
@@ -43,7 +43,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer, logge
 		return err
 	}
 	if *dir == "" {
-		if *dir, err = os.MkdirTemp("", "nonqueue-demo-"); err != nil {
+		if *dir, err = os.MkdirTemp(sandbox.TempBase(), "nonqueue-demo-"); err != nil {
 			return err
 		}
 	}

@@ -377,3 +377,27 @@ func procsOf(dir string) []int {
 	}
 	return out
 }
+
+// TestTempBase: an explicit $TMPDIR wins; without one the base is a
+// directory a sandbox can be made in, and /var/tmp where it takes files.
+func TestTempBase(t *testing.T) {
+	want := t.TempDir()
+	t.Setenv("TMPDIR", want)
+	if got := TempBase(); got != want {
+		t.Errorf("TempBase with TMPDIR=%s = %q", want, got)
+	}
+	t.Setenv("TMPDIR", "")
+	got := TempBase()
+	dir, err := os.MkdirTemp(got, "nonqueue-tempbase-")
+	if err != nil {
+		t.Fatalf("TempBase %q does not take a sandbox: %v", got, err)
+	}
+	os.Remove(dir)
+	if f, err := os.CreateTemp("/var/tmp", "nonqueue-tempbase-"); err == nil {
+		f.Close()
+		os.Remove(f.Name())
+		if got != "/var/tmp" {
+			t.Errorf("TempBase = %q, want /var/tmp (writable here)", got)
+		}
+	}
+}
