@@ -24,6 +24,11 @@ var (
 	// closed (fail closed, as gh-ost opens its throttler only after a first
 	// sample).
 	ErrNoSample = errors.New("replica not sampled yet")
+	// ErrSharedDomain: the replica writes its own binary log events in the
+	// primary's GTID domain, so a crash during a worker's DDL can stop its
+	// replication (see CheckLocalDomain). A warning, not a refusal: the
+	// setting is common and only a crash at the wrong moment hurts.
+	ErrSharedDomain = errors.New("replica shares the primary's GTID domain")
 	// ErrConfig is wrapped by every *ConfigError.
 	ErrConfig = errors.New("invalid monitor configuration")
 )

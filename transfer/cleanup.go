@@ -117,3 +117,61 @@ func (s *Shipper) CleanupPrimary(ctx context.Context, primary *sql.DB, olderThan
 	}
 	return nil
 }
+
+// replicaResultsSQL lists the result schema's tables on the replica that
+// are older than a number of seconds by the replica's clock. The result
+// schema on a replica holds only the source data and the tables of runs in
+// progress (published tables live on the primary), so the list is short.
+const replicaResultsSQL = "SELECT /* nonqueue */ TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_TYPE = 'BASE TABLE' AND CREATE_TIME <= NOW() - INTERVAL ? SECOND"
+
+// CleanupReplica drops result tables that runs left on the replica: tables
+// whose names match a result table template (Config.Tables) and that were
+// created at least olderThan ago by the replica's clock. A run drops its
+// tables once it has published or failed; tables stay behind when the
+// replica (or the worker) dies between the procedure and that drop, and the
+// topic may not run again there for a long time. olderThan must exceed the
+// longest run (procedure and transfer): a run's tables are created by its
+// procedure, so only tables older than any run in progress are taken. (A
+// run of the same topic starting between the listing and the DROP would
+// lose its fresh tables and fail its export cleanly, to be retried; the
+// window is one round trip.) It returns the topics whose tables it dropped.
+func (s *Shipper) CleanupReplica(ctx context.Context, replica *sql.DB, olderThan time.Duration) ([]int64, error) {
+	if olderThan < 0 {
+		return nil, fmt.Errorf("%w: olderThan %v is negative", ErrParams, olderThan)
+	}
+	rows, err := replica.QueryContext(ctx, replicaResultsSQL, s.cfg.Schema, int64(math.Ceil(olderThan.Seconds())))
+	if err != nil {
+		return nil, fmt.Errorf("clean up result tables on the replica: list them: %w", err)
+	}
+	defer rows.Close()
+	var topics []int64
+	seen := map[int64]bool{}
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			return nil, fmt.Errorf("clean up result tables on the replica: %w", err)
+		}
+		if id, ok := s.cfg.topicOf(name); ok && !seen[id] {
+			seen[id] = true
+			topics = append(topics, id)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("clean up result tables on the replica: %w", err)
+	}
+	rows.Close()
+	sort.Slice(topics, func(i, j int) bool { return topics[i] < topics[j] })
+	var errs []error
+	var dropped []int64
+	for _, id := range topics {
+		if err := s.DropReplicaTables(ctx, replica, id); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		dropped = append(dropped, id)
+	}
+	if len(dropped) > 0 {
+		s.logger.InfoContext(ctx, "dropped result tables runs left on the replica", "topics", dropped)
+	}
+	return dropped, errors.Join(errs...)
+}

@@ -244,3 +244,22 @@ func (c Config) TableNames(topicID int64) []string {
 	}
 	return out
 }
+
+// topicOf returns the topic whose result table is called name, if name
+// matches one of the templates with a positive decimal id in place of {id}.
+func (c Config) topicOf(name string) (int64, bool) {
+	for _, tpl := range c.Tables {
+		prefix, suffix, _ := strings.Cut(tpl, idPlaceholder)
+		if len(name) <= len(prefix)+len(suffix) || !strings.HasPrefix(name, prefix) || !strings.HasSuffix(name, suffix) {
+			continue
+		}
+		digits := name[len(prefix) : len(name)-len(suffix)]
+		if digits[0] == '0' || strings.Trim(digits, "0123456789") != "" {
+			continue
+		}
+		if id, err := strconv.ParseInt(digits, 10, 64); err == nil && id > 0 {
+			return id, true
+		}
+	}
+	return 0, false
+}

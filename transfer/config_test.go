@@ -136,3 +136,21 @@ func TestStagingName(t *testing.T) {
 		t.Fatalf("two tables share staging name %q", n1)
 	}
 }
+
+// TestTopicOf: a result table's name gives its topic back, for the
+// replica's cleanup; nothing else matches.
+func TestTopicOf(t *testing.T) {
+	t.Parallel()
+	c := validConfig()
+	c.Tables = append(c.Tables, "r{id}_x")
+	for name, want := range map[string]int64{
+		"Dynamics_12": 12, "Post_7": 7, "r3_x": 3, "Dynamics_9223372036854775807": 9223372036854775807,
+		"Dynamics_": 0, "Dynamics_012": 0, "Dynamics_1a": 0, "Dynamics_-1": 0, "Dynamics_0": 0, "Post_7_x": 0,
+		"r3_y": 0, "Settings": 0, "dynamics_12": 0, "Dynamics_99999999999999999999": 0, "r_x": 0,
+	} {
+		got, ok := transfer.TopicOf(c, name)
+		if got != want || ok != (want > 0) {
+			t.Errorf("TopicOf(%q) = %d, %v; want %d", name, got, ok, want)
+		}
+	}
+}

@@ -32,3 +32,6 @@ func (s *Shipper) SetCksumUsable(ok bool) {
 	defer s.cksumMu.Unlock()
 	s.cksumKnown, s.cksumOK = true, ok
 }
+
+// TopicOf exposes Config.topicOf to the external tests.
+func TopicOf(c Config, name string) (int64, bool) { return c.topicOf(name) }

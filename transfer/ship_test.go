@@ -925,3 +925,64 @@ func eachVerify(t *testing.T, name string, f func(t *testing.T, b *bundle), mode
 		})
 	}
 }
+
+// TestCleanupReplica: result tables a run left on the replica are dropped
+// once old enough; younger ones and tables that are not results stay.
+func TestCleanupReplica(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	for _, q := range []string{
+		"CREATE TABLE Dynamics_5 (id INT) ENGINE=MyISAM", // left by a run cut short
+		"CREATE TABLE Post_5 (id INT) ENGINE=MyISAM",
+		"CREATE TABLE Post_6 (id INT) ENGINE=MyISAM",   // only one of the two was created
+		"CREATE TABLE Settings (id INT) ENGINE=MyISAM", // the procedure's own data
+	} {
+		if _, err := b.local.ExecContext(b.ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	tables := func() string {
+		rows, err := b.replica.QueryContext(b.ctx, "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? ORDER BY TABLE_NAME", b.schema)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		var names []string
+		for rows.Next() {
+			var n string
+			if err := rows.Scan(&n); err != nil {
+				t.Fatal(err)
+			}
+			names = append(names, n)
+		}
+		return strings.Join(names, ",")
+	}
+	if got, err := b.sh.CleanupReplica(b.ctx, b.replica, time.Hour); err != nil || len(got) != 0 {
+		t.Fatalf("CleanupReplica(1h) = %v, %v; want nothing dropped", got, err)
+	}
+	if got := tables(); got != "Dynamics_5,Post_5,Post_6,Settings" {
+		t.Fatalf("after CleanupReplica(1h): %s", got)
+	}
+	time.Sleep(1100 * time.Millisecond) // CREATE_TIME has whole seconds
+	got, err := b.sh.CleanupReplica(b.ctx, b.replica, time.Second)
+	if err != nil || fmt.Sprint(got) != "[5 6]" {
+		t.Fatalf("CleanupReplica(1s) = %v, %v; want topics [5 6]", got, err)
+	}
+	if got := tables(); got != "Settings" {
+		t.Fatalf("after CleanupReplica(1s): %s", got)
+	}
+	// Nothing reached the replica's binary log: its own events would carry
+	// its own GTID domain (the sandbox gives each replica one).
+	var pos string
+	if err := b.replica.QueryRowContext(b.ctx, "SELECT @@global.gtid_binlog_pos").Scan(&pos); err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range strings.Split(pos, ",") {
+		if g != "" && !strings.HasPrefix(g, "0-") {
+			t.Errorf("the replica binlogged local events: gtid_binlog_pos %s", pos)
+		}
+	}
+	if _, err := b.sh.CleanupReplica(b.ctx, b.replica, -time.Second); !errors.Is(err, transfer.ErrParams) {
+		t.Errorf("negative age: %v, want ErrParams", err)
+	}
+}

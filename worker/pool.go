@@ -71,6 +71,15 @@ func (p *Pool) Run(soft, hard context.Context) error {
 	if err := p.Deps.Shipper.CleanupPrimary(soft, p.Deps.Primary, time.Hour); err != nil {
 		log.WarnContext(soft, "clean up temp tables of crashed runs", "err", err)
 	}
+	// And result tables on the replica whose drop a crash cut short: now
+	// and then, since the replica can crash under a running process.
+	var sweeper sync.WaitGroup
+	defer sweeper.Wait()
+	sweeper.Add(1)
+	go func() {
+		defer sweeper.Done()
+		p.sweepReplica(soft, log)
+	}()
 
 	// Services live until the last run is over, so they use hard.
 	if err := p.Heartbeat.Start(hard); err != nil {
@@ -105,6 +114,33 @@ func (p *Pool) Run(soft, hard context.Context) error {
 	}
 	log.Info("instances stopped", "count", len(instances))
 	return nil
+}
+
+// replicaSweepInterval is how often a process looks for result tables
+// left on its replica.
+const replicaSweepInterval = 10 * time.Minute
+
+// sweepReplica drops, at start and then every replicaSweepInterval until
+// ctx is done, result tables left on the replica by runs a crash cut short
+// (transfer.Shipper.CleanupReplica). A table counts as left once it is older
+// than any run can last: twice the procedure's timeout, at least an hour.
+func (p *Pool) sweepReplica(ctx context.Context, log *slog.Logger) {
+	age := time.Hour
+	if p.Deps.Runner != nil {
+		age = max(age, 2*p.Deps.Runner.Config.Timeout)
+	}
+	t := time.NewTicker(replicaSweepInterval)
+	defer t.Stop()
+	for {
+		if _, err := p.Deps.Shipper.CleanupReplica(ctx, p.Deps.Replica, age); err != nil && ctx.Err() == nil {
+			log.WarnContext(ctx, "drop result tables left on the replica", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // loop runs the cycle until soft is done. Coordination failures back off

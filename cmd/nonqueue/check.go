@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/nonqueue/nonqueue/monitor"
 )
 
 // check is one line of `nonqueue check`.
@@ -16,6 +18,13 @@ type check struct {
 	name string
 	run  func(ctx context.Context) (string, error)
 }
+
+// warning is a check's finding that does not fail `nonqueue check`: the
+// setting works, but an operator should know its risk.
+type warning struct{ err error }
+
+func (w warning) Error() string { return w.err.Error() }
+func (w warning) Unwrap() error { return w.err }
 
 func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer, logger *slog.Logger) error {
 	fs := newFlags("check", stderr)
@@ -76,6 +85,13 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer, logg
 			}
 			return fmt.Sprintf("IO and SQL threads running, Seconds_Behind_Master %v", st.SecondsBehind.Int64), nil
 		}},
+		{"replica's GTID domain", func(ctx context.Context) (string, error) {
+			msg, err := monitor.CheckLocalDomain(ctx, n.flavor, n.primary, n.replica)
+			if errors.Is(err, monitor.ErrSharedDomain) {
+				return "", warning{err}
+			}
+			return msg, err
+		}},
 		{"procedure", func(ctx context.Context) (string, error) {
 			if err := n.runner.Exists(ctx); err != nil {
 				return "", err
@@ -115,6 +131,11 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer, logg
 	failed := 0
 	for _, ch := range checks {
 		msg, err := ch.run(ctx)
+		var warn warning
+		if errors.As(err, &warn) {
+			fmt.Fprintf(stdout, "WARN  %s: %v\n", ch.name, warn.err)
+			continue
+		}
 		if err != nil {
 			failed++
 			fmt.Fprintf(stdout, "FAIL  %s: %v\n", ch.name, err)

@@ -278,6 +278,11 @@ func runWork(ctx context.Context, args []string, stdout, stderr io.Writer, logge
 		return err
 	}
 	defer n.close()
+	if _, err := monitor.CheckLocalDomain(ctx, n.flavor, n.primary, n.replica); errors.Is(err, monitor.ErrSharedDomain) {
+		logger.Warn("replication at risk after a crash of this replica", "err", err)
+	} else if err != nil {
+		logger.Warn("check the replica's GTID domain", "err", err)
+	}
 	// On hard, not ctx: scrapes keep working through the grace period.
 	wm, err := startWorkerMetrics(hard, *metricsListen, n.queue, n.gate, logger)
 	if err != nil {

@@ -318,7 +318,33 @@ func TestCheck(t *testing.T) {
 	if !strings.Contains(out, "verify = bytes: files up to 64 KiB read back over SFTP, bigger ones compared by cksum on both hosts") {
 		t.Errorf("check does not say how copies are verified:\n%s", out)
 	}
+	// The sandbox's replicas keep their own binary log writes out of the
+	// primary's GTID domain.
+	if !strings.Contains(out, "ok    replica's GTID domain: the replica's own binary log writes go to GTID domain 1001, the primary's stream is domain 0") {
+		t.Errorf("check does not report the replica's GTID domain:\n%s", out)
+	}
 	t.Log(out)
+
+	// A replica in the primary's domain, under gtid_strict_mode: a warning
+	// with the remedy, not a failure.
+	r := testdb.Open(t, env.Replica(0, ""))
+	if _, err := r.ExecContext(b.ctx, "SET GLOBAL gtid_domain_id = 0"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if _, err := r.ExecContext(context.Background(), "SET GLOBAL gtid_domain_id = 1001"); err != nil {
+			t.Errorf("restore the replica's GTID domain: %v", err)
+		}
+	})
+	out, err = run(t, "check", "--config", b.config(t, 0, ""))
+	if err != nil || strings.Contains(out, "FAIL") {
+		t.Fatalf("check with a shared GTID domain: %v\n%s", err, out)
+	}
+	for _, want := range []string{"WARN  replica's GTID domain: replica shares the primary's GTID domain", "gtid_strict_mode its replication would stop (error 1950)", "SET GLOBAL gtid_domain_id"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("check with a shared GTID domain lacks %q:\n%s", want, out)
+		}
+	}
 }
 
 // TestDemo runs `nonqueue demo` small: the example loads (Blackhole and

@@ -182,7 +182,7 @@ func (u *upState) startServer(ctx context.Context, i int) error {
 			return fmt.Errorf("%s: %w", srv.Name, err)
 		}
 		offset := fileSize(errLog)
-		d, err := startDetached(u.bin.mariadbd, u.serverArgs(srv, port), filepath.Join(sdir, "mariadbd.out"))
+		d, err := startDetached(u.bin.mariadbd, serverArgs(srv, port), filepath.Join(sdir, "mariadbd.out"))
 		if err != nil {
 			return fmt.Errorf("%s: %w", srv.Name, err)
 		}
@@ -206,7 +206,7 @@ func (u *upState) startServer(ctx context.Context, i int) error {
 	}
 }
 
-func (u *upState) serverArgs(srv Server, port int) []string {
+func serverArgs(srv Server, port int) []string {
 	sdir := filepath.Dir(srv.Datadir)
 	args := []string{"--no-defaults"}
 	if os.Geteuid() == 0 {
@@ -224,7 +224,6 @@ func (u *upState) serverArgs(srv Server, port int) []string {
 		"--binlog-format=ROW",
 		"--log-slave-updates=ON",
 		"--gtid-strict-mode=ON",
-		"--gtid-domain-id=0",
 		"--skip-name-resolve",
 		"--innodb-buffer-pool-size=128M",
 		"--innodb-log-file-size="+innodbLogFileSize,
@@ -239,9 +238,18 @@ func (u *upState) serverArgs(srv Server, port int) []string {
 		"--plugin-load-add=ha_federatedx",
 		"--secure-file-priv=",
 	)
+	// The primary's stream is GTID domain 0. Each replica writes what
+	// reaches its own binary log in a domain of its own (its server_id):
+	// MariaDB's DDL-log recovery binlogs a DROP cut short by a crash even
+	// when it ran with sql_log_bin=0, and in domain 0 that local GTID
+	// would stop replication under gtid_strict_mode (see
+	// monitor.CheckLocalDomain).
+	domain := 0
 	if srv.Name != "primary" {
+		domain = int(srv.ServerID)
 		args = append(args, "--relay-log=relay-bin", "--slave-parallel-threads=0")
 	}
+	args = append(args, "--gtid-domain-id="+strconv.Itoa(domain))
 	if testExtraServerArgs != nil {
 		args = append(args, testExtraServerArgs(srv.Name)...)
 	}

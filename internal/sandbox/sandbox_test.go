@@ -401,3 +401,66 @@ func TestTempBase(t *testing.T) {
 		}
 	}
 }
+
+// TestRestart: a crashed primary comes back on its port with its data and
+// its replica follows it again; a cleanly restarted replica catches up; Down
+// stops the new processes (their PIDs are recorded).
+func TestRestart(t *testing.T) {
+	requireBinaries(t)
+	dir := t.TempDir()
+	sb := up(t, dir, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	p := openDB(t, sb, sb.Primary, "")
+	r := openDB(t, sb, sb.Replicas[0], "")
+	for _, q := range []string{"CREATE DATABASE rs", "CREATE TABLE rs.t (id INT PRIMARY KEY) ENGINE=InnoDB", "INSERT INTO rs.t VALUES (1)"} {
+		if _, err := p.ExecContext(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := sb.Restart(ctx, "nosuch", false); err == nil {
+		t.Error("Restart of an unknown server: no error")
+	}
+	oldPID, port := sb.Primary.PID, sb.Primary.Port
+	if err := sb.Restart(ctx, "primary", true); err != nil {
+		t.Fatalf("crash and restart the primary: %v", err)
+	}
+	if sb.Primary.PID == oldPID || sb.Primary.Port != port {
+		t.Fatalf("after restart: pid %d (was %d), port %d (was %d)", sb.Primary.PID, oldPID, sb.Primary.Port, port)
+	}
+	waitPIDsGone(t, []int{oldPID})
+	// database/sql replaces the connections the crash broke.
+	if _, err := p.ExecContext(ctx, "INSERT INTO rs.t VALUES (2)"); err != nil {
+		t.Fatalf("write after the primary's restart: %v", err)
+	}
+	waitRows := func(want int) {
+		t.Helper()
+		var n int
+		for i := 0; i < 300; i++ {
+			if err := r.QueryRowContext(ctx, "SELECT COUNT(*) FROM rs.t").Scan(&n); err == nil && n == want {
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		t.Fatalf("replica has %d rows, want %d", n, want)
+	}
+	waitRows(2)
+
+	oldReplica := sb.Replicas[0].PID
+	if err := sb.Restart(ctx, "replica1", false); err != nil {
+		t.Fatalf("restart the replica: %v", err)
+	}
+	waitPIDsGone(t, []int{oldReplica})
+	if _, err := p.ExecContext(ctx, "INSERT INTO rs.t VALUES (3)"); err != nil {
+		t.Fatal(err)
+	}
+	waitRows(3)
+
+	loaded, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if loaded.Primary.PID != sb.Primary.PID || loaded.Replicas[0].PID != sb.Replicas[0].PID {
+		t.Errorf("sandbox.json has pids %d/%d, running %d/%d", loaded.Primary.PID, loaded.Replicas[0].PID, sb.Primary.PID, sb.Replicas[0].PID)
+	}
+}
