@@ -33,7 +33,8 @@
 // never neither and never a mix. Any failure before the swap removes the
 // staging tables and files, so a half-copied table never goes live; what a
 // crash leaves behind carries a reserved prefix (nqtmp_, nqold_) and is
-// removed by CleanupPrimary.
+// removed by CleanupPrimary; result tables a crash left on the replica are
+// removed by CleanupReplica.
 //
 // The SSH host key is always verified against a known_hosts file; there is
 // no option to skip it.
