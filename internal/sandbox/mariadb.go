@@ -69,9 +69,20 @@ func (u *upState) ensureTemplate(ctx context.Context) error {
 		return err
 	}
 	defer lf.Close()
+	// Every server of every sandbox gets a tmpdir of its own: a mariadbd
+	// that starts deletes the #sql* files of its tmpdir, and in a shared
+	// /tmp those were another bootstrap's temporary tables (the cause of
+	// "Unknown table 'mysql.tmp_user_sys'" when test packages start
+	// sandboxes in parallel).
+	bootTmp := filepath.Join(dir, "install-tmp")
+	if err := os.MkdirAll(bootTmp, 0o700); err != nil {
+		return err
+	}
+	defer os.RemoveAll(bootTmp)
 	args := []string{
 		"--no-defaults",
 		"--datadir=" + tmp,
+		"--tmpdir=" + bootTmp,
 		"--auth-root-authentication-method=normal",
 		"--skip-test-db",
 		"--innodb-log-file-size=" + innodbLogFileSize,
@@ -83,7 +94,8 @@ func (u *upState) ensureTemplate(ctx context.Context) error {
 		args = append(args, "--user=root")
 	}
 	// One retry: under heavy load (test packages in parallel) the
-	// bootstrap has been seen to fail once and then succeed.
+	// bootstrap has been seen to fail once and then succeed (before each
+	// server had its own tmpdir; kept for load alone).
 	for try := 0; try < 2; try++ {
 		if try > 0 {
 			u.log.Warn("sandbox: mariadb-install-db failed; trying once more", "err", errorLines(logPath))
@@ -160,7 +172,7 @@ func (u *upState) startServer(ctx context.Context, i int) error {
 	srv := *u.sb.slot(i)
 	u.mu.Unlock()
 	sdir := filepath.Dir(srv.Datadir)
-	if err := os.MkdirAll(sdir, 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Join(sdir, "tmp"), 0o755); err != nil {
 		return err
 	}
 	if err := os.RemoveAll(srv.Datadir); err != nil {
@@ -214,6 +226,7 @@ func serverArgs(srv Server, port int) []string {
 	}
 	args = append(args,
 		"--datadir="+srv.Datadir,
+		"--tmpdir="+filepath.Join(sdir, "tmp"),
 		"--socket="+srv.Socket,
 		"--port="+strconv.Itoa(port),
 		"--bind-address=127.0.0.1",
