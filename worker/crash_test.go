@@ -1,10 +1,12 @@
 package worker_test
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -21,20 +23,48 @@ import (
 // and matches its source rows; and CleanupPrimary, what a worker runs at
 // start-up, leaves no staging or swapped-out table or file behind.
 func TestPrimaryCrash(t *testing.T) {
-	crashMidRun(t, "primary")
+	faultMidRun(t, "primary", func(t *testing.T) { restart(t, "primary") })
 }
 
 // TestReplicaCrash: the same with the replica the worker computes on killed
 // and restarted (procedures cut short, the replica's result tables left as
 // they were, replication resumed by the restarted server).
 func TestReplicaCrash(t *testing.T) {
-	crashMidRun(t, "replica1")
+	faultMidRun(t, "replica1", func(t *testing.T) { restart(t, "replica1") })
 }
 
-// crashMidRun runs 80 topics on one worker process of 4 instances on
-// replica1 and kills server (SIGKILL, then a restart on the same port and
-// datadir) once 20 are done.
-func crashMidRun(t *testing.T, server string) {
+// TestPrimaryStall: the primary stops answering (SIGSTOP) for longer than
+// the lease and then resumes, as after a long I/O stall or a VM pause:
+// statements in flight hang and resume, claims may expire meanwhile; the
+// same outcome is required.
+func TestPrimaryStall(t *testing.T) {
+	faultMidRun(t, "primary", func(t *testing.T) {
+		pid := env.SB.Primary.PID
+		if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(5 * time.Second)
+		if err := syscall.Kill(pid, syscall.SIGCONT); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// restart kills server (SIGKILL) and starts it again on the same port and
+// datadir.
+func restart(t *testing.T, server string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := env.SB.Restart(ctx, server, true); err != nil {
+		t.Fatalf("crash and restart the %s: %v", server, err)
+	}
+}
+
+// faultMidRun runs 80 topics on one worker process of 4 instances on
+// replica1 and applies fault to server (a crash and restart, a stall) once
+// 20 are done.
+func faultMidRun(t *testing.T, server string, fault func(*testing.T)) {
 	b := setup(t, 3*time.Second)
 	ids := b.addTopics(t, 1, 80)
 	// A run cut short counts as a failed attempt (a topic that brings its
@@ -44,16 +74,14 @@ func crashMidRun(t *testing.T, server string) {
 		return b.count(t, "SELECT COUNT(*) FROM topic WHERE required = 0") >= 20
 	})
 	inFlight := b.count(t, "SELECT COUNT(*) FROM topic WHERE running <> 0")
-	if err := env.SB.Restart(b.ctx, server, true); err != nil {
-		t.Fatalf("crash and restart the %s: %v", server, err)
-	}
-	t.Logf("%s killed with %d topics claimed; restarted", server, inFlight)
-	waitFor(t, 2*time.Minute, "every topic done (or parked) after the crash", func() bool {
+	fault(t)
+	t.Logf("fault on the %s with %d topics claimed; over", server, inFlight)
+	waitFor(t, 2*time.Minute, "every topic done (or parked) after the fault", func() bool {
 		return b.count(t, "SELECT COUNT(*) FROM topic WHERE (required > 0 AND parked_at IS NULL) OR running <> 0") == 0
 	})
 	p.stop(t)
 	if n := b.count(t, "SELECT COUNT(*) FROM topic WHERE parked_at IS NOT NULL"); n != 0 {
-		t.Errorf("%d topics parked by the crash", n)
+		t.Errorf("%d topics parked by the fault", n)
 	}
 
 	// Whole results: R_<id> holds the topic's 20 source rows times the
@@ -75,9 +103,9 @@ func crashMidRun(t *testing.T, server string) {
 	}
 
 	staged := "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND (TABLE_NAME LIKE 'nqtmp\\_%' OR TABLE_NAME LIKE 'nqold\\_%')"
-	t.Logf("%d staging or swapped-out tables left by the crash before the cleanup", b.count(t, staged, b.db))
+	t.Logf("%d staging or swapped-out tables left by the fault before the cleanup", b.count(t, staged, b.db))
 	if err := p.shipper.CleanupPrimary(b.ctx, b.primary, 0); err != nil {
-		t.Fatalf("CleanupPrimary after the crash: %v", err)
+		t.Fatalf("CleanupPrimary after the fault: %v", err)
 	}
 	if n := b.count(t, staged, b.db); n != 0 {
 		t.Errorf("%d staging or swapped-out tables left after CleanupPrimary", n)
@@ -105,7 +133,7 @@ func crashMidRun(t *testing.T, server string) {
 	if err != nil {
 		t.Fatalf("CleanupReplica: %v", err)
 	}
-	t.Logf("%d result tables left on the replica by the crash; the sweep dropped those of topics %v", left, swept)
+	t.Logf("%d result tables left on the replica by the fault; the sweep dropped those of topics %v", left, swept)
 	if err := rdb.QueryRowContext(b.ctx, results, b.db).Scan(&left); err != nil {
 		t.Fatal(err)
 	}
@@ -124,8 +152,8 @@ func crashMidRun(t *testing.T, server string) {
 	if topics != len(ids) {
 		t.Errorf("the procedure ran for %d topics, want %d", topics, len(ids))
 	}
-	t.Logf("%d calls for %d topics (%d again after the crash)", calls, topics, calls-topics)
+	t.Logf("%d calls for %d topics (%d again after the fault)", calls, topics, calls-topics)
 	if calls-topics > 2*4 {
-		t.Errorf("%d runs repeated after the crash; 4 instances had at most %d runs to lose", calls-topics, 2*4)
+		t.Errorf("%d runs repeated after the fault; 4 instances had at most %d runs to lose", calls-topics, 2*4)
 	}
 }
