@@ -20,8 +20,9 @@ import (
 // worker process claims, computes and publishes topics. Every topic still
 // ends done and nothing stays marked running (claims whose instance lost
 // its step are taken back after the lease); every published result is whole
-// and matches its source rows; and CleanupPrimary, what a worker runs at
-// start-up, leaves no staging or swapped-out table or file behind.
+// and matches its source rows; and CleanupPrimary, which a worker runs at
+// start and every 10 minutes, leaves no staging or swapped-out table or
+// file behind.
 func TestPrimaryCrash(t *testing.T) {
 	faultMidRun(t, "primary", func(t *testing.T) { restart(t, "primary") })
 }

@@ -67,18 +67,15 @@ func (p *Pool) Run(soft, hard context.Context) error {
 		return fmt.Errorf("create log dir: %w", err)
 	}
 
-	// Leftovers of a crashed run of this host: temp tables on the primary.
-	if err := p.Deps.Shipper.CleanupPrimary(soft, p.Deps.Primary, time.Hour); err != nil {
-		log.WarnContext(soft, "clean up temp tables of crashed runs", "err", err)
-	}
-	// And result tables on the replica whose drop a crash cut short: now
-	// and then, since the replica can crash under a running process.
+	// What crashes left: staging tables on the primary, result tables on
+	// the replica. Now and then, not only at start: either server can
+	// crash under a running process.
 	var sweeper sync.WaitGroup
 	defer sweeper.Wait()
 	sweeper.Add(1)
 	go func() {
 		defer sweeper.Done()
-		p.sweepReplica(soft, log)
+		p.sweep(soft, log)
 	}()
 
 	// Services live until the last run is over, so they use hard.
@@ -116,22 +113,25 @@ func (p *Pool) Run(soft, hard context.Context) error {
 	return nil
 }
 
-// replicaSweepInterval is how often a process looks for result tables
-// left on its replica.
-const replicaSweepInterval = 10 * time.Minute
+// sweepInterval is how often a process looks for what crashed runs left.
+const sweepInterval = 10 * time.Minute
 
-// sweepReplica drops, at start and then every replicaSweepInterval until
-// ctx is done, result tables left on the replica by runs a crash cut short
-// (transfer.Shipper.CleanupReplica). A table counts as left once it is older
-// than any run can last: twice the procedure's timeout, at least an hour.
-func (p *Pool) sweepReplica(ctx context.Context, log *slog.Logger) {
+// sweep removes, at start and then every sweepInterval until ctx is done,
+// what runs a crash cut short left behind: staging and swapped-out tables
+// on the primary older than an hour (transfer.Shipper.CleanupPrimary), and
+// result tables on the replica older than any run can last, twice the
+// procedure's timeout and at least an hour (CleanupReplica).
+func (p *Pool) sweep(ctx context.Context, log *slog.Logger) {
 	age := time.Hour
 	if p.Deps.Runner != nil {
 		age = max(age, 2*p.Deps.Runner.Config.Timeout)
 	}
-	t := time.NewTicker(replicaSweepInterval)
+	t := time.NewTicker(sweepInterval)
 	defer t.Stop()
 	for {
+		if err := p.Deps.Shipper.CleanupPrimary(ctx, p.Deps.Primary, time.Hour); err != nil && ctx.Err() == nil {
+			log.WarnContext(ctx, "clean up staging tables of crashed runs on the primary", "err", err)
+		}
 		if _, err := p.Deps.Shipper.CleanupReplica(ctx, p.Deps.Replica, age); err != nil && ctx.Err() == nil {
 			log.WarnContext(ctx, "drop result tables left on the replica", "err", err)
 		}
