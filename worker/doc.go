@@ -7,8 +7,8 @@
 // Every instance of a process shares one lag heartbeat writer, one lag
 // gate, one reaper, one SSH connection and the sweep of what crashes left
 // (staging tables on the primary, result tables on the replica), at start
-// and every 10 minutes. Shutdown has two stages: the
-// soft context (first SIGTERM) stops new claims at once; the hard context
+// and every 10 minutes. Shutdown has two stages: the soft context (first
+// SIGTERM) stops new claims at once; the hard context
 // (grace period over, or a second signal) cancels runs in flight, whose
 // claims are then released so nothing stays marked running.
 package worker
