@@ -159,7 +159,7 @@ func (s *Shipper) CleanupReplica(ctx context.Context, replica *sql.DB, olderThan
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("clean up result tables on the replica: %w", err)
 	}
-	rows.Close()
+	rows.Close() // its connection back to the pool before the drops take one
 	sort.Slice(topics, func(i, j int) bool { return topics[i] < topics[j] })
 	var errs []error
 	var dropped []int64

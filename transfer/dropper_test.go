@@ -15,9 +15,16 @@ import (
 // the server of db.
 func (b *bundle) oldTables(t *testing.T, db *sql.DB) []string {
 	t.Helper()
-	rows, err := db.QueryContext(b.ctx, "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME LIKE 'nqold\\_%' ORDER BY TABLE_NAME", b.schema)
+	return b.tables(t, db, "nqold\\_%")
+}
+
+// tables lists, in name order, the tables of the result schema on the
+// server of db whose names are LIKE like.
+func (b *bundle) tables(t *testing.T, db *sql.DB, like string) []string {
+	t.Helper()
+	rows, err := db.QueryContext(b.ctx, "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME LIKE ? ORDER BY TABLE_NAME", b.schema, like)
 	if err != nil {
-		t.Fatalf("list swapped-out tables: %v", err)
+		t.Fatalf("list tables LIKE %q: %v", like, err)
 	}
 	defer rows.Close()
 	var names []string
