@@ -257,7 +257,8 @@ func buildStatements(cfg Config, f flavor.Flavor) statements {
 	)
 	return statements{
 		// One statement: pick in index order, compare-and-set, and hand the
-		// id back through LAST_INSERT_ID in the OK packet.
+		// id back through LAST_INSERT_ID (read on the same connection: see
+		// claimOne).
 		// FORCE INDEX: with stale statistics (a freshly filled table) the
 		// optimizer may pick the primary key and sort every row.
 		// {due} = {claimdue}: see claimDue.
