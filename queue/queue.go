@@ -179,16 +179,12 @@ func (q *Queue) DB() *sql.DB { return q.db }
 // with the current body is left alone (replacing it would take the table's
 // metadata lock for nothing); an older one is replaced.
 func (q *Queue) ApplySchema(ctx context.Context) error {
-	tr := q.cfg.RequestTrigger()
 	for _, stmt := range q.cfg.DDL() {
-		if stmt == tr.Create() {
-			current, err := q.triggerCurrent(ctx, tr)
+		if done, err := q.alreadyApplied(ctx, stmt); err != nil || done {
 			if err != nil {
 				return fmt.Errorf("apply schema: %w", err)
 			}
-			if current {
-				continue
-			}
+			continue
 		}
 		if _, err := q.db.ExecContext(ctx, stmt); err != nil {
 			return fmt.Errorf("apply schema: %s: %w", firstLine(stmt), explainDDLError(err))

@@ -39,6 +39,19 @@ func (q *Queue) triggerCurrent(ctx context.Context, t Trigger) (bool, error) {
 	return body == t.Body, nil
 }
 
+// alreadyApplied reports whether stmt, a statement of Config.DDL, need
+// not run: it is the request trigger's, and that trigger is installed in
+// its current version. CREATE OR REPLACE TRIGGER (and IF NOT EXISTS alike)
+// waits for the table's metadata lock even when nothing changes, behind
+// any long query of the application's; this read does not.
+func (q *Queue) alreadyApplied(ctx context.Context, stmt string) (bool, error) {
+	t := q.cfg.RequestTrigger()
+	if stmt != t.Create() {
+		return false, nil
+	}
+	return q.triggerCurrent(ctx, t)
+}
+
 // checkTrigger returns an error wrapping ErrTriggerMissing when the
 // request trigger is not installed in its current version.
 func (q *Queue) checkTrigger(ctx context.Context) error {
