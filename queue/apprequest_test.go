@@ -430,3 +430,22 @@ END`,
 		t.Fatalf("required %d after the finish, want the re-request kept", r.required)
 	}
 }
+
+// TestAppUpsertDuringRun: an application that requests with INSERT … ON
+// DUPLICATE KEY UPDATE takes the UPDATE path of the row, so its request
+// during a run is kept as well.
+func TestAppUpsertDuringRun(t *testing.T) {
+	t.Parallel()
+	a := newAppTable(t, "mapped", nil, nil)
+	a.add(t, 7, 2, -60)
+	c := a.claim(t, 7, 101)
+	a.exec(t, `INSERT INTO TopicFilter (topicFilterId, name, influencerRecalcReqd, influencerRecalcDate) VALUES (7, 'Apples', 2, NOW())
+ ON DUPLICATE KEY UPDATE influencerRecalcReqd = VALUES(influencerRecalcReqd), influencerRecalcDate = VALUES(influencerRecalcDate)`)
+	if err := a.q.Finish(a.ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	if r := a.row(t, 7); r.required != 2 || r.reqVersion != c.RequestVersion+1 {
+		t.Fatalf("after the finish: required %d, request version %d (claimed %d); want the upsert's request kept", r.required, r.reqVersion, c.RequestVersion)
+	}
+	a.claim(t, 7, 102)
+}
