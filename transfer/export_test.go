@@ -35,3 +35,7 @@ func (s *Shipper) SetCksumUsable(ok bool) {
 
 // TopicOf exposes Config.topicOf to the external tests.
 func TopicOf(c Config, name string) (int64, bool) { return c.topicOf(name) }
+
+// Add hands tables to the dropper, as Ship does with the ones it swapped
+// out.
+func (d *Dropper) Add(names ...string) { d.b.Add(names...) }
