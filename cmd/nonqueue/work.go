@@ -68,6 +68,9 @@ func (c *Config) transferConfig() transfer.Config {
 		FileMode:       c.SSH.mode,
 		NoBinlogPools:  true, // openNode's replica and publish pools
 		Verify:         c.Results.Verify,
+		LockWait:       c.Results.LockWait,
+		SwapTries:      c.Results.SwapTries,
+		SwapBackoff:    c.Results.SwapBackoff,
 	}.WithDefaults()
 }
 
