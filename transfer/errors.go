@@ -23,8 +23,8 @@ var (
 	// ShipParams.LockTimeout (another publisher or the reaper holds it).
 	// Nothing was published.
 	ErrLockTimeout = errors.New("publish lock not acquired in time")
-	// ErrTableBusy: a query or an open transaction on the primary held a
-	// live result table through every try of the swap (Config.SwapTries,
+	// ErrTableBusy: a long query, an open transaction or a backup on the
+	// primary held a live result table through every try of the swap (Config.SwapTries,
 	// each waiting Config.LockWait for the metadata lock). Nothing was
 	// published and the staging tables were removed; readers of the old
 	// table saw no error. The run may be retried later, as the worker does

@@ -754,7 +754,7 @@ func (s *Shipper) publish(ctx context.Context, prim *session, p *ShipParams, tab
 			return published, old, err
 		}
 		if try >= s.cfg.SwapTries {
-			return false, nil, fmt.Errorf("%w: %s: a query or an open transaction on the primary held them through %d tries of the swap over %v, each waiting %v for their metadata locks; nothing published, readers kept the old tables: %w",
+			return false, nil, fmt.Errorf("%w: %s: a long query, an open transaction or a backup on the primary held them through %d tries of the swap over %v, each waiting %v for their metadata locks; nothing published, readers kept the old tables: %w",
 				ErrTableBusy, s.displayList(tables), try, time.Since(start).Round(100*time.Millisecond), s.cfg.LockWait, err)
 		}
 		pause := s.cfg.swapPause(try)
