@@ -19,28 +19,6 @@ const (
 	DefaultDialTimeout = 10 * time.Second
 	DefaultBackupKeep  = 3
 	DefaultLockTimeout = 10 * time.Second
-	// DefaultLockWait is one second: the longest a publish may stall the
-	// application's reads of a result table (the issue's goal is 2 s).
-	DefaultLockWait = time.Second
-	// DefaultSwapTries outlasts a reader of about a minute with the
-	// default pauses: tries start 0, 2, 5, 10, 15, … 60 s after the first
-	// (see Config.SwapTries). A minute is three times the 20 s report query
-	// that stalled the application, and a give-up costs a whole new run
-	// (procedure and transfer), so waiting longer is cheaper, up to the
-	// point where one busy table keeps an instance from other topics.
-	DefaultSwapTries = 14
-	// DefaultSwapBackoff caps the pause between two tries: at most one
-	// second of stalled reads in five while a long reader holds the table,
-	// and the publish lands at most about five seconds after it ends.
-	DefaultSwapBackoff = 4 * time.Second
-)
-
-// Limits of the swap settings.
-const (
-	maxLockWait    = time.Minute
-	maxSwapTries   = 1000
-	minSwapBackoff = 100 * time.Millisecond
-	maxSwapBackoff = 5 * time.Minute
 )
 
 // idPlaceholder is what a table template contains exactly once.
@@ -112,26 +90,6 @@ type Config struct {
 	// (set when connecting): Ship then skips turning it off and back on
 	// per session, two statements on each server per topic.
 	NoBinlogPools bool
-	// Verify is how a copy is checked before it goes live.
-	// VerifyBytes (default) compares the bytes themselves, read on the
-	// replica's host under the export lock (the files cannot change) with
-	// what landed on the primary's host: a file up to 64 KiB is read back
-	// over its still-open SFTP handle and compared byte for byte (one more
-	// SFTP request); bigger files are compared by `cksum` (CRC and size) on
-	// this host and on the primary's host over one SSH exec session per
-	// topic, so nothing is sent twice or re-read row by row through a
-	// server. Where cksum cannot run there (an SFTP-only login, no
-	// coreutils: probed once, logged) big files are read back over SFTP
-	// too. The primary must still open the shipped tables before the swap.
-	// VerifyChecksum compares CHECKSUM TABLE … EXTENDED on the replica
-	// (while the files stream) and on the primary (after them): both
-	// servers read every row, a read per row for a MyISAM table, which
-	// also cross-checks that both servers see the same rows. It cost 1.2 ms
-	// more CPU per topic than VerifyBytes for the benchmark's small
-	// results, 8 % of the throughput on two cores (make bench, measured
-	// alternately), and is far slower for big ones.
-	Verify string
-
 	// LockWait bounds how long each RENAME TABLE of a publish, and each
 	// DROP TABLE of a swapped-out or staging table, waits for the tables'
 	// metadata locks on the primary (lock_wait_timeout for that one
@@ -155,6 +113,25 @@ type Config struct {
 	// short lock clears fast and a long reader sees at most one stall of
 	// LockWait every LockWait + SwapBackoff. 100ms to 5m; default 4s.
 	SwapBackoff time.Duration
+	// Verify is how a copy is checked before it goes live.
+	// VerifyBytes (default) compares the bytes themselves, read on the
+	// replica's host under the export lock (the files cannot change) with
+	// what landed on the primary's host: a file up to 64 KiB is read back
+	// over its still-open SFTP handle and compared byte for byte (one more
+	// SFTP request); bigger files are compared by `cksum` (CRC and size) on
+	// this host and on the primary's host over one SSH exec session per
+	// topic, so nothing is sent twice or re-read row by row through a
+	// server. Where cksum cannot run there (an SFTP-only login, no
+	// coreutils: probed once, logged) big files are read back over SFTP
+	// too. The primary must still open the shipped tables before the swap.
+	// VerifyChecksum compares CHECKSUM TABLE … EXTENDED on the replica
+	// (while the files stream) and on the primary (after them): both
+	// servers read every row, a read per row for a MyISAM table, which
+	// also cross-checks that both servers see the same rows. It cost 1.2 ms
+	// more CPU per topic than VerifyBytes for the benchmark's small
+	// results, 8 % of the throughput on two cores (make bench, measured
+	// alternately), and is far slower for big ones.
+	Verify string
 }
 
 // Verification modes of Config.Verify.
@@ -256,6 +233,30 @@ func (c Config) Validate() error {
 	}
 	return c.ValidateSwap()
 }
+
+// Defaults and limits of the swap settings (Config.LockWait, SwapTries,
+// SwapBackoff).
+const (
+	// DefaultLockWait is one second: the longest a publish may stall the
+	// application's reads of a result table (the issue's goal is 2 s).
+	DefaultLockWait = time.Second
+	// DefaultSwapTries outlasts a reader of about a minute with the
+	// default pauses: tries start 0, 2, 5, 10, 15, … 60 s after the first
+	// (see Config.SwapTries). A minute is three times the 20 s report query
+	// that stalled the application, and a give-up costs a whole new run
+	// (procedure and transfer), so waiting longer is cheaper, up to the
+	// point where one busy table keeps an instance from other topics.
+	DefaultSwapTries = 14
+	// DefaultSwapBackoff caps the pause between two tries: at most one
+	// second of stalled reads in five while a long reader holds the table,
+	// and the publish lands at most about five seconds after it ends.
+	DefaultSwapBackoff = 4 * time.Second
+
+	maxLockWait    = time.Minute
+	maxSwapTries   = 1000
+	minSwapBackoff = 100 * time.Millisecond
+	maxSwapBackoff = 5 * time.Minute
+)
 
 // ValidateSwap checks LockWait, SwapTries and SwapBackoff alone, so a
 // configuration loader can report them before the rest of the transfer

@@ -121,11 +121,6 @@ type Results struct {
 	Tables     []string `toml:"tables"`      // templates such as "Dynamics_{id}"
 	BackupDir  string   `toml:"backup_dir"`  // optional local copy of shipped files
 	BackupKeep int      `toml:"backup_keep"` // copies kept per topic; default 3
-	// Verify: "bytes" (default: small files read back over SFTP, big
-	// ones compared by cksum on both hosts where it runs; "cksum" is its
-	// former name) or "checksum" (CHECKSUM TABLE on both servers, a read
-	// per row on each). See transfer.Config.Verify.
-	Verify string `toml:"verify"`
 	// LockWait bounds each wait of a publish's RENAME (and of the DROPs
 	// on the primary) for a result table's metadata lock, and so how long
 	// a publish can stall the application's reads of it: default 1s,
@@ -136,6 +131,11 @@ type Results struct {
 	LockWait    time.Duration `toml:"lock_wait"`
 	SwapTries   int           `toml:"swap_tries"`
 	SwapBackoff time.Duration `toml:"swap_backoff"`
+	// Verify: "bytes" (default: small files read back over SFTP, big
+	// ones compared by cksum on both hosts where it runs; "cksum" is its
+	// former name) or "checksum" (CHECKSUM TABLE on both servers, a read
+	// per row on each). See transfer.Config.Verify.
+	Verify string `toml:"verify"`
 }
 
 // Lag is the [lag] section: the lag gate.
