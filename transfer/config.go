@@ -106,7 +106,8 @@ type Config struct {
 	// every try and released in between, so an operator's release and the
 	// reaper are never kept out for longer than one try. Drops of
 	// swapped-out tables try as often while their cleanup timeout (10s)
-	// lasts, and then leave the tables to CleanupPrimary.
+	// lasts, and then leave the tables to CleanupPrimary. All the tries
+	// and pauses together may span at most 30 minutes.
 	SwapTries int
 	// SwapBackoff is the longest pause between two tries: the pauses start
 	// at LockWait (or SwapBackoff if smaller) and double up to it, so a
@@ -256,6 +257,10 @@ const (
 	maxSwapTries   = 1000
 	minSwapBackoff = 100 * time.Millisecond
 	maxSwapBackoff = 5 * time.Minute
+	// maxSwapSpan bounds how long one publish may keep trying: well inside
+	// the hour after which CleanupPrimary takes staging tables for a
+	// crashed run's, and long enough for any reader worth waiting for.
+	maxSwapSpan = 30 * time.Minute
 )
 
 // ValidateSwap checks LockWait, SwapTries and SwapBackoff alone, so a
@@ -272,7 +277,23 @@ func (c Config) ValidateSwap() error {
 	case c.SwapBackoff != 0 && (c.SwapBackoff < minSwapBackoff || c.SwapBackoff > maxSwapBackoff):
 		return &ConfigError{Field: "results.swap_backoff", Err: fmt.Errorf("%v: want %v to %v", c.SwapBackoff, minSwapBackoff, maxSwapBackoff)}
 	}
+	d := c
+	d.LockWait, d.SwapTries, d.SwapBackoff = cmp.Or(c.LockWait, DefaultLockWait), cmp.Or(c.SwapTries, DefaultSwapTries), cmp.Or(c.SwapBackoff, DefaultSwapBackoff)
+	if span := d.swapSpan(); span > maxSwapSpan {
+		return &ConfigError{Field: "results.swap_tries", Err: fmt.Errorf("%d tries of %v with pauses up to %v span %v, want at most %v (staging tables older than an hour are taken for a crashed run's)",
+			d.SwapTries, d.LockWait, d.SwapBackoff, span, maxSwapSpan)}
+	}
 	return nil
+}
+
+// swapSpan is the longest a publish keeps trying: every try waiting
+// LockWait, and the pauses between them.
+func (c Config) swapSpan() time.Duration {
+	span := time.Duration(c.SwapTries) * c.LockWait
+	for n := 1; n < c.SwapTries; n++ {
+		span += c.swapPause(n)
+	}
+	return span
 }
 
 // swapPause is the pause after the n-th failed try (n from 1): LockWait

@@ -78,6 +78,9 @@ func TestConfigValidate(t *testing.T) {
 		{"too many swap tries", func(c *transfer.Config) { c.SwapTries = 1001 }, "results.swap_tries", false},
 		{"swap backoff too short", func(c *transfer.Config) { c.SwapBackoff = 10 * time.Millisecond }, "results.swap_backoff", false},
 		{"swap backoff too long", func(c *transfer.Config) { c.SwapBackoff = time.Hour }, "results.swap_backoff", false},
+		// Tries spanning more than 30 minutes (here 1000 × 5 s).
+		{"swap tries span too long", func(c *transfer.Config) { c.SwapTries = 1000 }, "results.swap_tries", false},
+		{"swap tries span at most 30m", func(c *transfer.Config) { c.SwapTries = 350 }, "", false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
