@@ -177,9 +177,9 @@ const (
 //
 // Readers of a live table see the old or the new version, never an error
 // or a mix, and wait for a publish at most Config.LockWait, however long
-// another query holds the table. On any failure before the swap nothing is published and the
-// staging tables and files are removed (on a detached context); the error
-// says which step failed. After the swap, Ship returns its Shipment even
+// another query holds the table. On any failure before the swap nothing is
+// published and the staging tables and files are removed (on a detached
+// context); the error says which step failed. After the swap, Ship returns its Shipment even
 // with an error (ErrCommit, or a failed drop of an old table, which is only
 // logged and left for CleanupPrimary). A transfer that fails because the
 // SSH connection dropped is retried once on a new connection.
