@@ -100,7 +100,8 @@ func (s *Shipper) CleanupPrimary(ctx context.Context, primary *sql.DB, olderThan
 		return nil
 	}
 	sort.Strings(stale)
-	if _, err := sess.conn.ExecContext(ctx, fmt.Sprintf(dropSQL, s.qualifiedList(stale))); err != nil {
+	// One bounded try: the next sweep tries again.
+	if err := s.dropBounded(ctx, sess.conn, stale, 1); err != nil {
 		return fmt.Errorf("clean up staging tables: drop %d on the primary: %w", len(stale), err)
 	}
 	var errs []error

@@ -90,6 +90,30 @@ type Config struct {
 	// (set when connecting): Ship then skips turning it off and back on
 	// per session, two statements on each server per topic.
 	NoBinlogPools bool
+	// LockWait bounds how long each RENAME TABLE of a publish, and each
+	// DROP TABLE of a swapped-out or staging table, waits for the tables'
+	// metadata locks on the primary (lock_wait_timeout for that one
+	// statement: SET STATEMENT … FOR). While such a statement waits behind
+	// a long query of a result table, every new query of that table queues
+	// behind it, so this is the longest a publish stalls the application's
+	// reads. Then the statement fails having done nothing, the queued
+	// readers go on with the old table, and the swap is retried. Whole
+	// seconds (the server's unit), 1s to 1m; default 1s.
+	LockWait time.Duration
+	// SwapTries is how many times a publish tries its RENAME before it
+	// gives up with ErrTableBusy, nothing published and the staging tables
+	// removed; default 14. GET_LOCK and the fence are taken again for
+	// every try and released in between, so an operator's release and the
+	// reaper are never kept out for longer than one try. Drops of
+	// swapped-out tables try as often while their cleanup timeout (10s)
+	// lasts, and then leave the tables to CleanupPrimary. All the tries
+	// and pauses together may span at most 30 minutes.
+	SwapTries int
+	// SwapBackoff is the longest pause between two tries: the pauses start
+	// at LockWait (or SwapBackoff if smaller) and double up to it, so a
+	// short lock clears fast and a long reader sees at most one stall of
+	// LockWait every LockWait + SwapBackoff. 100ms to 5m; default 4s.
+	SwapBackoff time.Duration
 	// Verify is how a copy is checked before it goes live.
 	// VerifyBytes (default) compares the bytes themselves, read on the
 	// replica's host under the export lock (the files cannot change) with
@@ -144,6 +168,9 @@ func (c Config) WithDefaults() Config {
 	if c.PrimaryDatadir != "" {
 		c.PrimaryDatadir = path.Clean(c.PrimaryDatadir)
 	}
+	c.LockWait = cmp.Or(c.LockWait, DefaultLockWait)
+	c.SwapTries = cmp.Or(c.SwapTries, DefaultSwapTries)
+	c.SwapBackoff = cmp.Or(c.SwapBackoff, DefaultSwapBackoff)
 	c.Verify = cmp.Or(c.Verify, VerifyBytes)
 	if c.Verify == VerifyCksum {
 		c.Verify = VerifyBytes
@@ -205,7 +232,78 @@ func (c Config) Validate() error {
 	if c.BackupDir != "" && c.BackupKeep < 1 {
 		return &ConfigError{Field: "backup_keep", Err: errors.New("must be at least 1 when backup_dir is set")}
 	}
+	return c.ValidateSwap()
+}
+
+// Defaults and limits of the swap settings (Config.LockWait, SwapTries,
+// SwapBackoff).
+const (
+	// DefaultLockWait is one second: the longest a publish may stall the
+	// application's reads of a result table (the goal is 2 s).
+	DefaultLockWait = time.Second
+	// DefaultSwapTries outlasts a reader of about a minute with the
+	// default pauses: tries start 0, 2, 5, 10, 15, … 60 s after the first
+	// (see Config.SwapTries). A minute is three times the 20 s report query
+	// that stalled the application, and a give-up costs a whole new run
+	// (procedure and transfer), so waiting longer is cheaper, up to the
+	// point where one busy table keeps an instance from other topics.
+	DefaultSwapTries = 14
+	// DefaultSwapBackoff caps the pause between two tries: at most one
+	// second of stalled reads in five while a long reader holds the table,
+	// and the publish lands at most about five seconds after it ends.
+	DefaultSwapBackoff = 4 * time.Second
+
+	maxLockWait    = time.Minute
+	maxSwapTries   = 1000
+	minSwapBackoff = 100 * time.Millisecond
+	maxSwapBackoff = 5 * time.Minute
+	// maxSwapSpan bounds how long one publish may keep trying: well inside
+	// the hour after which CleanupPrimary takes staging tables for a
+	// crashed run's, and long enough for any reader worth waiting for.
+	maxSwapSpan = 30 * time.Minute
+)
+
+// ValidateSwap checks LockWait, SwapTries and SwapBackoff alone, so a
+// configuration loader can report them before the rest of the transfer
+// settings are complete. Zero means the default (WithDefaults).
+func (c Config) ValidateSwap() error {
+	switch {
+	case c.LockWait < 0 || c.LockWait > maxLockWait:
+		return &ConfigError{Field: "results.lock_wait", Err: fmt.Errorf("%v: want 1s to %v", c.LockWait, maxLockWait)}
+	case c.LockWait%time.Second != 0:
+		return &ConfigError{Field: "results.lock_wait", Err: fmt.Errorf("%v: want whole seconds (the server's lock_wait_timeout counts seconds)", c.LockWait)}
+	case c.SwapTries < 0 || c.SwapTries > maxSwapTries:
+		return &ConfigError{Field: "results.swap_tries", Err: fmt.Errorf("%d: want 1 to %d", c.SwapTries, maxSwapTries)}
+	case c.SwapBackoff != 0 && (c.SwapBackoff < minSwapBackoff || c.SwapBackoff > maxSwapBackoff):
+		return &ConfigError{Field: "results.swap_backoff", Err: fmt.Errorf("%v: want %v to %v", c.SwapBackoff, minSwapBackoff, maxSwapBackoff)}
+	}
+	d := c
+	d.LockWait, d.SwapTries, d.SwapBackoff = cmp.Or(c.LockWait, DefaultLockWait), cmp.Or(c.SwapTries, DefaultSwapTries), cmp.Or(c.SwapBackoff, DefaultSwapBackoff)
+	if span := d.swapSpan(); span > maxSwapSpan {
+		return &ConfigError{Field: "results.swap_tries", Err: fmt.Errorf("%d tries of %v with pauses up to %v span %v, want at most %v (staging tables older than an hour are taken for a crashed run's)",
+			d.SwapTries, d.LockWait, d.SwapBackoff, span, maxSwapSpan)}
+	}
 	return nil
+}
+
+// swapSpan is the longest a publish keeps trying: every try waiting
+// LockWait, and the pauses between them.
+func (c Config) swapSpan() time.Duration {
+	span := time.Duration(c.SwapTries) * c.LockWait
+	for n := 1; n < c.SwapTries; n++ {
+		span += c.swapPause(n)
+	}
+	return span
+}
+
+// swapPause is the pause after the n-th failed try (n from 1): LockWait
+// doubling up to SwapBackoff.
+func (c Config) swapPause(n int) time.Duration {
+	d := min(c.LockWait, c.SwapBackoff)
+	for i := 1; i < n && d < c.SwapBackoff; i++ {
+		d *= 2
+	}
+	return min(d, c.SwapBackoff)
 }
 
 // validateTemplate checks one table template: "{id}" exactly once, the rest

@@ -30,7 +30,12 @@
 //
 // RENAME TABLE of several pairs is one atomic step under the server's
 // metadata locks: a reader of a live table sees the old or the new table,
-// never neither and never a mix. Any failure before the swap removes the
+// never neither and never a mix. A RENAME waiting for a table's metadata
+// lock (held by a long query or an open transaction) makes every later
+// query of that table queue behind it, so it waits at most Config.LockWait,
+// gives way, and is tried again after a pause (gh-ost bounds its cut-over
+// the same way); after Config.SwapTries tries the publish fails with
+// ErrTableBusy. Drops on the primary are bounded alike. Any failure before the swap removes the
 // staging tables and files, so a half-copied table never goes live; what a
 // crash leaves behind carries a reserved prefix (nqtmp_, nqold_) and is
 // removed by CleanupPrimary; result tables a crash left on the replica are

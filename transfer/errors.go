@@ -23,6 +23,14 @@ var (
 	// ShipParams.LockTimeout (another publisher or the reaper holds it).
 	// Nothing was published.
 	ErrLockTimeout = errors.New("publish lock not acquired in time")
+	// ErrTableBusy: a long query, an open transaction or a backup on the
+	// primary held a live result table through every try of the swap (Config.SwapTries,
+	// each waiting Config.LockWait for the metadata lock). Nothing was
+	// published and the staging tables were removed; readers of the old
+	// table saw no error. The run may be retried later, as the worker does
+	// (released with its back-off); the message says which tables and for
+	// how long.
+	ErrTableBusy = errors.New("result table busy")
 	// ErrTableMissing: a result table does not exist on the replica (the
 	// procedure did not create it). Nothing was shipped.
 	ErrTableMissing = errors.New("result table missing on the replica")

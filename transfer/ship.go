@@ -151,6 +151,9 @@ const (
 	releaseLockSQL    = "SELECT /* nonqueue */ RELEASE_LOCK(?)"
 	existingTablesSQL = "SELECT /* nonqueue */ TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?"
 	renameSQL         = "RENAME /* nonqueue */ TABLE %s"
+	// boundedSQL runs a DDL statement (%s) with lock_wait_timeout = %d
+	// seconds for that statement only.
+	boundedSQL = "SET /* nonqueue */ STATEMENT lock_wait_timeout = %d FOR %s"
 )
 
 // Ship exports the topic's result tables from the local replica, streams
@@ -166,12 +169,17 @@ const (
 //     must equal the replica's (ErrChecksumMismatch);
 //  4. GET_LOCK(LockName), Fence (ErrFenced), one RENAME TABLE moving every
 //     live table aside and every staging table in, Commit (ErrCommit),
-//     RELEASE_LOCK, then DROP of the swapped-out tables.
+//     RELEASE_LOCK, then DROP of the swapped-out tables. The RENAME and the
+//     DROP wait at most Config.LockWait for their metadata locks; a RENAME
+//     that gives up releases the lock, pauses and tries again from
+//     GET_LOCK, Config.SwapTries times in all, and then fails with
+//     ErrTableBusy.
 //
 // Readers of a live table see the old or the new version, never an error
-// or a mix. On any failure before the swap nothing is published and the
-// staging tables and files are removed (on a detached context); the error
-// says which step failed. After the swap, Ship returns its Shipment even
+// or a mix, and wait for a publish at most Config.LockWait, however long
+// another query holds the table. On any failure before the swap nothing is
+// published and the staging tables and files are removed (on a detached
+// context); the error says which step failed. After the swap, Ship returns its Shipment even
 // with an error (ErrCommit, or a failed drop of an old table, which is only
 // logged and left for CleanupPrimary). A transfer that fails because the
 // SSH connection dropped is retried once on a new connection.
@@ -726,7 +734,10 @@ func (c *ctxReader) Size() int64 { return c.size }
 
 // publish runs steps 3 and 4 on the primary. It reports whether the swap
 // happened, and the swapped-out tables the caller drops once the lock is
-// released; after the swap, err can only be a Commit failure.
+// released; after the swap, err can only be a Commit failure. A swap whose
+// RENAME waits Config.LockWait for its metadata locks in vain (a long query
+// or an open transaction holds a live table) is tried again after a pause,
+// Config.SwapTries times in all, and then fails with ErrTableBusy.
 func (s *Shipper) publish(ctx context.Context, prim *session, p *ShipParams, tables []*stagedTable, dropped <-chan struct{}, log *slog.Logger) (published bool, old []string, err error) {
 	tmp := make([]string, len(tables))
 	for i, t := range tables {
@@ -735,15 +746,42 @@ func (s *Shipper) publish(ctx context.Context, prim *session, p *ShipParams, tab
 	if err := s.verifyPrimary(ctx, prim, tables, tmp); err != nil {
 		return false, nil, err
 	}
+	start := time.Now()
+	for try := 1; ; try++ {
+		var busy bool
+		published, old, busy, err = s.swap(ctx, prim, p, tables, dropped, log)
+		if !busy {
+			return published, old, err
+		}
+		if try >= s.cfg.SwapTries {
+			return false, nil, fmt.Errorf("%w: %s: a long query, an open transaction or a backup on the primary held them through %d tries of the swap over %v, each waiting %v for their metadata locks; nothing published, readers kept the old tables: %w",
+				ErrTableBusy, s.displayList(tables), try, time.Since(start).Round(100*time.Millisecond), s.cfg.LockWait, err)
+		}
+		pause := s.cfg.swapPause(try)
+		log.InfoContext(ctx, "result table busy: a query holds it; the swap gave way and tries again",
+			"tables", s.displayList(tables), "try", try, "tries", s.cfg.SwapTries, "retry_in", pause)
+		if err := sleepCtx(ctx, pause); err != nil {
+			return false, nil, fmt.Errorf("wait to retry the swap of a busy result table: %w", err)
+		}
+	}
+}
 
+// swap makes one try of the fenced swap: GET_LOCK, Fence, one RENAME TABLE
+// that waits at most Config.LockWait for its metadata locks, the replica's
+// drop, Commit, RELEASE_LOCK. busy reports a RENAME that gave up waiting:
+// then nothing was renamed, the readers queued behind it go on with the old
+// tables, and the lock is released before the caller's pause, so the
+// reaper and an operator's release are kept out for one try at most, never
+// for the whole series (the fence is taken again with the lock next time).
+func (s *Shipper) swap(ctx context.Context, prim *session, p *ShipParams, tables []*stagedTable, dropped <-chan struct{}, log *slog.Logger) (published bool, old []string, busy bool, err error) {
 	timeout := cmp.Or(p.LockTimeout, DefaultLockTimeout)
 	var got sql.NullInt64
 	if err := prim.conn.QueryRowContext(ctx, getLockSQL, p.LockName, timeout.Seconds()).Scan(&got); err != nil {
 		prim.bad = true // the lock may have been granted; closing the session frees it
-		return false, nil, fmt.Errorf("take publish lock %q on the primary: %w", p.LockName, err)
+		return false, nil, false, fmt.Errorf("take publish lock %q on the primary: %w", p.LockName, err)
 	}
 	if !got.Valid || got.Int64 != 1 {
-		return false, nil, fmt.Errorf("%w: %q is held by another session (the reaper or another publisher) after %v", ErrLockTimeout, p.LockName, timeout)
+		return false, nil, false, fmt.Errorf("%w: %q is held by another session (the reaper or another publisher) after %v", ErrLockTimeout, p.LockName, timeout)
 	}
 	defer func() {
 		cctx, cancel := cleanupContext(ctx)
@@ -756,10 +794,14 @@ func (s *Shipper) publish(ctx context.Context, prim *session, p *ShipParams, tab
 	}()
 
 	if err := p.Fence(ctx); err != nil {
-		return false, nil, fmt.Errorf("%w: topic %d, claim token %d: %w", ErrFenced, p.TopicID, p.Token, err)
+		return false, nil, false, fmt.Errorf("%w: topic %d, claim token %d: %w", ErrFenced, p.TopicID, p.Token, err)
 	}
 
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), swapTimeout)
+	// The server gives up each RENAME after LockWait (twice for a first
+	// publish), well before this context ends: a client that gave up
+	// first would leave the statement waiting, and stalling readers, in
+	// the server, and maybe renaming after all.
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), swapTimeout+2*s.cfg.LockWait)
 	defer cancel()
 	live := make([]string, len(tables))
 	for i, t := range tables {
@@ -770,17 +812,20 @@ func (s *Shipper) publish(ctx context.Context, prim *session, p *ShipParams, tab
 	// exist only when one does not (the topic's first publish). RENAME
 	// TABLE is atomic: when it fails, nothing was renamed.
 	pairs, old := s.swapPairs(tables, live)
-	_, err = prim.conn.ExecContext(sctx, fmt.Sprintf(renameSQL, strings.Join(pairs, ", ")))
+	err = s.execBounded(sctx, prim.conn, fmt.Sprintf(renameSQL, strings.Join(pairs, ", ")))
 	if isNoSuchTable(err) {
 		var existing []string
 		if existing, err = s.existingTables(sctx, prim.conn, live); err != nil {
-			return false, nil, err
+			return false, nil, false, err
 		}
 		pairs, old = s.swapPairs(tables, existing)
-		_, err = prim.conn.ExecContext(sctx, fmt.Sprintf(renameSQL, strings.Join(pairs, ", ")))
+		err = s.execBounded(sctx, prim.conn, fmt.Sprintf(renameSQL, strings.Join(pairs, ", ")))
+	}
+	if isLockWaitTimeout(err) {
+		return false, nil, true, fmt.Errorf("swap result tables in on the primary: %w", err)
 	}
 	if err != nil {
-		return false, nil, fmt.Errorf("swap result tables in on the primary: %w", err)
+		return false, nil, false, fmt.Errorf("swap result tables in on the primary: %w", err)
 	}
 	// The replica's drop, started before the checksum and bounded by its
 	// own cleanup timeout, must be over before Commit can make the topic
@@ -791,10 +836,66 @@ func (s *Shipper) publish(ctx context.Context, prim *session, p *ShipParams, tab
 	<-dropped
 	if p.Commit != nil {
 		if err := p.Commit(sctx); err != nil {
-			return true, old, fmt.Errorf("%w: %w", ErrCommit, err)
+			return true, old, false, fmt.Errorf("%w: %w", ErrCommit, err)
 		}
 	}
-	return true, old, nil
+	return true, old, false, nil
+}
+
+// execBounded runs a DDL statement on the primary that waits at most
+// Config.LockWait for its metadata locks (SET STATEMENT lock_wait_timeout
+// … FOR: nothing is left in the session for the pool). A RENAME or DROP
+// queued for a table's metadata lock makes every later query of that table
+// queue behind it; the bound is what keeps a long reader from stalling all
+// the others.
+func (s *Shipper) execBounded(ctx context.Context, conn *sql.Conn, stmt string) error {
+	_, err := conn.ExecContext(ctx, fmt.Sprintf(boundedSQL, int64(s.cfg.LockWait/time.Second), stmt))
+	return err
+}
+
+// dropBounded drops names on the primary, each try waiting at most
+// Config.LockWait for the metadata locks, again after the swap's pauses, at
+// most tries times and while ctx leaves time for a whole try. Nothing
+// queries a swapped-out or staging table, but a backup (FLUSH TABLES WITH
+// READ LOCK, BACKUP STAGE) or a LOCK TABLES of the schema can hold it;
+// unbounded, the DROP would hold up the dropper, and would go on waiting in
+// the server after its client gave up.
+func (s *Shipper) dropBounded(ctx context.Context, conn *sql.Conn, names []string, tries int) error {
+	stmt := fmt.Sprintf(dropSQL, s.qualifiedList(names))
+	for try := 1; ; try++ {
+		err := s.execBounded(ctx, conn, stmt)
+		if err == nil || !isLockWaitTimeout(err) || try >= tries {
+			return err
+		}
+		pause := s.cfg.swapPause(try)
+		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < pause+s.cfg.LockWait {
+			return err
+		}
+		if sleepCtx(ctx, pause) != nil {
+			return err
+		}
+	}
+}
+
+// displayList names the live tables for messages: schema.table, ….
+func (s *Shipper) displayList(tables []*stagedTable) string {
+	names := make([]string, len(tables))
+	for i, t := range tables {
+		names[i] = s.cfg.Schema + "." + t.live
+	}
+	return strings.Join(names, ", ")
+}
+
+// sleepCtx waits d, or returns ctx's error if it ends first.
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
 }
 
 // verifyPrimary checks the staged tables on the primary before the swap:
@@ -827,10 +928,11 @@ func (s *Shipper) verifyPrimary(ctx context.Context, prim *session, tables []*st
 	return nil
 }
 
-// dropSwappedOut drops tables a publish swapped out. A failure is logged,
-// not returned: CleanupPrimary drops what is left.
+// dropSwappedOut drops tables a publish swapped out, bounded as
+// dropBounded (ctx, a cleanup context, allows about three tries). A failure
+// is logged, not returned: CleanupPrimary drops what is left.
 func (s *Shipper) dropSwappedOut(ctx context.Context, conn *sql.Conn, names []string, log *slog.Logger) error {
-	_, err := conn.ExecContext(ctx, fmt.Sprintf(dropSQL, s.qualifiedList(names)))
+	err := s.dropBounded(ctx, conn, names, s.cfg.SwapTries)
 	if err != nil {
 		log.WarnContext(ctx, "drop swapped-out tables on the primary; CleanupPrimary will", "tables", names, "err", err)
 	}
@@ -848,6 +950,14 @@ func (s *Shipper) swapPairs(tables []*stagedTable, existing []string) (pairs, ol
 		pairs = append(pairs, s.qualified(t.tmp)+" TO "+s.qualified(t.live))
 	}
 	return pairs, old
+}
+
+// isLockWaitTimeout reports MySQL error 1205 (ER_LOCK_WAIT_TIMEOUT): for
+// a RENAME or DROP of MyISAM tables, lock_wait_timeout ran out waiting for
+// a metadata lock, and the statement did nothing.
+func isLockWaitTimeout(err error) bool {
+	var me *mysql.MySQLError
+	return errors.As(err, &me) && me.Number == 1205
 }
 
 // isNoSuchTable reports MySQL error 1146 (ER_NO_SUCH_TABLE).
@@ -900,17 +1010,16 @@ func (s *Shipper) removeStaging(ctx context.Context, prim *session, primary *sql
 	for i, t := range tables {
 		tmp[i] = t.tmp
 	}
-	drop := fmt.Sprintf(dropSQL, s.qualifiedList(tmp))
 	var err error
 	if !prim.bad {
-		if _, err = prim.conn.ExecContext(cctx, drop); err != nil {
+		if err = s.dropBounded(cctx, prim.conn, tmp, s.cfg.SwapTries); err != nil {
 			prim.bad = true
 		}
 	}
 	if prim.bad {
 		var sess *session
 		if sess, err = openSession(cctx, primary, "primary", s.cfg.NoBinlogPools); err == nil {
-			_, err = sess.conn.ExecContext(cctx, drop)
+			err = s.dropBounded(cctx, sess.conn, tmp, s.cfg.SwapTries)
 			sess.close(cctx)
 		}
 	}

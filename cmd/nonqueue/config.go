@@ -121,6 +121,16 @@ type Results struct {
 	Tables     []string `toml:"tables"`      // templates such as "Dynamics_{id}"
 	BackupDir  string   `toml:"backup_dir"`  // optional local copy of shipped files
 	BackupKeep int      `toml:"backup_keep"` // copies kept per topic; default 3
+	// LockWait bounds each wait of a publish's RENAME (and of the DROPs
+	// on the primary) for a result table's metadata lock, and so how long
+	// a publish can stall the application's reads of it: default 1s,
+	// whole seconds. SwapTries (default 14) and SwapBackoff (the longest
+	// pause between tries, default 4s) say how long a publish keeps trying
+	// while a long query holds the table before it gives up with "result
+	// table busy". See transfer.Config.
+	LockWait    time.Duration `toml:"lock_wait"`
+	SwapTries   int           `toml:"swap_tries"`
+	SwapBackoff time.Duration `toml:"swap_backoff"`
 	// Verify: "bytes" (default: small files read back over SFTP, big
 	// ones compared by cksum on both hosts where it runs; "cksum" is its
 	// former name) or "checksum" (CHECKSUM TABLE on both servers, a read
@@ -186,6 +196,19 @@ func LoadConfig(path string) (*Config, error) {
 		if err := c.Dashboard.Replicas[i].validate(fmt.Sprintf("dashboard.replicas[%d]", i)); err != nil {
 			return nil, err
 		}
+	}
+	// Zero means "the default" in transfer.Config; written in the file it
+	// is a mistake (no wait at all, no try), not a request for the default.
+	for _, k := range []struct {
+		key  string
+		zero bool
+	}{{"lock_wait", c.Results.LockWait == 0}, {"swap_tries", c.Results.SwapTries == 0}, {"swap_backoff", c.Results.SwapBackoff == 0}} {
+		if md.IsDefined("results", k.key) && k.zero {
+			return nil, &ConfigError{Key: "results." + k.key, Err: errors.New("is zero: leave it out for the default, or give a positive value")}
+		}
+	}
+	if err := c.transferConfig().ValidateSwap(); err != nil {
+		return nil, err
 	}
 	if md.IsDefined("ssh") {
 		c.SSH.Port = cmp.Or(c.SSH.Port, 22)

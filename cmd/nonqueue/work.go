@@ -65,6 +65,9 @@ func (c *Config) transferConfig() transfer.Config {
 		Tables:         c.Results.Tables,
 		BackupDir:      c.Results.BackupDir,
 		BackupKeep:     c.Results.BackupKeep,
+		LockWait:       c.Results.LockWait,
+		SwapTries:      c.Results.SwapTries,
+		SwapBackoff:    c.Results.SwapBackoff,
 		FileMode:       c.SSH.mode,
 		NoBinlogPools:  true, // openNode's replica and publish pools
 		Verify:         c.Results.Verify,
