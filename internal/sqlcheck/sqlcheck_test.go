@@ -1,0 +1,176 @@
+package sqlcheck
+
+import (
+	"errors"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+func TestPlainSelect(t *testing.T) {
+	t.Parallel()
+	accepted := []struct{ in, out string }{
+		{"SELECT id FROM app.t", ""},
+		{"select id from t where note = 'into outfile' and x = \"for update\"", ""},
+		{"SELECT `into`, `sleep`(1) FROM t", ""}, // quoted identifiers are names, not keywords
+		{"SELECT id FROM t -- INTO OUTFILE '/tmp/x'\nWHERE 1", ""},
+		{"SELECT id FROM t # ; DROP TABLE t\n", ""},
+		{"SELECT id /* ; DROP TABLE t */ FROM t", ""},
+		{"SELECT id FROM t;", "SELECT id FROM t"},
+		{"SELECT id FROM t ;  -- done\n /* really */ ", "SELECT id FROM t "},
+		{"(SELECT id FROM a) UNION (SELECT id FROM b)", ""},
+		{"SELECT 'it''s', \"say \"\"hi\"\"\" FROM t", ""},
+		{"SELECT id FROM t WHERE a = 1--1", ""}, // minus minus one, not a comment
+		{"SELECT id FROM t FOR SYSTEM_TIME AS OF '2026-01-01'", ""},
+		{"SELECT locked, updated_at, intoxicated FROM t", ""}, // words that merely start like refused ones
+		{"SELECT id FROM t WHERE s = 'a\\\\b'", ""},           // an escaped backslash: the same string in both modes
+		{"SELECT REPLACE(name, 'a', 'b'), INSERT(name, 1, 1, 'x') FROM t", ""},
+	}
+	for _, tc := range accepted {
+		got, err := PlainSelect(tc.in)
+		want := tc.out
+		if want == "" {
+			want = tc.in
+		}
+		if err != nil || got != want {
+			t.Errorf("PlainSelect(%q) = %q, %v; want %q", tc.in, got, err, want)
+		}
+	}
+	refused := []struct{ in, why string }{
+		{"", "empty"},
+		{"  -- nothing\n", "empty"},
+		{"CREATE TABLE app.nq_probe (x INT)", "starts with CREATE"},
+		{"create table x (id int) as select 1", "starts with CREATE"},
+		{"INSERT INTO t VALUES (1)", "starts with INSERT"},
+		{"UPDATE t SET a = 1", "starts with UPDATE"},
+		{"DELETE FROM t", "starts with DELETE"},
+		{"CALL app.p(1)", "starts with CALL"},
+		{"DO SLEEP(1)", "starts with DO"},
+		{"SET @a = 1", "starts with SET"},
+		{"DROP TABLE t", "starts with DROP"},
+		{"WITH c AS (SELECT 1) SELECT * FROM c", "WITH is not accepted"},
+		{"/*!50000 DROP TABLE t */ SELECT 1", "executable comment"},
+		{"SELECT 1 /*M!100000 INTO OUTFILE '/tmp/x' */", "executable comment"},
+		{"SELECT id FROM t INTO OUTFILE '/tmp/x'", "INTO"},
+		{"SELECT id FROM t INTO DUMPFILE '/tmp/x'", "INTO"},
+		{"SELECT id INTO @v FROM t", "INTO"},
+		{"SELECT id FROM t FOR UPDATE", "FOR UPDATE"},
+		{"SELECT id FROM t FOR /* x */ SHARE", "FOR SHARE"},
+		{"SELECT id FROM t LOCK IN SHARE MODE", "LOCK IN SHARE MODE"},
+		{"SELECT id FROM t WHERE id IN (SELECT id FROM u FOR UPDATE)", "FOR UPDATE"},
+		{"SELECT id FROM t PROCEDURE ANALYSE()", "PROCEDURE"},
+		{"SELECT GET_LOCK('nonqueue', 10)", "GET_LOCK"},
+		{"SELECT sleep(100)", "SLEEP"},
+		{"SELECT BENCHMARK(1e9, MD5('x'))", "BENCHMARK"},
+		{"SELECT LOAD_FILE('/etc/passwd')", "LOAD_FILE"},
+		{"SELECT NEXTVAL(s)", "NEXTVAL"},
+		{"SELECT NEXT VALUE FOR s", "NEXT VALUE FOR"},
+		{"SELECT 1; DROP TABLE t", "more than one statement"},
+		{"SELECT 1;;", "more than one statement"},
+		{"SELECT 1; SELECT 2", "more than one statement"},
+		{"SELECT 'abc", "unterminated string"},
+		{"SELECT `abc", "unterminated quoted identifier"},
+		{"SELECT 1 /* abc", "unterminated /* comment"},
+		{"SELECT 'a\\'; DROP TABLE t; -- '", "NO_BACKSLASH_ESCAPES"},
+		{"SELECT id, '\\' INTO OUTFILE '/tmp/x' -- ' FROM t", "NO_BACKSLASH_ESCAPES"},
+		{"SELECT \"\\\"; DROP TABLE t; -- \"", "NO_BACKSLASH_ESCAPES"},
+		{"SELECT 1\x00; DROP TABLE t", "NUL byte"},
+		{"SELECT '\xff'", "UTF-8"},
+		{"SELECT 1 --\u00a0; DROP TABLE t", "non-ASCII"},
+		{"(( 1", "starts with 1"},
+		{"(( -1", "starts with \"-\""},
+	}
+	for _, tc := range refused {
+		got, err := PlainSelect(tc.in)
+		if err == nil {
+			t.Errorf("PlainSelect(%q) accepted: %q", tc.in, got)
+			continue
+		}
+		if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), tc.why) {
+			t.Errorf("PlainSelect(%q): %v; want an ErrRefused saying %q", tc.in, err, tc.why)
+		}
+	}
+}
+
+// secondStatements are appended after a ';' by the fuzz test.
+var secondStatements = []string{
+	"DROP TABLE t", "SELECT 1", "CREATE TABLE x (a INT)", "UPDATE t SET a = 1", "x",
+}
+
+// FuzzPlainSelect: PlainSelect never panics; what it accepts has no ';'
+// outside strings, identifiers and comments (by an independent, regular
+// expression reading) and is a prefix of the input followed only by ';',
+// whitespace and comments; and a query it accepts, followed by a new line,
+// a ';' and another statement, is refused.
+func FuzzPlainSelect(f *testing.F) {
+	for _, s := range []string{
+		"SELECT id FROM t",
+		"SELECT id FROM t;",
+		"SELECT 'a;b' FROM t -- c;d\n",
+		"SELECT `a;``b` FROM t /* ; */",
+		"SELECT 'a\\'; DROP TABLE t; -- '",
+		"SELECT \"\\\"; DROP TABLE t; -- \"",
+		"SELECT 1 # ;\n; DROP TABLE t",
+		"SELECT 1 --; DROP TABLE t",
+		"SELECT 1 -- ; DROP TABLE t",
+		"/*! SELECT 1 */ ; DROP TABLE t",
+		"(SELECT 1) UNION (SELECT 2)",
+		"SELECT 'it''s'",
+		"SELECT 1 /* a */; /* b */",
+		"SELECT x'41', _utf8mb4'a', N'b', @`v`, @'w'",
+	} {
+		f.Add(s, uint8(0))
+	}
+	f.Fuzz(func(t *testing.T, q string, pick uint8) {
+		out, err := PlainSelect(q)
+		if err != nil {
+			if !errors.Is(err, ErrRefused) {
+				t.Fatalf("PlainSelect(%q): error %v does not wrap ErrRefused", q, err)
+			}
+			return
+		}
+		if !strings.HasPrefix(q, out) {
+			t.Fatalf("PlainSelect(%q) = %q, not a prefix", q, out)
+		}
+		for _, backslash := range []bool{true, false} {
+			if strings.Contains(stripQuoted(out, backslash), ";") {
+				t.Fatalf("PlainSelect(%q) accepted %q with a top-level ';' (backslash escapes %v)", q, out, backslash)
+			}
+			rest := strings.TrimSpace(stripQuoted(q[len(out):], backslash))
+			if rest != "" && rest != ";" {
+				t.Fatalf("PlainSelect(%q) accepted %q, leaving %q after it (backslash escapes %v)", q, out, rest, backslash)
+			}
+		}
+		second := secondStatements[int(pick)%len(secondStatements)]
+		if got, err := PlainSelect(q + "\n;" + second); err == nil {
+			t.Fatalf("PlainSelect accepted %q followed by ;%s: %q", q, second, got)
+		}
+	})
+}
+
+// quotedOrComment matches, at the start of a string, one token to remove:
+// the reference reading of MariaDB's quoting written independently of lex.
+var (
+	quotedBackslash = regexp.MustCompile(`^(?s:'(?:[^'\\]|\\.|'')*'|"(?:[^"\\]|\\.|"")*"|` + "`(?:[^`]|``)*`" + `|/\*.*?\*/|#[^\n]*|--[\x00-\x20\x7f][^\n]*|--$)`)
+	quotedPlain     = regexp.MustCompile(`^(?s:'(?:[^']|'')*'|"(?:[^"]|"")*"|` + "`(?:[^`]|``)*`" + `|/\*.*?\*/|#[^\n]*|--[\x00-\x20\x7f][^\n]*|--$)`)
+)
+
+// stripQuoted replaces every string, quoted identifier and comment of s
+// with a space.
+func stripQuoted(s string, backslash bool) string {
+	re := quotedPlain
+	if backslash {
+		re = quotedBackslash
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		if m := re.FindString(s[i:]); m != "" && strings.ContainsRune("'\"`/#-", rune(s[i])) {
+			b.WriteByte(' ')
+			i += len(m)
+			continue
+		}
+		b.WriteByte(s[i])
+		i++
+	}
+	return b.String()
+}
