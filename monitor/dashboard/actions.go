@@ -36,8 +36,9 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	now := time.Now()
-	if s.sessions.throttled(now) {
-		s.fail(w, r, http.StatusTooManyRequests, "too many failed logins in the last minute; wait and retry")
+	client := s.clientKey(r)
+	if s.sessions.throttled(client, now) {
+		s.fail(w, r, http.StatusTooManyRequests, "too many failed logins from your address in the last minute; wait a minute and retry")
 		return
 	}
 	name := strings.TrimSpace(r.PostForm.Get("name"))
@@ -46,11 +47,12 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !equalSecret(string(s.cfg.OperatorToken), r.PostForm.Get("token")) {
-		s.sessions.failed(now)
-		s.log.WarnContext(r.Context(), "dashboard login refused: wrong operator token", "operator", name, "remote", r.RemoteAddr)
+		s.sessions.failed(client, now)
+		s.log.WarnContext(r.Context(), "dashboard login refused: wrong operator token", "operator", name, "remote", r.RemoteAddr, "client", client)
 		s.fail(w, r, http.StatusForbidden, "wrong operator token")
 		return
 	}
+	s.sessions.loggedIn(client)
 	id, _ := s.sessions.create(name, now)
 	http.SetCookie(w, s.cookie(r, sessionCookie, id, int(s.cfg.SessionTTL.Seconds())))
 	s.log.InfoContext(r.Context(), "dashboard login", "operator", name, "remote", r.RemoteAddr)
