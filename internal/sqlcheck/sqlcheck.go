@@ -25,9 +25,13 @@
 //   - NUL bytes, invalid UTF-8, unterminated strings and comments.
 //
 // Because the server's reading of a quoted string depends on the session's
-// sql_mode (NO_BACKSLASH_ESCAPES, ANSI_QUOTES), a query is lexed both with
-// and without backslash escapes and accepted only if both readings accept it
-// and agree on where it ends.
+// sql_mode, a query is lexed the three ways MariaDB can read it: backslash
+// escapes in '…' and "…" (the default), in neither (NO_BACKSLASH_ESCAPES),
+// and in '…' only ("…" an identifier under ANSI_QUOTES); it is accepted
+// only if every reading accepts it and they agree on where it ends. Square
+// brackets are refused outside quotes: under sql_mode MSSQL they quote an
+// identifier, [a'b], and a quote inside them would start a string for
+// this lexer only.
 //
 // What a lexer cannot know is what a stored or user-defined function does;
 // the caller must still run the query in a read-only transaction, which the
@@ -35,6 +39,7 @@
 package sqlcheck
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"strings"
@@ -73,30 +78,37 @@ func PlainSelect(query string) (string, error) {
 	if !utf8.ValidString(query) {
 		return "", refuse(invalidUTF8At(query), "the query is not valid UTF-8")
 	}
-	cutA, errA := check(query, true)
-	cutB, errB := check(query, false)
-	switch {
-	case errA != nil && errB != nil:
-		return "", errA
-	case errA != nil || errB != nil:
-		at := 0
-		var re *RefusedError
-		if errors.As(cmpOr(errA, errB), &re) {
-			at = re.Offset
+	cut := -1
+	var first error
+	for i, m := range quotingModes {
+		end, err := check(query, m)
+		switch {
+		case i == 0:
+			cut, first = end, err
+		case (err == nil) != (first == nil):
+			at := 0
+			var re *RefusedError
+			if errors.As(cmp.Or(first, err), &re) {
+				at = re.Offset
+			}
+			return "", refuse(at, "the query reads differently under the sql_modes NO_BACKSLASH_ESCAPES or ANSI_QUOTES (a backslash in a quoted string): write a quote inside a string as '' rather than \\'")
+		case err == nil && end != cut:
+			return "", refuse(min(cut, end), "the query reads differently under the sql_modes NO_BACKSLASH_ESCAPES or ANSI_QUOTES")
 		}
-		return "", refuse(at, "the query reads differently with and without the sql_mode NO_BACKSLASH_ESCAPES (a backslash in a quoted string): write a quote inside a string as '' rather than \\'")
-	case cutA != cutB:
-		return "", refuse(min(cutA, cutB), "the query reads differently with and without the sql_mode NO_BACKSLASH_ESCAPES")
 	}
-	return query[:cutA], nil
+	if first != nil {
+		return "", first
+	}
+	return query[:cut], nil
 }
 
-func cmpOr(a, b error) error {
-	if a != nil {
-		return a
-	}
-	return b
-}
+// quoting is one way the server may read quoted text: whether a backslash
+// escapes the next byte in '…' and in "…" (never in `…`).
+type quoting struct{ single, double bool }
+
+// quotingModes: the default sql_mode first (its errors are reported),
+// then NO_BACKSLASH_ESCAPES, then ANSI_QUOTES.
+var quotingModes = []quoting{{true, true}, {false, false}, {true, false}}
 
 func invalidUTF8At(s string) int {
 	for i, r := range s {
@@ -124,11 +136,9 @@ type token struct {
 	pos  int
 }
 
-// lex splits q into tokens, dropping whitespace and comments. backslash
-// says whether a backslash escapes the next byte in '…' and "…" (the
-// default sql_mode) or not (NO_BACKSLASH_ESCAPES; "…" as an identifier
-// under ANSI_QUOTES reads the same way).
-func lex(q string, backslash bool) ([]token, error) {
+// lex splits q into tokens as the server would under the quoting m,
+// dropping whitespace and comments.
+func lex(q string, m quoting) ([]token, error) {
 	var toks []token
 	n := len(q)
 	for i := 0; i < n; {
@@ -137,7 +147,7 @@ func lex(q string, backslash bool) ([]token, error) {
 		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v':
 			i++
 		case c == '\'' || c == '"' || c == '`':
-			end, err := skipQuoted(q, i, backslash && c != '`')
+			end, err := skipQuoted(q, i, c == '\'' && m.single || c == '"' && m.double)
 			if err != nil {
 				return nil, err
 			}
@@ -169,6 +179,8 @@ func lex(q string, backslash bool) ([]token, error) {
 		case c == ';':
 			toks = append(toks, token{semi, ";", i})
 			i++
+		case c == '[' || c == ']':
+			return nil, refuse(i, "square brackets are not accepted (they quote identifiers under sql_mode MSSQL): quote names with backquotes")
 		case isWordByte(c):
 			j := i
 			for j < n && isWordByte(q[j]) {
@@ -247,10 +259,10 @@ var refusedWords = map[string]string{
 	"SETVAL":            "SETVAL changes a sequence",
 }
 
-// check lexes q in one quoting mode and returns where the statement ends
+// check lexes q under the quoting m and returns where the statement ends
 // (before the optional trailing ';').
-func check(q string, backslash bool) (int, error) {
-	toks, err := lex(q, backslash)
+func check(q string, m quoting) (int, error) {
+	toks, err := lex(q, m)
 	if err != nil {
 		return 0, err
 	}

@@ -78,6 +78,8 @@ func TestPlainSelect(t *testing.T) {
 		{"SELECT '\xff'", "UTF-8"},
 		{"SELECT 1 --\u00a0; DROP TABLE t", "non-ASCII"},
 		{"(( 1", "starts with 1"},
+		{"SELECT 1 AS [a'b] INTO OUTFILE '/tmp/x' -- ']", "square brackets"},
+		{"SELECT \"a\\\"b\"", "NO_BACKSLASH_ESCAPES or ANSI_QUOTES"},
 		{"(( -1", "starts with \"-\""},
 	}
 	for _, tc := range refused {
@@ -118,6 +120,8 @@ func FuzzPlainSelect(f *testing.F) {
 		"SELECT 'it''s'",
 		"SELECT 1 /* a */; /* b */",
 		"SELECT x'41', _utf8mb4'a', N'b', @`v`, @'w'",
+		"SELECT [a'b] -- ']",
+		"SELECT \"\\\"; DROP TABLE t; -- \" '\\''",
 	} {
 		f.Add(s, uint8(0))
 	}
@@ -132,13 +136,13 @@ func FuzzPlainSelect(f *testing.F) {
 		if !strings.HasPrefix(q, out) {
 			t.Fatalf("PlainSelect(%q) = %q, not a prefix", q, out)
 		}
-		for _, backslash := range []bool{true, false} {
-			if strings.Contains(stripQuoted(out, backslash), ";") {
-				t.Fatalf("PlainSelect(%q) accepted %q with a top-level ';' (backslash escapes %v)", q, out, backslash)
+		for _, m := range quotingModes {
+			if top := stripQuoted(out, m); strings.ContainsAny(top, ";[]") {
+				t.Fatalf("PlainSelect(%q) accepted %q with a top-level ';' or bracket (quoting %+v): %q", q, out, m, top)
 			}
-			rest := strings.TrimSpace(stripQuoted(q[len(out):], backslash))
+			rest := strings.TrimSpace(stripQuoted(q[len(out):], m))
 			if rest != "" && rest != ";" {
-				t.Fatalf("PlainSelect(%q) accepted %q, leaving %q after it (backslash escapes %v)", q, out, rest, backslash)
+				t.Fatalf("PlainSelect(%q) accepted %q, leaving %q after it (quoting %+v)", q, out, rest, m)
 			}
 		}
 		second := secondStatements[int(pick)%len(secondStatements)]
@@ -148,26 +152,41 @@ func FuzzPlainSelect(f *testing.F) {
 	})
 }
 
-// quotedOrComment matches, at the start of a string, one token to remove:
-// the reference reading of MariaDB's quoting written independently of lex.
-var (
-	quotedBackslash = regexp.MustCompile(`^(?s:'(?:[^'\\]|\\.|'')*'|"(?:[^"\\]|\\.|"")*"|` + "`(?:[^`]|``)*`" + `|/\*.*?\*/|#[^\n]*|--[\x00-\x20\x7f][^\n]*|--$)`)
-	quotedPlain     = regexp.MustCompile(`^(?s:'(?:[^']|'')*'|"(?:[^"]|"")*"|` + "`(?:[^`]|``)*`" + `|/\*.*?\*/|#[^\n]*|--[\x00-\x20\x7f][^\n]*|--$)`)
-)
-
-// stripQuoted replaces every string, quoted identifier and comment of s
-// with a space.
-func stripQuoted(s string, backslash bool) string {
-	re := quotedPlain
-	if backslash {
-		re = quotedBackslash
+// quotedRE builds, for a quoting mode, a regular expression matching at
+// the start of a string one token to remove: a string, a quoted
+// identifier or a comment. It is the reference reading of MariaDB's
+// quoting, written independently of lex.
+func quotedRE(m quoting) *regexp.Regexp {
+	single, double := `'(?:[^']|'')*'`, `"(?:[^"]|"")*"`
+	if m.single {
+		single = `'(?:[^'\\]|\\.|'')*'`
 	}
+	if m.double {
+		double = `"(?:[^"\\]|\\.|"")*"`
+	}
+	return regexp.MustCompile(`^(?s:` + single + `|` + double + `|` + "`(?:[^`]|``)*`" + `|/\*.*?\*/|#[^\n]*|--[\x00-\x20\x7f][^\n]*|--$)`)
+}
+
+var quotedREs = map[quoting]*regexp.Regexp{}
+
+func init() {
+	for _, m := range quotingModes {
+		quotedREs[m] = quotedRE(m)
+	}
+}
+
+// stripQuoted replaces every string, quoted identifier and comment of s,
+// as read under m, with a space.
+func stripQuoted(s string, m quoting) string {
+	re := quotedREs[m]
 	var b strings.Builder
 	for i := 0; i < len(s); {
-		if m := re.FindString(s[i:]); m != "" && strings.ContainsRune("'\"`/#-", rune(s[i])) {
-			b.WriteByte(' ')
-			i += len(m)
-			continue
+		if strings.ContainsRune("'\"`/#-", rune(s[i])) {
+			if t := re.FindString(s[i:]); t != "" {
+				b.WriteByte(' ')
+				i += len(t)
+				continue
+			}
 		}
 		b.WriteByte(s[i])
 		i++
