@@ -1,6 +1,7 @@
 package queue_test
 
 import (
+	"database/sql"
 	"errors"
 	"testing"
 
@@ -45,4 +46,55 @@ func TestRequestRefusesBadInput(t *testing.T) {
 			t.Errorf("IDsFromQuery(%q) = %v, want an error", q, ids)
 		}
 	}
+}
+
+// TestPlainSelectAgreesWithServer: what the lexer accepts, the server
+// never reads as INTO. Queries glue `INTO @nq_probe` to numbers, strings,
+// identifiers and comments of every form, with and without space, and run
+// under the sql_modes that change quoting; after each accepted one the
+// variable must still be NULL. (This found 1.5INTO, .5INTO and 1e1INTO:
+// the server ends a decimal number where its digits end.)
+func TestPlainSelectAgreesWithServer(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	conn, err := b.db.Conn(b.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	prefixes := []string{
+		"1", "1.5", ".5", "1.", "1e1", "1.5e-3", "1e+1", "0x1F", "0b1", "x'41'", "N'a'", "_utf8mb4'a'",
+		"'a'", "'a\\''", "'a\\\\'", "\"a\"", "\"a\\\"\"", "`a`", "`a``b`", "a", "@a", "(1)", "NULL",
+		"1 /* x */", "1 -- x\n", "1 #x\n", "1 --\x01", "'\\' ", "\"\\\" ", "1 AS [a'b]", "\"\\\" , '\\'",
+	}
+	var accepted, refused int
+	for _, mode := range []string{"DEFAULT", "'NO_BACKSLASH_ESCAPES'", "'ANSI_QUOTES'", "'MSSQL'"} {
+		if _, err := conn.ExecContext(b.ctx, "SET SESSION sql_mode = "+mode); err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range prefixes {
+			for _, sep := range []string{"", " ", "/**/", "\n"} {
+				for _, tail := range []string{"INTO @nq_probe", "into @nq_probe", "INTO @nq_probe -- '", "INTO @nq_probe -- \""} {
+					q := "SELECT " + p + sep + tail
+					if _, err := sqlcheck.PlainSelect(q); err != nil {
+						refused++
+						continue
+					}
+					accepted++
+					if rows, err := conn.QueryContext(b.ctx, q); err == nil {
+						rows.Close()
+					}
+					var v sql.NullString
+					if err := conn.QueryRowContext(b.ctx, "SELECT @nq_probe").Scan(&v); err != nil {
+						t.Fatal(err)
+					}
+					if v.Valid {
+						t.Errorf("sql_mode %s: the lexer accepted %q, and the server set @nq_probe = %q", mode, q, v.String)
+						conn.ExecContext(b.ctx, "SET @nq_probe = NULL")
+					}
+				}
+			}
+		}
+	}
+	t.Logf("%d queries accepted (all without effect on the server), %d refused", accepted, refused)
 }

@@ -181,6 +181,17 @@ func lex(q string, m quoting) ([]token, error) {
 			i++
 		case c == '[' || c == ']':
 			return nil, refuse(i, "square brackets are not accepted (they quote identifiers under sql_mode MSSQL): quote names with backquotes")
+		case isDigit(c) || c == '.' && i+1 < n && isDigit(q[i+1]):
+			// A decimal or exponent number ends where its digits do:
+			// the server reads 1.5INTO, .5INTO and 1e1INTO as a
+			// number followed by INTO. Digits followed by letters
+			// otherwise form one identifier (1abc), as below.
+			if j, ok := number(q, i); ok {
+				toks = append(toks, token{punct, q[i:j], i})
+				i = j
+				continue
+			}
+			fallthrough
 		case isWordByte(c):
 			j := i
 			for j < n && isWordByte(q[j]) {
@@ -194,6 +205,39 @@ func lex(q string, m quoting) ([]token, error) {
 		}
 	}
 	return toks, nil
+}
+
+func isDigit(c byte) bool { return c >= '0' && c <= '9' }
+
+// number scans a decimal (digits '.' [digits], or '.' digits) or a number
+// with an exponent (e[+-]digits) at q[i], as the server does, and returns
+// where it ends; ok is false for plain digits, which the caller reads as
+// the start of a word.
+func number(q string, i int) (end int, ok bool) {
+	n, j := len(q), i
+	digits := func() {
+		for j < n && isDigit(q[j]) {
+			j++
+		}
+	}
+	digits()
+	if j < n && q[j] == '.' {
+		j++
+		digits()
+		ok = true
+	}
+	if j < n && (q[j] == 'e' || q[j] == 'E') {
+		k := j + 1
+		if k < n && (q[k] == '+' || q[k] == '-') {
+			k++
+		}
+		if k < n && isDigit(q[k]) {
+			j = k
+			digits()
+			ok = true
+		}
+	}
+	return j, ok
 }
 
 // isWordByte: letters, digits, _ and $, and every byte of a non-ASCII

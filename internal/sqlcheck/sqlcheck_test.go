@@ -25,6 +25,7 @@ func TestPlainSelect(t *testing.T) {
 		{"SELECT locked, updated_at, intoxicated FROM t", ""}, // words that merely start like refused ones
 		{"SELECT id FROM t WHERE s = 'a\\\\b'", ""},           // an escaped backslash: the same string in both modes
 		{"SELECT REPLACE(name, 'a', 'b'), INSERT(name, 1, 1, 'x') FROM t", ""},
+		{"SELECT 1into, 0x1Finto, 1.5intox, 1e5, .5, 1.e3 FROM t", ""}, // identifiers starting with digits; numbers
 	}
 	for _, tc := range accepted {
 		got, err := PlainSelect(tc.in)
@@ -78,6 +79,13 @@ func TestPlainSelect(t *testing.T) {
 		{"SELECT '\xff'", "UTF-8"},
 		{"SELECT 1 --\u00a0; DROP TABLE t", "non-ASCII"},
 		{"(( 1", "starts with 1"},
+		{"SELECT 1.5INTO @a", "INTO"}, // the server reads a number, then INTO
+		{"SELECT .5INTO @a", "INTO"},
+		{"SELECT 1e1INTO @a", "INTO"},
+		{"SELECT 1.5e3INTO @a", "INTO"},
+		{"SELECT 1e+1INTO OUTFILE '/tmp/x'", "INTO"},
+		{"SELECT 1.INTO @a", "INTO"},
+		{"SELECT 1.5SLEEP(1)", "SLEEP"},
 		{"SELECT 1 AS [a'b] INTO OUTFILE '/tmp/x' -- ']", "square brackets"},
 		{"SELECT \"a\\\"b\"", "NO_BACKSLASH_ESCAPES or ANSI_QUOTES"},
 		{"(( -1", "starts with \"-\""},
