@@ -153,7 +153,7 @@ func (s *Server) actionError(w http.ResponseWriter, r *http.Request, what string
 		msg = "the claim changed since the page was loaded (finished, reaped or claimed again); nothing was released. " + msg
 	case errors.Is(err, queue.ErrTopicRunning), errors.Is(err, queue.ErrTopicLocked):
 		status = http.StatusConflict
-	case errors.Is(err, queue.ErrBadFilter), errors.Is(err, queue.ErrTooMany):
+	case errors.Is(err, queue.ErrBadFilter), errors.Is(err, queue.ErrTooMany), errors.Is(err, queue.ErrBadID):
 		status = http.StatusBadRequest
 	}
 	s.log.WarnContext(r.Context(), "dashboard action failed", "action", what, "status", status, "err", err)
