@@ -42,6 +42,9 @@ func TestNonPositiveIDsRefused(t *testing.T) {
 			expect(t, a.path+" id="+id, c.post(a.path, a.form, ""), http.StatusBadRequest, "want a positive integer")
 		}
 	}
+	// A request over a filter that matches the -5 row.
+	expect(t, "request-matching over a row with id -5", c.post("/actions/request-matching", url.Values{"csrf": {csrf}, "state": {"parked"}, "scope": {"full"}}, ""),
+		http.StatusBadRequest, "topic id -5: topic ids must be positive")
 	var got string
 	if err := b.db.QueryRowContext(b.ctx, "SELECT GROUP_CONCAT(CONCAT_WS(':', id, required, priority, attempts, parked_at IS NOT NULL) ORDER BY id) FROM topic WHERE id <= 0").Scan(&got); err != nil {
 		t.Fatal(err)
