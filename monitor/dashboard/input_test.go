@@ -2,6 +2,7 @@ package dashboard_test
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/http"
 	"net/http/cookiejar"
@@ -149,6 +150,23 @@ func TestNonLoopbackWarning(t *testing.T) {
 		}
 		if got := strings.Contains(log, "level=WARN") && strings.Contains(log, "non-loopback"); got != tc.warn {
 			t.Errorf("%s: non-loopback warning logged %v, want %v:\n%s", tc.listen, got, tc.warn, log)
+		}
+	}
+}
+
+// TestTrustedProxiesValidated: addresses and CIDR ranges pass, anything
+// else is a configuration error naming the key.
+func TestTrustedProxiesValidated(t *testing.T) {
+	t.Parallel()
+	ok := dashboard.Config{TrustedProxies: []string{"10.0.0.5", "10.1.0.0/16", "::1", "fd00::/8"}}.WithDefaults()
+	if err := ok.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []string{"proxy.example", "10.0.0.0/33", ""} {
+		err := dashboard.Config{TrustedProxies: []string{bad}}.WithDefaults().Validate()
+		var ce *dashboard.ConfigError
+		if !errors.As(err, &ce) || ce.Field != "trusted_proxies" {
+			t.Errorf("trusted_proxies %q: %v, want an error on trusted_proxies", bad, err)
 		}
 	}
 }
