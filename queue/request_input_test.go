@@ -51,7 +51,7 @@ func TestRequestRefusesBadInput(t *testing.T) {
 // TestPlainSelectAgreesWithServer: what the lexer accepts, the server
 // never reads as INTO. Queries glue `INTO @nq_probe` to numbers, strings,
 // identifiers and comments of every form, with and without space, and run
-// under the sql_modes that change quoting; after each accepted one the
+// under the sql_modes that change quoting (and ORACLE); after each accepted one the
 // variable must still be NULL. (This found 1.5INTO, .5INTO and 1e1INTO:
 // the server ends a decimal number where its digits end.)
 func TestPlainSelectAgreesWithServer(t *testing.T) {
@@ -68,7 +68,7 @@ func TestPlainSelectAgreesWithServer(t *testing.T) {
 		"1 /* x */", "1 -- x\n", "1 #x\n", "1 --\x01", "'\\' ", "\"\\\" ", "1 AS [a'b]", "\"\\\" , '\\'",
 	}
 	var accepted, refused int
-	for _, mode := range []string{"DEFAULT", "'NO_BACKSLASH_ESCAPES'", "'ANSI_QUOTES'", "'MSSQL'"} {
+	for _, mode := range []string{"DEFAULT", "'NO_BACKSLASH_ESCAPES'", "'ANSI_QUOTES'", "'MSSQL'", "'ORACLE'"} {
 		if _, err := conn.ExecContext(b.ctx, "SET SESSION sql_mode = "+mode); err != nil {
 			t.Fatal(err)
 		}
