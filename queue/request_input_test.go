@@ -51,9 +51,10 @@ func TestRequestRefusesBadInput(t *testing.T) {
 // TestPlainSelectAgreesWithServer: what the lexer accepts, the server
 // never reads as INTO. Queries glue `INTO @nq_probe` to numbers, strings,
 // identifiers and comments of every form, with and without space, and run
-// under the sql_modes that change quoting (and ORACLE); after each accepted one the
-// variable must still be NULL. (This found 1.5INTO, .5INTO and 1e1INTO:
-// the server ends a decimal number where its digits end.)
+// under the sql_modes that change quoting (and ORACLE); after each accepted
+// one the variable must still be NULL. (This found 1.5INTO, .5INTO and
+// 1e1INTO: the server ends a decimal number where its digits end; and
+// [a'b], an identifier under sql_mode MSSQL.)
 func TestPlainSelectAgreesWithServer(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
