@@ -176,6 +176,9 @@ func LoadConfig(path string) (*Config, error) {
 		}
 		return nil, &ConfigError{Key: keys[0], Err: fmt.Errorf("unknown key (all unknown: %s)", strings.Join(keys, ", "))}
 	}
+	if err := checkExplicitZeros(md, &c); err != nil {
+		return nil, err
+	}
 	c.path = path
 	c.Primary = c.Primary.withDefaults()
 	c.Topics = c.Topics.WithDefaults()
