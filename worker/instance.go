@@ -261,6 +261,13 @@ func (in *Instance) giveUp(ctx context.Context, claim *queue.Claim, run *monitor
 		run.Outcome = monitor.OutcomeReleased
 	case notFault:
 		run.Outcome = monitor.OutcomeReleased
+		if errors.Is(err, monitor.ErrGTIDTimeout) {
+			// This replica proved itself behind: back it off (every
+			// instance of the process, through the shared gate), not the
+			// topic, which stays due for fresher replicas.
+			in.deps.Gate.Hold(in.cfg.GTIDBackoff, err)
+			log.WarnContext(cctx, "replica behind the claim's position; no claims from this replica for a while", "backoff", in.cfg.GTIDBackoff)
+		}
 	default:
 		p.CountAttempt = true
 		p.Backoff = in.cfg.Backoff(claim.Attempts + 1)
