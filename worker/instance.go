@@ -122,6 +122,20 @@ func (in *Instance) RunOnce(soft, hard context.Context) (bool, error) {
 		}
 		return false, err
 	}
+	if backoff, gerr := in.deps.Gate.Check(); gerr != nil {
+		// The gate closed while this claim was on its way: another
+		// instance here found the replica behind (a GTID wait timed out,
+		// Gate.Hold) or the lag rose. Give the topic straight back, not
+		// counted, for a fresher replica; nothing was started.
+		rctx, cancel := cleanupContext(soft)
+		defer cancel()
+		if _, rerr := in.deps.Queue.Release(rctx, claim, &queue.ReleaseParams{}); rerr != nil {
+			in.log.ErrorContext(rctx, "give back a claim made as the lag gate closed", "topic_id", claim.TopicID, "err", rerr)
+		}
+		in.log.DebugContext(soft, "lag gate closed during the claim; topic given back", "topic_id", claim.TopicID, "err", gerr)
+		sleep(soft, backoff)
+		return false, nil
+	}
 	run := &monitor.Run{
 		TopicID: claim.TopicID, InstanceID: in.ID, Replica: in.deps.ReplicaName, ClaimToken: claim.Token,
 		Scope: claim.Scope, StartedAt: start, Claim: time.Since(start),
