@@ -196,6 +196,13 @@ func TestSIGSTOPSameReplicaNewerClaimWins(t *testing.T) {
 			t.Errorf("worker exit: %v", err)
 		}
 	}
+	// The paused run's session held the topic's replica lock; the newer
+	// run ended it (its output is complete once it exited).
+	for id, p := range w {
+		if id != holder && !strings.Contains(p.out.String(), "killed an older, lost run's session") {
+			t.Errorf("the newer claim's worker did not report killing the paused run's session")
+		}
+	}
 	b.checkNewestPublished(t)
 }
 
