@@ -44,4 +44,11 @@ var (
 	ErrParams = errors.New("invalid ship parameters")
 	// ErrClosed: the Shipper was closed.
 	ErrClosed = errors.New("transfer: shipper closed")
+	// ErrResultsBusy: the topic's replica lock is held by another session
+	// (a run in progress, or an older run's session LockReplica could not
+	// end). Nothing was dropped or exported.
+	ErrResultsBusy = errors.New("result tables busy on the replica")
+	// ErrReplicaSessionClosed: a ReplicaSession was used after Close (its
+	// lock is gone, so nothing was done).
+	ErrReplicaSessionClosed = errors.New("replica session closed")
 )

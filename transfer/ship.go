@@ -87,6 +87,13 @@ type ShipParams struct {
 	// Dropper, if set, drops the swapped-out live tables in the background
 	// (batched); nil drops them before Ship returns.
 	Dropper *Dropper
+	// ReplicaSession, if set, is the run's session holding the topic's
+	// replica lock (LockReplica): the export and the DropReplica drop run
+	// on it, so a run whose session a newer claim's run killed cannot read
+	// or drop that run's tables. After the drop Ship closes it, freeing the
+	// lock before Commit can make the topic claimable again. Nil opens a
+	// session of Replica for each step, unguarded.
+	ReplicaSession *ReplicaSession
 }
 
 // Shipment describes a completed Ship.
@@ -233,7 +240,14 @@ func (s *Shipper) Ship(ctx context.Context, p *ShipParams) (*Shipment, error) {
 			defer close(dropped)
 			dctx, cancel := cleanupContext(ctx)
 			defer cancel()
-			if derr := s.DropReplicaTables(dctx, p.Replica, p.TopicID); derr != nil {
+			var derr error
+			if rs := p.ReplicaSession; rs != nil {
+				derr = rs.Drop(dctx)
+				rs.Close()
+			} else {
+				derr = s.DropReplicaTables(dctx, p.Replica, p.TopicID)
+			}
+			if derr != nil {
 				log.WarnContext(dctx, "drop result tables on the replica", "err", derr)
 			}
 		}()
@@ -298,11 +312,20 @@ func (s *Shipper) checkParams(p *ShipParams) error {
 // export runs steps 1 and 2 on the replica: check, lock, checksum, stream,
 // back up, unlock. It returns the partial backup directory, if any.
 func (s *Shipper) export(ctx context.Context, p *ShipParams, tables []*stagedTable, ship *Shipment, log *slog.Logger) (backup string, err error) {
-	rep, err := openSession(ctx, p.Replica, "replica", s.cfg.NoBinlogPools)
-	if err != nil {
-		return "", err
+	var rep *session
+	if p.ReplicaSession != nil {
+		// The run's locked session: if a newer claim's run killed it, the
+		// FLUSH, the checksum or the UNLOCK after the file reads fails, so
+		// files read here are only ever this run's own tables.
+		if rep, err = p.ReplicaSession.session(); err != nil {
+			return "", err
+		}
+	} else {
+		if rep, err = openSession(ctx, p.Replica, "replica", s.cfg.NoBinlogPools); err != nil {
+			return "", err
+		}
+		defer rep.close(ctx)
 	}
-	defer rep.close(ctx)
 	datadir := p.ReplicaDatadir
 	if datadir == "" {
 		if err := rep.conn.QueryRowContext(ctx, datadirSQL).Scan(&datadir); err != nil {
