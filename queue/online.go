@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"math"
@@ -153,15 +154,25 @@ func (q *Queue) ApplySchemaWith(ctx context.Context, o ApplyOptions) (*BlockingP
 	if o.LockWait < 0 {
 		return nil, fmt.Errorf("apply schema: lock wait %v is negative", o.LockWait)
 	}
+	// One connection with its own lock wait. A session variable, not SET
+	// STATEMENT: that would be written to the binary log with the ALTER,
+	// and a replica whose SQL thread waited longer behind its own readers
+	// would stop replicating. The connection is discarded afterwards, so
+	// the setting never reaches another caller of the pool.
+	conn, err := q.db.Conn(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("apply schema: connect: %w", err)
+	}
+	defer conn.Close()
+	defer conn.Raw(func(any) error { return driver.ErrBadConn })
+	if _, err := conn.ExecContext(ctx, fmt.Sprintf("SET SESSION lock_wait_timeout = %d", wait)); err != nil {
+		return nil, fmt.Errorf("apply schema: set the lock wait: %w", err)
+	}
 	ddl := q.cfg.DDL()
 	var plan *BlockingPlan
 	for i, stmt := range ddl {
 		base, alg, online := splitOnline(stmt)
-		run := stmt
-		if online {
-			run = fmt.Sprintf("SET STATEMENT lock_wait_timeout=%d FOR %s", wait, stmt)
-		}
-		_, err := q.db.ExecContext(ctx, run)
+		_, err := conn.ExecContext(ctx, stmt)
 		reason, refused := notOnline(err)
 		if err != nil && !(online && refused) {
 			return plan, q.schemaError(stmt, wait, err)
@@ -191,7 +202,7 @@ func (q *Queue) ApplySchemaWith(ctx context.Context, o ApplyOptions) (*BlockingP
 			tries = append([]struct{ sql, how string }{{base + ",\n  " + algInplace, "as an online rebuild (" + algInplace + ")"}}, tries...)
 		}
 		for _, t := range tries {
-			_, err := q.db.ExecContext(ctx, fmt.Sprintf("SET STATEMENT lock_wait_timeout=%d FOR %s", wait, t.sql))
+			_, err := conn.ExecContext(ctx, t.sql)
 			if _, refused := notOnline(err); refused && t.sql != base {
 				continue
 			}
