@@ -112,7 +112,14 @@ func TestSchemaApplyOnline(t *testing.T) {
 		t.Errorf("nq_claim holds %d claimable rows, the table %d", byIndex, byScan)
 	}
 	b.db.ExecContext(b.ctx, "ANALYZE TABLE TopicFilter")
-	explainClaim(t, &bundle{q: q, db: b.db, cfg: q.Config(), ctx: b.ctx}, "TopicFilter")
+	mb := &bundle{q: q, db: b.db, cfg: q.Config(), ctx: b.ctx}
+	explainClaim(t, mb, "TopicFilter")
+	stmt, args := q.ClaimPickStatement(8)
+	for _, m := range explain(t, mb, stmt, args) {
+		if m["key"] != "nq_claim" || strings.Contains(m["Extra"], "filesort") {
+			t.Errorf("combined pick on the virtual column: key %q, extra %q; want nq_claim without filesort", m["key"], m["Extra"])
+		}
+	}
 
 	// Idempotent, and quick the second time.
 	again := time.Now()
