@@ -3,6 +3,7 @@ package queue_test
 import (
 	"context"
 	"database/sql"
+	"fmt"
 	"math/rand/v2"
 	"strings"
 	"sync"
@@ -87,7 +88,18 @@ func TestSchemaApplyOnline(t *testing.T) {
 		// sandbox's small redo log nearly full (writers would then wait
 		// for the checkpoint, whatever the ALTER).
 		flushTable(t, b, "TopicFilter")
+		var file string
+		var pos int64
+		var skip sql.NullString
+		if err := b.db.QueryRowContext(b.ctx, "SHOW MASTER STATUS").Scan(&file, &pos, &skip, &skip); err != nil {
+			t.Fatalf("binlog position: %v", err)
+		}
 		worst = measureApply(t, b, q, app, rows)
+		// The index build was logged in two phases, so a parallel
+		// replica builds alongside the primary.
+		if !startAlterLogged(t, b, file, pos, "nq_claim") {
+			t.Errorf("the index build is not in the binary log as a START ALTER: replicas build only after the primary")
+		}
 		if worst <= maxWait {
 			break
 		}
@@ -333,4 +345,35 @@ func measureApply(t *testing.T, b *bundle, q *queue.Queue, app *sql.DB, rows int
 		t.Fatalf("only %d application writes overlapped schema apply: the measure means nothing", during)
 	}
 	return worst
+}
+
+// startAlterLogged reports whether the binary log from file and pos has a
+// two-phase ALTER (a GTID event marked START ALTER, MariaDB 10.8+) whose
+// statement names index.
+func startAlterLogged(t *testing.T, b *bundle, file string, pos int64, index string) bool {
+	t.Helper()
+	rows, err := b.db.QueryContext(b.ctx, fmt.Sprintf("SHOW BINLOG EVENTS IN '%s' FROM %d LIMIT 200000", file, pos))
+	if err != nil {
+		t.Fatalf("binlog events: %v", err)
+	}
+	defer rows.Close()
+	cols, _ := rows.Columns()
+	vals := make([]sql.RawBytes, len(cols))
+	ptrs := make([]any, len(cols))
+	for i := range vals {
+		ptrs[i] = &vals[i]
+	}
+	found, prev := false, ""
+	for rows.Next() {
+		if err := rows.Scan(ptrs...); err != nil {
+			t.Fatal(err)
+		}
+		info := string(vals[len(vals)-1])
+		found = found || (strings.HasSuffix(prev, "START ALTER") && strings.Contains(info, index))
+		prev = info
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return found
 }
