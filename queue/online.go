@@ -150,10 +150,10 @@ func (q *Queue) ApplySchema(ctx context.Context) error {
 // ran online. It is idempotent. It must not run concurrently with other
 // calls on q.
 func (q *Queue) ApplySchemaWith(ctx context.Context, o ApplyOptions) (*BlockingPlan, error) {
-	wait := int64(math.Ceil(cmp.Or(o.LockWait, DefaultLockWait).Seconds()))
 	if o.LockWait < 0 {
 		return nil, fmt.Errorf("apply schema: lock wait %v is negative", o.LockWait)
 	}
+	wait := int64(math.Ceil(cmp.Or(o.LockWait, DefaultLockWait).Seconds()))
 	// One connection with its own lock wait. A session variable, not SET
 	// STATEMENT: that would be written to the binary log with the ALTER,
 	// and a replica whose SQL thread waited longer behind its own readers
