@@ -173,18 +173,6 @@ func (q *Queue) Config() Config { return q.cfg }
 // the tables it manages (status, tests).
 func (q *Queue) DB() *sql.DB { return q.db }
 
-// ApplySchema runs Config.DDL. It is idempotent. It must not run
-// concurrently with other calls on q.
-func (q *Queue) ApplySchema(ctx context.Context) error {
-	for _, stmt := range q.cfg.DDL() {
-		if _, err := q.db.ExecContext(ctx, stmt); err != nil {
-			return fmt.Errorf("apply schema: %s: %w", firstLine(stmt), err)
-		}
-	}
-	q.prepare(ctx)
-	return nil
-}
-
 func firstLine(s string) string {
 	if i := strings.IndexByte(s, '\n'); i >= 0 {
 		return s[:i]
