@@ -65,12 +65,15 @@ type link struct {
 	why    error // set by abandon, before the socket closes
 }
 
+// broken says whether the link is gone: its SFTP session ended, or it was
+// abandoned (its socket is closed; the session's end may not have been
+// noticed yet).
 func (l *link) broken() bool {
 	select {
 	case <-l.dead:
 		return true
 	default:
-		return false
+		return l.abandoned() != nil
 	}
 }
 

@@ -1,13 +1,9 @@
 package worker_test
 
 import (
-	"bytes"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -77,7 +73,11 @@ func TestSSHStall(t *testing.T) {
 			time.Sleep(2 * time.Millisecond)
 		}
 	}
-	resume := stopTree(t, env.SB.SSH.PID)
+	resume, err := env.SB.PauseSSH()
+	t.Cleanup(resume)
+	if err != nil {
+		t.Fatal(err)
+	}
 	stopped := time.Now()
 	if fi, err := os.Stat(filepath.Join(dir, landing)); err == nil {
 		t.Logf("sshd stopped with %s at %d bytes", landing, fi.Size())
@@ -119,77 +119,4 @@ func TestSSHStall(t *testing.T) {
 	if n := b.count(t, "SELECT COUNT(*) FROM R_1"); n != 250000 {
 		t.Errorf("published R_1 has %d rows, want 250000", n)
 	}
-}
-
-// stopTree sends SIGSTOP to pid and to every process under it (sshd serves
-// each connection in a child that calls setsid, so a process group would
-// miss it), repeating until no new descendant shows up, and returns the
-// function that resumes them all (also run at cleanup, once).
-func stopTree(t *testing.T, pid int) func() {
-	t.Helper()
-	var stopped []int
-	seen := map[int]bool{}
-	var once sync.Once
-	resume := func() {
-		once.Do(func() {
-			for _, p := range stopped {
-				syscall.Kill(p, syscall.SIGCONT)
-			}
-		})
-	}
-	t.Cleanup(resume)
-	for pass := 0; pass < 5; pass++ {
-		fresh := 0
-		for _, p := range descendants(pid) {
-			if seen[p] {
-				continue
-			}
-			seen[p] = true
-			if err := syscall.Kill(p, syscall.SIGSTOP); err == nil {
-				stopped = append(stopped, p)
-				fresh++
-			}
-		}
-		if fresh == 0 {
-			break
-		}
-	}
-	if len(stopped) < 2 {
-		t.Fatalf("stopped %d sshd processes (%v); want the listener and the connection's", len(stopped), stopped)
-	}
-	t.Logf("stopped sshd processes %v", stopped)
-	return resume
-}
-
-// descendants returns root and every process under it, from /proc.
-func descendants(root int) []int {
-	children := map[int][]int{}
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		// pid (comm) state ppid …; comm may hold spaces and parentheses.
-		i := bytes.LastIndexByte(b, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(string(b[i+1:]))
-		if len(f) < 2 {
-			continue
-		}
-		if ppid, err := strconv.Atoi(f[1]); err == nil {
-			children[ppid] = append(children[ppid], pid)
-		}
-	}
-	out := []int{root}
-	for i := 0; i < len(out) && i < 10000; i++ {
-		out = append(out, children[out[i]]...)
-	}
-	return out
 }
