@@ -1162,8 +1162,8 @@ func (s *Shipper) cksumUsable(ctx context.Context) bool {
 		return s.cksumOK
 	}
 	err := s.probeCksum(ctx)
-	if ctx.Err() != nil {
-		return false
+	if ctx.Err() != nil || errors.Is(err, ErrStalled) {
+		return false // says nothing about cksum: probe again next time
 	}
 	s.cksumKnown, s.cksumOK = true, err == nil
 	if err != nil {

@@ -26,6 +26,11 @@ import (
 // The connection is dialled by Connect or lazily by the first call that
 // needs it; when it breaks, the next call dials again, and a transfer that
 // fails because the connection dropped is retried once on a new one.
+// Nothing on the connection can hang: keepalives close it when the server
+// stops answering (SSHConfig.KeepaliveInterval, KeepaliveTimeout), and
+// every SFTP step and remote command has a deadline (StallTimeout without
+// progress; MinThroughput for steps that cannot report any), past which
+// the connection is closed and the transfer fails with ErrStalled.
 type Shipper struct {
 	cfg    Config
 	logger *slog.Logger
