@@ -4,6 +4,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nonqueue/nonqueue/internal/ident"
 	"github.com/nonqueue/nonqueue/transfer"
@@ -65,6 +66,16 @@ func TestConfigValidate(t *testing.T) {
 		{"relative datadir", func(c *transfer.Config) { c.PrimaryDatadir = "var/lib/mysql" }, "primary_datadir", false},
 		{"missing datadir", func(c *transfer.Config) { c.PrimaryDatadir = "" }, "primary_datadir", false},
 		{"negative keep", func(c *transfer.Config) { c.BackupKeep = -1 }, "backup_keep", false},
+		// Transfer bounds: negative is a typo; below a second a busy link
+		// would be taken for a dead one.
+		{"negative dial timeout", func(c *transfer.Config) { c.SSH.DialTimeout = -time.Second }, "ssh.dial_timeout", false},
+		{"negative keepalive interval", func(c *transfer.Config) { c.SSH.KeepaliveInterval = -time.Second }, "ssh.keepalive_interval", false},
+		{"keepalive timeout too short", func(c *transfer.Config) { c.SSH.KeepaliveTimeout = 100 * time.Millisecond }, "ssh.keepalive_timeout", false},
+		{"stall timeout too short", func(c *transfer.Config) { c.SSH.StallTimeout = 500 * time.Millisecond }, "ssh.stall_timeout", false},
+		{"negative min throughput", func(c *transfer.Config) { c.SSH.MinThroughput = -1 }, "ssh.min_throughput", false},
+		{"tight but valid bounds", func(c *transfer.Config) {
+			c.SSH.KeepaliveInterval, c.SSH.KeepaliveTimeout, c.SSH.StallTimeout, c.SSH.MinThroughput = time.Second, time.Second, time.Second, 1
+		}, "", false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -99,6 +110,10 @@ func TestConfigDefaults(t *testing.T) {
 	c = c.WithDefaults()
 	if c.SSH.Port != 22 || c.SSH.DialTimeout != transfer.DefaultDialTimeout || c.BackupKeep != 3 || c.PrimaryDatadir != "/var/lib/mysql" {
 		t.Fatalf("WithDefaults = %+v", c)
+	}
+	if c.SSH.KeepaliveInterval != 5*time.Second || c.SSH.KeepaliveTimeout != 10*time.Second || c.SSH.StallTimeout != 10*time.Second ||
+		c.SSH.MinThroughput != 4 || c.NoSync {
+		t.Fatalf("transfer bounds: WithDefaults = %+v, NoSync %v", c.SSH, c.NoSync)
 	}
 	if got := c.SSH.Addr(); got != "db1.example:22" {
 		t.Fatalf("Addr = %q", got)

@@ -2,13 +2,16 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nonqueue/nonqueue/internal/ident"
 	"github.com/nonqueue/nonqueue/queue"
+	"github.com/nonqueue/nonqueue/transfer"
 )
 
 func writeFile(t *testing.T, body string) string {
@@ -108,5 +111,62 @@ func TestPasswordFromEnvironment(t *testing.T) {
 	logger.Info("connecting", "primary", c.Primary)
 	if strings.Contains(b.String(), "from-env") {
 		t.Fatalf("log shows the password: %s", b.String())
+	}
+}
+
+// TestTransferBounds: the [ssh] transfer bounds and [results] sync reach
+// the transfer configuration; unset, they take transfer's defaults; a bad
+// value is refused by the worker's validation, naming the key.
+func TestTransferBounds(t *testing.T) {
+	t.Parallel()
+	const base = `
+[primary]
+user = "nq"
+[topics]
+schema = "app"
+[replica]
+user = "nq"
+[procedure]
+name = "app.calc"
+[results]
+schema = "app"
+tables = ["R_{id}"]
+%s
+[ssh]
+host = "h"
+user = "u"
+key_file = "/k"
+known_hosts = "/kh"
+datadir = "/d"
+%s
+`
+	c, err := LoadConfig(writeFile(t, fmt.Sprintf(base, "sync = false", `dial_timeout = "3s"
+keepalive_interval = "2s"
+keepalive_timeout = "7s"
+stall_timeout = "30s"
+min_throughput = 16`)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc := c.transferConfig()
+	if s := tc.SSH; s.DialTimeout != 3*time.Second || s.KeepaliveInterval != 2*time.Second || s.KeepaliveTimeout != 7*time.Second ||
+		s.StallTimeout != 30*time.Second || s.MinThroughput != 16 || !tc.NoSync {
+		t.Fatalf("mapped: %+v, NoSync %v", s, tc.NoSync)
+	}
+	c, err = LoadConfig(writeFile(t, fmt.Sprintf(base, "", "")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc = c.transferConfig()
+	if s := tc.SSH; s.KeepaliveInterval != transfer.DefaultKeepaliveInterval || s.StallTimeout != transfer.DefaultStallTimeout || tc.NoSync {
+		t.Fatalf("defaults: %+v, NoSync %v", s, tc.NoSync)
+	}
+	c, err = LoadConfig(writeFile(t, fmt.Sprintf(base, "", `stall_timeout = "100ms"`)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ce *transfer.ConfigError
+	if err := c.validateWorker(); !errors.As(err, &ce) || ce.Field != "ssh.stall_timeout" {
+		t.Fatalf("stall_timeout = 100ms: %v, want a ConfigError on ssh.stall_timeout", err)
 	}
 }
