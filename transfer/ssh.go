@@ -124,6 +124,9 @@ type watchdog struct {
 	l *link
 	d time.Duration
 	t *time.Timer
+
+	mu      sync.Mutex
+	stopped bool // a late kick must not re-arm a stopped watchdog
 }
 
 // watch arms a watchdog for one step on l: what names the step in the
@@ -131,19 +134,28 @@ type watchdog struct {
 func (l *link) watch(what string, d time.Duration) *watchdog {
 	w := &watchdog{l: l, d: d}
 	w.t = time.AfterFunc(d, func() {
-		l.abandon(fmt.Errorf("%w: %s made no progress for %v (ssh.stall_timeout)", ErrStalled, what, d))
+		l.abandon(fmt.Errorf("%w: %s made no progress for %v (bounds: ssh.stall_timeout, and ssh.min_throughput for fsync and cksum)", ErrStalled, what, d))
 	})
 	return w
 }
 
 // kick records progress: the step has d again.
-func (w *watchdog) kick() { w.t.Reset(w.d) }
+func (w *watchdog) kick() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.stopped {
+		w.t.Reset(w.d)
+	}
+}
 
 // done disarms the watchdog and returns err, with the cause in front when
 // the link was abandoned meanwhile (by this watchdog or another step's, or
 // by the keepalive), so the error says why the call failed.
 func (w *watchdog) done(err error) error {
+	w.mu.Lock()
+	w.stopped = true
 	w.t.Stop()
+	w.mu.Unlock()
 	if err == nil {
 		return nil
 	}
