@@ -54,8 +54,8 @@ func TestKeepaliveClosesDeadConnection(t *testing.T) {
 }
 
 // TestShippedFilesSynced: every shipped file is fsynced on the primary's
-// host (fsync@openssh.com) before it is closed, and so before it is
-// verified and swapped in. The observable is the SFTP server's own log:
+// host (fsync@openssh.com) once all its bytes are written, before Ship
+// swaps it in (and before the cksum comparison of the big ones). The observable is the SFTP server's own log:
 // this test runs a second sshd on the sandbox's keys, configuration and
 // datadir whose sftp subsystem is OpenSSH's sftp-server (the program
 // internal-sftp is built from) logging every request at VERBOSE.
@@ -84,20 +84,22 @@ func TestShippedFilesSynced(t *testing.T) {
 	for _, live := range b.cfg.TableNames(1) {
 		for _, ext := range []string{".MYD", ".MYI", ".frm"} {
 			f := filepath.Join(dir, transfer.StagingName("nqtmp_", token, live)+ext)
-			synced, closed := -1, -1
+			// The handle that wrote the file is closed with its byte
+			// count; the fsync must come after it, covering every byte.
+			written, synced := -1, -1
 			for i, l := range lines {
 				switch {
-				case synced < 0 && strings.Contains(l, fmt.Sprintf("fsync %q", f)):
+				case written < 0 && strings.Contains(l, fmt.Sprintf("close %q", f)) && !strings.HasSuffix(l, " written 0"):
+					written = i
+				case strings.Contains(l, fmt.Sprintf("fsync %q", f)):
 					synced = i
-				case closed < 0 && strings.Contains(l, fmt.Sprintf("close %q", f)):
-					closed = i
 				}
 			}
 			switch {
 			case synced < 0:
 				t.Errorf("%s was never fsynced (sftp-server logged no fsync of it)", f)
-			case closed < 0 || closed < synced:
-				t.Errorf("%s: fsync at log line %d, close at %d; want the fsync before the close", f, synced, closed)
+			case written < 0 || synced < written:
+				t.Errorf("%s: fsync at log line %d, the writes closed at %d; want the fsync after the writes", f, synced, written)
 			}
 		}
 	}
