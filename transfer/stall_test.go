@@ -55,10 +55,11 @@ func TestKeepaliveClosesDeadConnection(t *testing.T) {
 
 // TestShippedFilesSynced: every shipped file is fsynced on the primary's
 // host (fsync@openssh.com) once all its bytes are written, before Ship
-// swaps it in (and before the cksum comparison of the big ones). The observable is the SFTP server's own log:
-// this test runs a second sshd on the sandbox's keys, configuration and
-// datadir whose sftp subsystem is OpenSSH's sftp-server (the program
-// internal-sftp is built from) logging every request at VERBOSE.
+// swaps it in (and before the cksum comparison of the big ones). The
+// observable is the SFTP server's own log: this test runs a second sshd
+// on the sandbox's keys, configuration and datadir whose sftp subsystem is
+// OpenSSH's sftp-server (the program internal-sftp is built from) logging
+// every request at VERBOSE.
 func TestShippedFilesSynced(t *testing.T) {
 	port, known, sftpLog := loggingSSHD(t)
 	b := setup(t, func(c *transfer.Config) {
