@@ -142,7 +142,7 @@ func (b *bench) summary() (map[string]any, []target, int) {
 		}
 		sum["big_result_mb"] = num(float64(big.Runs[0].Bytes) / (1 << 20))
 	}
-	// Scenario 6 against 2 and 5: what syncing the shipped files costs.
+	// Scenario 7 against 2 and 5: what syncing the shipped files costs.
 	if on, off := b.find("nonqueue_"+headToHead.String()), b.find("nonqueue_"+headToHead.String()+"_nosync"); on != nil && off != nil {
 		sum["fsync_transfer_ms_per_topic"] = map[string]*float64{"on": num(medianAvg(on, "transfer")), "off": num(medianAvg(off, "transfer"))}
 		sum["fsync_topics_per_s"] = map[string]*float64{"on": num(on.TopicsPerS), "off": num(off.TopicsPerS)}

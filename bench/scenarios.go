@@ -38,7 +38,7 @@ type scenario struct {
 	// Big result only: medians of nonqueue's transfer + publish and of scp.
 	TransferPublishS float64 `json:"transfer_publish_median_s,omitempty"`
 	ScpS             float64 `json:"scp_median_s,omitempty"`
-	// NoSync: the workers ran with [results] sync = false (scenario 6).
+	// NoSync: the workers ran with [results] sync = false (scenario 7).
 	NoSync bool     `json:"no_sync,omitempty"`
 	Notes  []string `json:"notes,omitempty"`
 	Error  string   `json:"error,omitempty"`
@@ -720,7 +720,7 @@ func (b *bench) scenarioBig(ctx context.Context) (*scenario, error) {
 			sc.TransferPublishS, sc.ScpS, sc.ScpS/sc.TransferPublishS, sc.MaxRSSMB))
 	}
 	if b.only == nil || b.only["sync"] {
-		return sc, err // scenario 6 ships it again, then drops it
+		return sc, err // scenario 7 ships it again, then drops it
 	}
 	return sc, errors.Join(err, b.dropBigSource(ctx))
 }
@@ -748,7 +748,7 @@ func (b *bench) dropBigSource(ctx context.Context) error {
 	return nil
 }
 
-// ---- 6. the cost of fsync ----
+// ---- 7. the cost of fsync ----
 
 // scenarioNoSyncSweep is the head-to-head topology again with the workers'
 // [results] sync = false: side by side with scenario 2's 1 x 4 (sync on,

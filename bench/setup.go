@@ -47,7 +47,7 @@ type bench struct {
 	interrupted                    bool
 	only                           map[string]bool // nil: every scenario
 	// bigBuilt: influencer.BigSrc exists on replica 1 (scenario 5 keeps
-	// it for scenario 6, which drops it).
+	// it for scenario 7, which drops it).
 	bigBuilt bool
 
 	sb *sandbox.Sandbox
@@ -157,8 +157,8 @@ func (b *bench) runAll(ctx context.Context, dir string) (err error) {
 	steps = append(steps,
 		step{"scale", "4. scale: a 1 s procedure", b.scenarioScale},
 		step{"big", "5. big result", b.scenarioBig},
-		step{"sync", "6. fsync cost: 1 replica x 4 with [results] sync = false", b.scenarioNoSyncSweep},
-		step{"sync", "6. fsync cost: the big result with [results] sync = false", b.scenarioNoSyncBig})
+		step{"sync", "7. fsync cost: 1 replica x 4 with [results] sync = false", b.scenarioNoSyncSweep},
+		step{"sync", "7. fsync cost: the big result with [results] sync = false", b.scenarioNoSyncBig})
 	for _, st := range steps {
 		if ctx.Err() != nil {
 			break
@@ -433,7 +433,7 @@ datadir = "{{.SB.Primary.Datadir}}"
 `))
 
 // configPath is the worker configuration for replica k (0-based) and a
-// procedure; noSync: with [results] sync = false (scenario 6).
+// procedure; noSync: with [results] sync = false (scenario 7).
 func (b *bench) configPath(k int, proc string, noSync bool) string {
 	name := strings.TrimPrefix(proc, "influencer.")
 	if noSync {
