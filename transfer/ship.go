@@ -580,7 +580,7 @@ func putAll(ctx context.Context, p *putter, files []*stagedFile) error {
 	if !p.sync {
 		return nil
 	}
-	return syncAll(p, files)
+	return syncAll(ctx, p, files)
 }
 
 // putParallel copies files, fileParallelism at a time; the first failure
@@ -620,9 +620,9 @@ func putParallel(ctx context.Context, p *putter, files []*stagedFile) error {
 // putFile streams one local file to its remote path (never buffering it
 // whole) and checks that every byte was written and acknowledged and that
 // Close succeeded: with the SSH transport's integrity that is the copy
-// (putAll syncs it afterwards). A readBack
-// file is then read back over the same handle and compared; the others
-// are verified after the transfer (cksum or CHECKSUM TABLE). A chmod, when
+// (putAll syncs it afterwards). A readBack file is then read back over the
+// same handle and compared; the others are verified after the transfer
+// (cksum or CHECKSUM TABLE). A chmod, when
 // configured, runs concurrently with the writes. Every SFTP call runs
 // under a watchdog (putter.stall without progress; a stream makes progress
 // with every chunk) that abandons the link when it expires.
@@ -686,7 +686,10 @@ func putFile(ctx context.Context, p *putter, f *stagedFile) error {
 // see Config.NoSync). Each file is opened again read-only for it: fsync
 // flushes the file, whichever descriptor asks. Every call has the bulk
 // bound of the file's size.
-func syncAll(p *putter, files []*stagedFile) error {
+func syncAll(ctx context.Context, p *putter, files []*stagedFile) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	errs := make([]error, len(files))
 	var wg sync.WaitGroup
 	for i, f := range files {
