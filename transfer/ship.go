@@ -622,10 +622,10 @@ func putParallel(ctx context.Context, p *putter, files []*stagedFile) error {
 // Close succeeded: with the SSH transport's integrity that is the copy
 // (putAll syncs it afterwards). A readBack file is then read back over the
 // same handle and compared; the others are verified after the transfer
-// (cksum or CHECKSUM TABLE). A chmod, when
-// configured, runs concurrently with the writes. Every SFTP call runs
-// under a watchdog (putter.stall without progress; a stream makes progress
-// with every chunk) that abandons the link when it expires.
+// (cksum or CHECKSUM TABLE). A chmod, when configured, runs concurrently
+// with the writes. Every SFTP call runs under a watchdog (putter.stall
+// without progress; a stream makes progress with every chunk) that
+// abandons the link when it expires.
 func putFile(ctx context.Context, p *putter, f *stagedFile) error {
 	c := p.l.sftp
 	src, err := os.Open(f.local)
