@@ -38,6 +38,10 @@ type Shipper struct {
 	mu     sync.Mutex
 	cur    *link // nil until dialled, or after a broken link was closed
 	closed bool
+	// The last failed dial and when it ended: callers that queued behind
+	// it get its error instead of a dial each (see dialPause).
+	dialErr   error
+	dialErrAt time.Time
 
 	// With VerifyBytes: whether cksum runs on both hosts, once probed.
 	cksumMu             sync.Mutex
@@ -275,13 +279,27 @@ func (s *Shipper) link(ctx context.Context) (*link, error) {
 		s.cur.close()
 		s.cur = nil
 	}
+	if s.dialErr != nil && time.Since(s.dialErrAt) < dialPause {
+		return nil, fmt.Errorf("%w (a dial failed %v ago; not dialling again yet)", s.dialErr, time.Since(s.dialErrAt).Round(time.Millisecond))
+	}
 	l, err := s.dial(ctx)
 	if err != nil {
+		if ctx.Err() == nil {
+			s.dialErr, s.dialErrAt = err, time.Now()
+		}
 		return nil, err
 	}
+	s.dialErr = nil
 	s.cur = l
 	return l, nil
 }
+
+// dialPause is how long a failed dial answers for the next ones. Dials
+// hold the Shipper's mutex, and a server that stopped answering keeps each
+// for the whole DialTimeout: without the pause, the instances sharing the
+// Shipper would wait for one another's dials in turn, the last one
+// instances × DialTimeout, before they could release their claims.
+const dialPause = 2 * time.Second
 
 // redial replaces old by a new connection unless another caller already did.
 func (s *Shipper) redial(ctx context.Context, old *link) (*link, error) {

@@ -19,13 +19,17 @@ import (
 // per-connection process) stops answering while the connection is idle.
 // With the stall bound far away (a minute), the keepalive alone finds the
 // connection dead within keepalive_interval + keepalive_timeout: the call
-// blocked on it fails with ErrStalled naming the keepalive, and once sshd
-// resumes the next call dials again and works.
+// blocked on it fails with ErrStalled naming the keepalive. Callers that
+// then need the connection at once fail together after one dial timeout,
+// not one after the other. Once sshd resumes, the next call dials again
+// and works.
 func TestKeepaliveClosesDeadConnection(t *testing.T) {
+	const dialTimeout = 2 * time.Second
 	b := setup(t, func(c *transfer.Config) {
 		c.SSH.StallTimeout = time.Minute
 		c.SSH.KeepaliveInterval = time.Second
 		c.SSH.KeepaliveTimeout = 2 * time.Second
+		c.SSH.DialTimeout = dialTimeout
 	})
 	if err := b.sh.Connect(b.ctx); err != nil {
 		t.Fatal(err)
@@ -47,7 +51,28 @@ func TestKeepaliveClosesDeadConnection(t *testing.T) {
 	if took > 15*time.Second {
 		t.Errorf("the dead connection was found after %v; want about 3s", took)
 	}
+
+	// Four callers, as four instances of a worker: the server still
+	// accepts TCP connections (the kernel does) but never answers the
+	// handshake, so a dial takes the whole dial timeout.
+	const callers = 4
+	start = time.Now()
+	errs := make(chan error, callers)
+	for range callers {
+		go func() { errs <- b.sh.CheckDatadir(b.ctx) }()
+	}
+	for range callers {
+		if err := <-errs; err == nil {
+			t.Error("CheckDatadir worked with sshd stopped")
+		}
+	}
+	took = time.Since(start)
+	t.Logf("%d callers failed in %v with sshd stopped (dial timeout %v)", callers, took, dialTimeout)
+	if took > 2*dialTimeout+3*time.Second {
+		t.Errorf("%d callers took %v to fail; want about one dial timeout (%v), not one each", callers, took, dialTimeout)
+	}
 	resume()
+	time.Sleep(2 * time.Second) // past the failed dial's pause
 	if err := b.sh.CheckDatadir(b.ctx); err != nil {
 		t.Fatalf("after sshd resumed: %v", err)
 	}
