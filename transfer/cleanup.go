@@ -71,7 +71,10 @@ func (s *Shipper) CleanupPrimary(ctx context.Context, primary *sql.DB, olderThan
 		return fmt.Errorf("clean up staging tables: %w", err)
 	}
 	dir := path.Join(s.cfg.PrimaryDatadir, s.cfg.Schema)
-	entries, err := l.sftp.ReadDir(dir)
+	var entries []os.FileInfo
+	// A listing is many requests with no progress of its own: a minute
+	// at least (the keepalive catches a dead server sooner).
+	err = l.step("list "+dir, max(s.cfg.SSH.StallTimeout, time.Minute), func() (err error) { entries, err = l.sftp.ReadDir(dir); return err })
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil // schema not created yet: nothing shipped
@@ -126,7 +129,7 @@ func (s *Shipper) CleanupPrimary(ctx context.Context, primary *sql.DB, olderThan
 	var errs []error
 	for _, table := range stale {
 		for _, f := range files[table] {
-			if err := l.sftp.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+			if err := l.step("remove "+f, s.cfg.SSH.StallTimeout, func() error { return l.sftp.Remove(f) }); err != nil && !errors.Is(err, os.ErrNotExist) {
 				errs = append(errs, fmt.Errorf("remove %s over sftp: %w", f, err))
 			}
 		}

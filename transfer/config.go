@@ -19,6 +19,20 @@ const (
 	DefaultDialTimeout = 10 * time.Second
 	DefaultBackupKeep  = 3
 	DefaultLockTimeout = 10 * time.Second
+
+	// DefaultKeepaliveInterval and DefaultKeepaliveTimeout declare a
+	// connection dead at most 15s after the server last answered.
+	DefaultKeepaliveInterval = 5 * time.Second
+	DefaultKeepaliveTimeout  = 10 * time.Second
+	// DefaultStallTimeout abandons a transfer step that moves no byte for
+	// 10s: far above any pause of a working link (a step's data is at most
+	// a few MiB in flight), far below TCP's own 15 minutes.
+	DefaultStallTimeout = 10 * time.Second
+	// DefaultMinThroughput (MiB/s) sizes the deadline of a step that
+	// reports no progress while it works through a whole file (fsync,
+	// cksum on the primary's host): StallTimeout plus the file's size at
+	// this rate, 138s for 512 MiB.
+	DefaultMinThroughput = 4
 )
 
 // idPlaceholder is what a table template contains exactly once.
@@ -50,8 +64,32 @@ type SSHConfig struct {
 	// KnownHosts is an OpenSSH known_hosts file that lists the host's key.
 	// Required: nonqueue never trusts an unknown host key.
 	KnownHosts string
-	// DialTimeout bounds the TCP connect plus the SSH handshake; default 10s.
+	// DialTimeout bounds the TCP connect, the SSH handshake and the start
+	// of the SFTP session; default 10s.
 	DialTimeout time.Duration
+	// KeepaliveInterval is how often a keepalive@openssh.com request goes
+	// to the server (as OpenSSH's ServerAliveInterval); default 5s. A
+	// connection whose server stops answering (sshd stopped, host gone, a
+	// half-open TCP connection) would otherwise block every transfer on it
+	// until TCP gives up, about 15 minutes.
+	KeepaliveInterval time.Duration
+	// KeepaliveTimeout is how long a keepalive may wait for its reply
+	// before the connection is declared dead and closed (the transfers on
+	// it fail, the next call dials again); default 10s. It must leave room
+	// for the data queued ahead of the request on a slow link.
+	KeepaliveTimeout time.Duration
+	// StallTimeout abandons a transfer step (an SFTP open, write, read,
+	// close, chmod or remove, a file's stream) that makes no progress for
+	// this long: the connection is closed, which is the only way to stop
+	// a blocked SFTP call, and the transfer fails; default 10s. A stream
+	// counts every chunk acknowledged as progress, so a big file is never
+	// cut short while it moves.
+	StallTimeout time.Duration
+	// MinThroughput, in MiB/s, sizes the deadline of a step that works
+	// through a whole file without reporting progress (fsync of a shipped
+	// file, cksum on the primary's host): StallTimeout plus the bytes at
+	// this rate; default 4.
+	MinThroughput int
 }
 
 // Addr returns host:port as dialled and as looked up in known_hosts.
@@ -133,6 +171,13 @@ type Config struct {
 	// results, 8 % of the throughput on two cores (make bench, measured
 	// alternately), and is far slower for big ones.
 	Verify string
+	// NoSync skips the fsync of shipped files. By default every file is
+	// synced on the primary's host (fsync@openssh.com, one SFTP request
+	// per file) before it is verified and swapped in, so a crash of that
+	// host cannot leave a live table whose data never reached its disk.
+	// Servers without the extension (it names OpenSSH) are used without
+	// it, as said once in the log.
+	NoSync bool
 }
 
 // Verification modes of Config.Verify.
@@ -162,6 +207,10 @@ func (e *ConfigError) Unwrap() []error { return []error{ErrConfig, e.Err} }
 func (c Config) WithDefaults() Config {
 	c.SSH.Port = cmp.Or(c.SSH.Port, DefaultSSHPort)
 	c.SSH.DialTimeout = cmp.Or(c.SSH.DialTimeout, DefaultDialTimeout)
+	c.SSH.KeepaliveInterval = cmp.Or(c.SSH.KeepaliveInterval, DefaultKeepaliveInterval)
+	c.SSH.KeepaliveTimeout = cmp.Or(c.SSH.KeepaliveTimeout, DefaultKeepaliveTimeout)
+	c.SSH.StallTimeout = cmp.Or(c.SSH.StallTimeout, DefaultStallTimeout)
+	c.SSH.MinThroughput = cmp.Or(c.SSH.MinThroughput, DefaultMinThroughput)
 	if c.BackupDir != "" {
 		c.BackupKeep = cmp.Or(c.BackupKeep, DefaultBackupKeep)
 	}
@@ -200,6 +249,18 @@ func (c Config) Validate() error {
 		return &ConfigError{Field: "ssh.known_hosts", Err: errors.New("is required: the primary's host key must be verified (add it with ssh-keyscan after checking its fingerprint)")}
 	case c.SSH.DialTimeout < 0:
 		return &ConfigError{Field: "ssh.dial_timeout", Err: fmt.Errorf("%v is negative", c.SSH.DialTimeout)}
+	case c.SSH.KeepaliveInterval < 0:
+		return &ConfigError{Field: "ssh.keepalive_interval", Err: fmt.Errorf("%v is negative", c.SSH.KeepaliveInterval)}
+	case c.SSH.KeepaliveTimeout < 0:
+		return &ConfigError{Field: "ssh.keepalive_timeout", Err: fmt.Errorf("%v is negative", c.SSH.KeepaliveTimeout)}
+	case c.SSH.KeepaliveTimeout > 0 && c.SSH.KeepaliveTimeout < time.Second:
+		return &ConfigError{Field: "ssh.keepalive_timeout", Err: fmt.Errorf("%v is below 1s: a busy link would be taken for a dead one", c.SSH.KeepaliveTimeout)}
+	case c.SSH.StallTimeout < 0:
+		return &ConfigError{Field: "ssh.stall_timeout", Err: fmt.Errorf("%v is negative", c.SSH.StallTimeout)}
+	case c.SSH.StallTimeout > 0 && c.SSH.StallTimeout < time.Second:
+		return &ConfigError{Field: "ssh.stall_timeout", Err: fmt.Errorf("%v is below 1s: a busy link would be taken for a stalled one", c.SSH.StallTimeout)}
+	case c.SSH.MinThroughput < 0:
+		return &ConfigError{Field: "ssh.min_throughput", Err: fmt.Errorf("%d MiB/s is negative", c.SSH.MinThroughput)}
 	case c.PrimaryDatadir == "":
 		return &ConfigError{Field: "primary_datadir", Err: errors.New("is required")}
 	case !path.IsAbs(c.PrimaryDatadir):

@@ -81,6 +81,16 @@ func TestConfigValidate(t *testing.T) {
 		// Tries spanning more than 30 minutes (here 1000 × 5 s).
 		{"swap tries span too long", func(c *transfer.Config) { c.SwapTries = 1000 }, "results.swap_tries", false},
 		{"swap tries span at most 30m", func(c *transfer.Config) { c.SwapTries = 350 }, "", false},
+		// Transfer bounds: negative is a typo; below a second a busy link
+		// would be taken for a dead one.
+		{"negative dial timeout", func(c *transfer.Config) { c.SSH.DialTimeout = -time.Second }, "ssh.dial_timeout", false},
+		{"negative keepalive interval", func(c *transfer.Config) { c.SSH.KeepaliveInterval = -time.Second }, "ssh.keepalive_interval", false},
+		{"keepalive timeout too short", func(c *transfer.Config) { c.SSH.KeepaliveTimeout = 100 * time.Millisecond }, "ssh.keepalive_timeout", false},
+		{"stall timeout too short", func(c *transfer.Config) { c.SSH.StallTimeout = 500 * time.Millisecond }, "ssh.stall_timeout", false},
+		{"negative min throughput", func(c *transfer.Config) { c.SSH.MinThroughput = -1 }, "ssh.min_throughput", false},
+		{"tight but valid bounds", func(c *transfer.Config) {
+			c.SSH.KeepaliveInterval, c.SSH.KeepaliveTimeout, c.SSH.StallTimeout, c.SSH.MinThroughput = time.Second, time.Second, time.Second, 1
+		}, "", false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -118,6 +128,10 @@ func TestConfigDefaults(t *testing.T) {
 	}
 	if c.LockWait != time.Second || c.SwapTries != 14 || c.SwapBackoff != 4*time.Second {
 		t.Fatalf("swap defaults: lock wait %v, tries %d, backoff %v; want 1s, 14, 4s", c.LockWait, c.SwapTries, c.SwapBackoff)
+	}
+	if c.SSH.KeepaliveInterval != 5*time.Second || c.SSH.KeepaliveTimeout != 10*time.Second || c.SSH.StallTimeout != 10*time.Second ||
+		c.SSH.MinThroughput != 4 || c.NoSync {
+		t.Fatalf("transfer bounds: WithDefaults = %+v, NoSync %v", c.SSH, c.NoSync)
 	}
 	if got := c.SSH.Addr(); got != "db1.example:22" {
 		t.Fatalf("Addr = %q", got)

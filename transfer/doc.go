@@ -14,7 +14,10 @@
 //   - the files stream from the local disk over one shared SFTP session
 //     into the primary's datadir as nqtmp_<claim token>_<table>, data files
 //     first and the .frm last, so a copy cut short never forms a table;
-//     sizes are checked and the copy verified (Config.Verify: each file read
+//     every file is then fsynced on the primary's host (fsync@openssh.com,
+//     unless Config.NoSync), so a crash of that host cannot leave a live
+//     table whose data never reached its disk; sizes are checked and the
+//     copy verified (Config.Verify: each file read
 //     back and compared, or cksum on both hosts for big files; or CHECKSUM
 //     TABLE … EXTENDED in the locked session while the files stream), then
 //     the replica is unlocked;
@@ -40,6 +43,11 @@
 // crash leaves behind carries a reserved prefix (nqtmp_, nqold_) and is
 // removed by CleanupPrimary; result tables a crash left on the replica are
 // removed by CleanupReplica.
+//
+// Nothing waits on the SSH connection without a bound: keepalives close a
+// connection whose server stops answering, and every SFTP step and remote
+// command has a deadline (see SSHConfig); an abandoned transfer fails with
+// ErrStalled, nothing is published, and the next call dials again.
 //
 // The SSH host key is always verified against a known_hosts file; there is
 // no option to skip it.

@@ -42,6 +42,11 @@ var (
 	ErrCommit = errors.New("published, but the commit callback failed")
 	// ErrParams: ShipParams are incomplete or invalid (a caller bug).
 	ErrParams = errors.New("invalid ship parameters")
+	// ErrStalled: a transfer step made no progress within its bound
+	// (Config.SSH.StallTimeout), or the server stopped answering
+	// keepalives; the SSH connection was closed and the transfer
+	// abandoned. Nothing was published. The next call dials again.
+	ErrStalled = errors.New("ssh transfer stalled; connection abandoned")
 	// ErrClosed: the Shipper was closed.
 	ErrClosed = errors.New("transfer: shipper closed")
 	// ErrResultsBusy: the topic's replica lock is held by another session

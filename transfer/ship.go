@@ -23,6 +23,7 @@ import (
 
 	"github.com/go-sql-driver/mysql"
 	"github.com/pkg/sftp"
+	"golang.org/x/crypto/ssh"
 
 	"github.com/nonqueue/nonqueue/internal/ident"
 )
@@ -544,7 +545,10 @@ func checksums(ctx context.Context, conn *sql.Conn, schema string, names []strin
 }
 
 // stream copies the files, data files first and .frm files last, and
-// retries once on a new connection when the connection dropped.
+// retries once on a new connection when the connection dropped. A stall
+// (ErrStalled: the link was abandoned) is not retried: the server stopped
+// answering, and dialling it again now would only add the dial's timeout
+// before the claim is released; the next run dials.
 func (s *Shipper) stream(ctx context.Context, files []*stagedFile, log *slog.Logger) error {
 	l, err := s.link(ctx)
 	if err != nil {
@@ -553,8 +557,8 @@ func (s *Shipper) stream(ctx context.Context, files []*stagedFile, log *slog.Log
 	if s.testHookStream != nil {
 		s.testHookStream(0)
 	}
-	err = putAll(ctx, l.sftp, files, s.testHookWritten)
-	if err != nil && ctx.Err() == nil && connLost(l, err) {
+	err = putAll(ctx, s.putter(l), files)
+	if err != nil && ctx.Err() == nil && !errors.Is(err, ErrStalled) && connLost(l, err) {
 		log.WarnContext(ctx, "ssh connection lost during the transfer; dialling again and retrying once", "err", err)
 		l2, derr := s.redial(ctx, l)
 		if derr != nil {
@@ -563,15 +567,33 @@ func (s *Shipper) stream(ctx context.Context, files []*stagedFile, log *slog.Log
 		if s.testHookStream != nil {
 			s.testHookStream(1)
 		}
-		err = putAll(ctx, l2.sftp, files, s.testHookWritten)
+		err = putAll(ctx, s.putter(l2), files)
 	}
 	return err
 }
 
+// putter is what the copy of a file needs from the Shipper: the link, the
+// step bounds, whether to fsync, and the tests' hook.
+type putter struct {
+	l     *link
+	stall time.Duration
+	bulk  func(size int64) time.Duration
+	sync  bool
+	// written, if set, hears each file once its bytes are written and
+	// before it is read back or synced (tests).
+	written func(remote string)
+}
+
+func (s *Shipper) putter(l *link) *putter {
+	return &putter{
+		l: l, stall: s.cfg.SSH.StallTimeout, bulk: s.bulkTimeout,
+		sync: !s.cfg.NoSync && l.fsync, written: s.testHookWritten,
+	}
+}
+
 // putAll copies files, the data and index files first and the .frm
-// files last. written, if set, hears each file once its bytes are written
-// and before it is read back (tests).
-func putAll(ctx context.Context, c *sftp.Client, files []*stagedFile, written func(remote string)) error {
+// files last, then syncs them all.
+func putAll(ctx context.Context, p *putter, files []*stagedFile) error {
 	var data, frm []*stagedFile
 	for _, f := range files {
 		if f.frm {
@@ -580,15 +602,21 @@ func putAll(ctx context.Context, c *sftp.Client, files []*stagedFile, written fu
 			data = append(data, f)
 		}
 	}
-	if err := putParallel(ctx, c, data, written); err != nil {
+	if err := putParallel(ctx, p, data); err != nil {
 		return err
 	}
-	return putParallel(ctx, c, frm, written)
+	if err := putParallel(ctx, p, frm); err != nil {
+		return err
+	}
+	if !p.sync {
+		return nil
+	}
+	return syncAll(ctx, p, files)
 }
 
 // putParallel copies files, fileParallelism at a time; the first failure
 // stops the others.
-func putParallel(ctx context.Context, c *sftp.Client, files []*stagedFile, written func(string)) error {
+func putParallel(ctx context.Context, p *putter, files []*stagedFile) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	sem := make(chan struct{}, fileParallelism)
@@ -600,7 +628,7 @@ func putParallel(ctx context.Context, c *sftp.Client, files []*stagedFile, writt
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			if err := putFile(ctx, c, f, written); err != nil {
+			if err := putFile(ctx, p, f); err != nil {
 				errs[i] = err
 				cancel()
 			}
@@ -622,11 +650,15 @@ func putParallel(ctx context.Context, c *sftp.Client, files []*stagedFile, writt
 
 // putFile streams one local file to its remote path (never buffering it
 // whole) and checks that every byte was written and acknowledged and that
-// Close succeeded: with the SSH transport's integrity that is the copy. A
-// readBack file is then read back over the same handle and compared; the
-// others are verified after the transfer (cksum or CHECKSUM TABLE). A
-// chmod, when configured, runs concurrently with the writes.
-func putFile(ctx context.Context, c *sftp.Client, f *stagedFile, written func(string)) error {
+// Close succeeded: with the SSH transport's integrity that is the copy
+// (putAll syncs it afterwards). A readBack file is then read back over the
+// same handle and compared; the others are verified after the transfer
+// (cksum or CHECKSUM TABLE). A chmod, when configured, runs concurrently
+// with the writes. Every SFTP call runs under a watchdog (putter.stall
+// without progress; a stream makes progress with every chunk) that
+// abandons the link when it expires.
+func putFile(ctx context.Context, p *putter, f *stagedFile) error {
+	c := p.l.sftp
 	src, err := os.Open(f.local)
 	if err != nil {
 		return fmt.Errorf("open %s: %w", f.local, err)
@@ -636,29 +668,34 @@ func putFile(ctx context.Context, c *sftp.Client, f *stagedFile, written func(st
 	if f.readBack {
 		flags = os.O_RDWR | os.O_CREATE | os.O_TRUNC
 	}
-	dst, err := c.OpenFile(f.remote, flags)
+	var dst *sftp.File
+	err = p.l.step("create "+f.remote, p.stall, func() (err error) { dst, err = c.OpenFile(f.remote, flags); return err })
 	if err != nil {
 		return fmt.Errorf("create %s over sftp: %w", f.remote, err)
 	}
 	chmod := make(chan error, 1)
 	if f.mode != 0 {
-		go func() { chmod <- c.Chmod(f.remote, f.mode) }()
+		go func() {
+			chmod <- p.l.step("chmod "+f.remote, p.stall, func() error { return c.Chmod(f.remote, f.mode) })
+		}()
 	} else {
 		chmod <- nil
 	}
 	var n int64
 	if f.size <= smallFile {
-		n, err = putSmall(ctx, dst, src, f, written)
+		n, err = putSmall(ctx, p, dst, src, f)
 	} else {
-		n, err = dst.ReadFrom(&ctxReader{err: ctx.Err, r: src, size: f.size})
-		if err == nil && written != nil {
-			written(f.remote)
+		w := p.l.watch("write "+f.remote, p.stall)
+		n, err = dst.ReadFrom(&ctxReader{err: ctx.Err, r: src, size: f.size, progress: w.kick})
+		err = w.done(err)
+		if err == nil && p.written != nil {
+			p.written(f.remote)
 		}
 		if err == nil && f.readBack {
-			err = compareStreams(ctx, dst, src, f.size)
+			err = compareStreams(ctx, p, dst, src, f.size)
 		}
 	}
-	if cerr := dst.Close(); err == nil && cerr != nil {
+	if cerr := p.l.step("close "+f.remote, p.stall, dst.Close); err == nil && cerr != nil {
 		err = fmt.Errorf("close: %w", cerr)
 	}
 	if cerr := <-chmod; err == nil && cerr != nil {
@@ -673,6 +710,38 @@ func putFile(ctx context.Context, c *sftp.Client, f *stagedFile, written func(st
 	return nil
 }
 
+// syncAll syncs the written files on the primary's host
+// (fsync@openssh.com), all at once: a journalling filesystem commits
+// concurrent fsyncs together, so a topic's files cost about one commit
+// instead of one per round of putParallel (measured with BenchmarkShip:
+// see Config.NoSync). Each file is opened again read-only for it: fsync
+// flushes the file, whichever descriptor asks. Every call has the bulk
+// bound of the file's size.
+func syncAll(ctx context.Context, p *putter, files []*stagedFile) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	errs := make([]error, len(files))
+	var wg sync.WaitGroup
+	for i, f := range files {
+		wg.Go(func() {
+			var h *sftp.File
+			err := p.l.step("open "+f.remote+" to fsync it", p.stall, func() (err error) { h, err = p.l.sftp.Open(f.remote); return err })
+			if err == nil {
+				err = p.l.step("fsync "+f.remote, p.bulk(f.size), h.Sync)
+				if cerr := p.l.step("close "+f.remote, p.stall, h.Close); err == nil {
+					err = cerr
+				}
+			}
+			if err != nil {
+				errs[i] = fmt.Errorf("fsync %s on the primary's host: %w", f.remote, err)
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
 // smallFile is the size up to which a file goes in one write from a pooled
 // buffer (and, with VerifyBytes, is read back in one read): sftp's
 // ReadFrom allocates a whole packet (255 KiB with OpenSSH) per file, which
@@ -684,7 +753,7 @@ var smallBufs = sync.Pool{New: func() any { b := make([]byte, smallFile+1); retu
 
 // putSmall copies a file of f.size bytes (at most smallFile) with one
 // write and, for a readBack file, reads it back and compares.
-func putSmall(ctx context.Context, dst *sftp.File, src io.Reader, f *stagedFile, written func(string)) (int64, error) {
+func putSmall(ctx context.Context, p *putter, dst *sftp.File, src io.Reader, f *stagedFile) (int64, error) {
 	bp := smallBufs.Get().(*[]byte)
 	defer smallBufs.Put(bp)
 	// One byte more than expected tells a file that grew from one that
@@ -697,24 +766,25 @@ func putSmall(ctx context.Context, dst *sftp.File, src io.Reader, f *stagedFile,
 		return 0, err
 	}
 	sent := (*bp)[:n]
-	m, err := dst.Write(sent)
+	var m int
+	err = p.l.step("write "+f.remote, p.stall, func() (err error) { m, err = dst.Write(sent); return err })
 	if err != nil {
 		return int64(m), err
 	}
-	if written != nil {
-		written(f.remote)
+	if p.written != nil {
+		p.written(f.remote)
 	}
 	if !f.readBack {
 		return int64(m), nil
 	}
-	return int64(m), compareStreams(ctx, dst, bytes.NewReader(sent), int64(len(sent)))
+	return int64(m), compareStreams(ctx, p, dst, bytes.NewReader(sent), int64(len(sent)))
 }
 
 // compareStreams reads a file back through its SFTP handle, a chunk at a
-// time (never the whole file in memory), and compares it with want, the
-// bytes sent: the local file read again for a big file, the sent buffer
-// for a small one.
-func compareStreams(ctx context.Context, dst *sftp.File, want io.ReaderAt, size int64) error {
+// time (never the whole file in memory, each read under the stall bound),
+// and compares it with want, the bytes sent: the local file read again for
+// a big file, the sent buffer for a small one.
+func compareStreams(ctx context.Context, p *putter, dst *sftp.File, want io.ReaderAt, size int64) error {
 	a, b := smallBufs.Get().(*[]byte), smallBufs.Get().(*[]byte)
 	defer smallBufs.Put(a)
 	defer smallBufs.Put(b)
@@ -724,7 +794,9 @@ func compareStreams(ctx context.Context, dst *sftp.File, want io.ReaderAt, size 
 		}
 		n := int(min(int64(smallFile), size-off))
 		got, sent := (*a)[:n], (*b)[:n]
-		if k, err := dst.ReadAt(got, off); k != n {
+		var k int
+		err := p.l.step("read back "+dst.Name(), p.stall, func() (err error) { k, err = dst.ReadAt(got, off); return err })
+		if k != n {
 			return fmt.Errorf("read back at %d: %d of %d bytes: %w", off, k, n, err)
 		}
 		if k, err := want.ReadAt(sent, off); k != n {
@@ -738,18 +810,21 @@ func compareStreams(ctx context.Context, dst *sftp.File, want io.ReaderAt, size 
 	return nil
 }
 
-// ctxReader stops a copy when its context ends. Size lets sftp's ReadFrom
-// pipeline the writes.
+// ctxReader stops a copy when its context ends, and reports progress (each
+// read means earlier writes were acknowledged: pkg/sftp keeps a bounded
+// number in flight). Size lets sftp's ReadFrom pipeline the writes.
 type ctxReader struct {
-	err  func() error
-	r    io.Reader
-	size int64
+	err      func() error
+	r        io.Reader
+	size     int64
+	progress func()
 }
 
 func (c *ctxReader) Read(p []byte) (int, error) {
 	if err := c.err(); err != nil {
 		return 0, err
 	}
+	c.progress()
 	return c.r.Read(p)
 }
 
@@ -1049,16 +1124,16 @@ func (s *Shipper) removeStaging(ctx context.Context, prim *session, primary *sql
 	if err != nil {
 		log.WarnContext(cctx, "drop staging tables on the primary", "tables", tmp, "err", err)
 	}
-	l, err := s.link(cctx)
+	l, err := s.cleanupLink(cctx)
 	if err != nil {
-		log.WarnContext(cctx, "remove staging files", "err", err)
+		log.WarnContext(cctx, "remove staging files; CleanupPrimary will", "err", err)
 		return
 	}
 	dir := path.Join(s.cfg.PrimaryDatadir, s.cfg.Schema)
 	for _, n := range tmp {
 		for _, ext := range myisamExts {
 			f := path.Join(dir, n+ext)
-			if err := l.sftp.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+			if err := l.step("remove "+f, s.cfg.SSH.StallTimeout, func() error { return l.sftp.Remove(f) }); err != nil && !errors.Is(err, os.ErrNotExist) {
 				log.WarnContext(cctx, "remove staging file over sftp", "file", f, "err", err)
 			}
 		}
@@ -1126,7 +1201,11 @@ func (s *Shipper) verifyRemote(ctx context.Context, files []*stagedFile, local m
 	for i, f := range files {
 		remote[i] = f.remote
 	}
-	out, err := s.primaryExec(ctx, cksumCmd(remote))
+	var size int64
+	for _, f := range files {
+		size += f.size
+	}
+	out, err := s.primaryExec(ctx, cksumCmd(remote), size)
 	if err != nil {
 		return fmt.Errorf("verify shipped files: cksum on the primary's host (needs a shell there; or set verify = %q): %w", VerifyChecksum, err)
 	}
@@ -1171,7 +1250,7 @@ func (s *Shipper) probeCksum(ctx context.Context) error {
 	if _, err := exec.LookPath("cksum"); err != nil {
 		return fmt.Errorf("cksum cannot run on this host: %w", err)
 	}
-	if _, err := s.primaryExec(ctx, "cksum -- /dev/null"); err != nil {
+	if _, err := s.primaryExec(ctx, "cksum -- /dev/null", 0); err != nil {
 		return fmt.Errorf("cksum cannot run on the primary's host (it needs a shell and coreutils there): %w", err)
 	}
 	return nil
@@ -1179,13 +1258,16 @@ func (s *Shipper) probeCksum(ctx context.Context) error {
 
 // primaryExec runs cmd on the primary's host over one SSH exec session of
 // the shared connection, closed when ctx ends, and returns its standard
-// output; a failure carries what it wrote to standard error.
-func (s *Shipper) primaryExec(ctx context.Context, cmd string) ([]byte, error) {
+// output; a failure carries what it wrote to standard error. The command
+// reads size bytes there: it has the bulk bound of that size, after which
+// the link is abandoned (the keepalive catches a dead server sooner).
+func (s *Shipper) primaryExec(ctx context.Context, cmd string, size int64) ([]byte, error) {
 	l, err := s.link(ctx)
 	if err != nil {
 		return nil, err
 	}
-	sess, err := l.ssh.NewSession()
+	var sess *ssh.Session
+	err = l.step("open an ssh session", s.cfg.SSH.StallTimeout, func() (err error) { sess, err = l.ssh.NewSession(); return err })
 	if err != nil {
 		return nil, fmt.Errorf("open an ssh session: %w", err)
 	}
@@ -1194,11 +1276,29 @@ func (s *Shipper) primaryExec(ctx context.Context, cmd string) ([]byte, error) {
 	defer stop()
 	var stderr bytes.Buffer
 	sess.Stderr = &stderr
-	out, err := sess.Output(cmd)
+	var out []byte
+	name, _, _ := strings.Cut(cmd, " ")
+	err = l.step(name+" on the primary's host", s.bulkTimeout(size), func() (err error) { out, err = sess.Output(cmd); return err })
 	if err != nil {
 		return out, fmt.Errorf("%w: %s", err, strings.TrimSpace(stderr.String()))
 	}
 	return out, nil
+}
+
+// cleanupLink is link for removing a failed run's staging files, except
+// that it does not dial again right after the link was abandoned: the
+// release of the claim must not wait a dial timeout on a server that just
+// stopped answering. The files are left to CleanupPrimary then.
+func (s *Shipper) cleanupLink(ctx context.Context) (*link, error) {
+	s.mu.Lock()
+	cur := s.cur
+	s.mu.Unlock()
+	if cur != nil {
+		if why := cur.abandoned(); why != nil {
+			return nil, fmt.Errorf("not dialling again at once: %w", why)
+		}
+	}
+	return s.link(ctx)
 }
 
 // cksumUsable reports whether big files can be compared by cksum on both
@@ -1212,8 +1312,8 @@ func (s *Shipper) cksumUsable(ctx context.Context) bool {
 		return s.cksumOK
 	}
 	err := s.probeCksum(ctx)
-	if ctx.Err() != nil {
-		return false
+	if ctx.Err() != nil || errors.Is(err, ErrStalled) {
+		return false // says nothing about cksum: probe again next time
 	}
 	s.cksumKnown, s.cksumOK = true, err == nil
 	if err != nil {

@@ -104,6 +104,12 @@ type SSH struct {
 	// FileMode ("0660") is applied to shipped files; leave it unset when
 	// User is the user mysqld runs as (recommended).
 	FileMode string `toml:"file_mode"`
+	// Bounds of the transfer (transfer.SSHConfig): zero takes the default.
+	DialTimeout       time.Duration `toml:"dial_timeout"`       // connect, handshake, SFTP start; default 10s
+	KeepaliveInterval time.Duration `toml:"keepalive_interval"` // default 5s
+	KeepaliveTimeout  time.Duration `toml:"keepalive_timeout"`  // no reply: the connection is dead; default 10s
+	StallTimeout      time.Duration `toml:"stall_timeout"`      // a step with no progress is abandoned; default 10s
+	MinThroughput     int           `toml:"min_throughput"`     // MiB/s, sizes fsync and cksum deadlines; default 4
 
 	mode os.FileMode
 }
@@ -136,6 +142,9 @@ type Results struct {
 	// former name) or "checksum" (CHECKSUM TABLE on both servers, a read
 	// per row on each). See transfer.Config.Verify.
 	Verify string `toml:"verify"`
+	// Sync: fsync every shipped file on the primary's host before it is
+	// verified and swapped in (fsync@openssh.com); default true.
+	Sync *bool `toml:"sync"`
 }
 
 // Lag is the [lag] section: the lag gate.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/nonqueue/nonqueue/internal/ident"
 	"github.com/nonqueue/nonqueue/queue"
+	"github.com/nonqueue/nonqueue/transfer"
 )
 
 func writeFile(t *testing.T, body string) string {
@@ -182,5 +184,62 @@ func TestExplicitZeroStopsCommands(t *testing.T) {
 		if code != 1 || !strings.Contains(out, "config topics.lease: 0s is refused") {
 			t.Errorf("%v with lease = \"0s\": exit %d, want 1 and the key named:\n%s", args, code, out)
 		}
+	}
+}
+
+// TestTransferBounds: the [ssh] transfer bounds and [results] sync reach
+// the transfer configuration; unset, they take transfer's defaults; a bad
+// value is refused by the worker's validation, naming the key.
+func TestTransferBounds(t *testing.T) {
+	t.Parallel()
+	const base = `
+[primary]
+user = "nq"
+[topics]
+schema = "app"
+[replica]
+user = "nq"
+[procedure]
+name = "app.calc"
+[results]
+schema = "app"
+tables = ["R_{id}"]
+%s
+[ssh]
+host = "h"
+user = "u"
+key_file = "/k"
+known_hosts = "/kh"
+datadir = "/d"
+%s
+`
+	c, err := LoadConfig(writeFile(t, fmt.Sprintf(base, "sync = false", `dial_timeout = "3s"
+keepalive_interval = "2s"
+keepalive_timeout = "7s"
+stall_timeout = "30s"
+min_throughput = 16`)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc := c.transferConfig()
+	if s := tc.SSH; s.DialTimeout != 3*time.Second || s.KeepaliveInterval != 2*time.Second || s.KeepaliveTimeout != 7*time.Second ||
+		s.StallTimeout != 30*time.Second || s.MinThroughput != 16 || !tc.NoSync {
+		t.Fatalf("mapped: %+v, NoSync %v", s, tc.NoSync)
+	}
+	c, err = LoadConfig(writeFile(t, fmt.Sprintf(base, "", "")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc = c.transferConfig()
+	if s := tc.SSH; s.KeepaliveInterval != transfer.DefaultKeepaliveInterval || s.StallTimeout != transfer.DefaultStallTimeout || tc.NoSync {
+		t.Fatalf("defaults: %+v, NoSync %v", s, tc.NoSync)
+	}
+	c, err = LoadConfig(writeFile(t, fmt.Sprintf(base, "", `stall_timeout = "100ms"`)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ce *transfer.ConfigError
+	if err := c.validateWorker(); !errors.As(err, &ce) || ce.Field != "ssh.stall_timeout" {
+		t.Fatalf("stall_timeout = 100ms: %v, want a ConfigError on ssh.stall_timeout", err)
 	}
 }
