@@ -120,7 +120,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	runs := fs.Int("runs", 0, "runs per scenario (default 3)")
 	sweep := fs.String("sweep", "", "run only these nonqueue topologies of scenario 2, comma-separated REPLICASxINSTANCES such as 1x4,2x16 (for debugging)")
 	verify := fs.String("verify", transfer.VerifyBytes, "the workers' [results] verify outside the big result: bytes (their default) or checksum")
-	only := fs.String("only", "", "run only these scenarios, comma-separated: seed, ceiling, sweep, scale, big (for debugging; the summary then has gaps)")
+	only := fs.String("only", "", "run only these scenarios, comma-separated: seed, ceiling, sweep, scale, big, sync (for debugging; the summary then has gaps; sync compares with sweep and big when they ran too)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -181,7 +181,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		b.only = map[string]bool{}
 		for _, k := range strings.Split(*only, ",") {
 			switch k = strings.TrimSpace(k); k {
-			case "seed", "ceiling", "sweep", "scale", "big":
+			case "seed", "ceiling", "sweep", "scale", "big", "sync":
 				b.only[k] = true
 			default:
 				fmt.Fprintf(stderr, "nqbench: -only: unknown scenario %q\n", k)

@@ -142,6 +142,14 @@ func (b *bench) summary() (map[string]any, []target, int) {
 		}
 		sum["big_result_mb"] = num(float64(big.Runs[0].Bytes) / (1 << 20))
 	}
+	// Scenario 7 against 2 and 5: what syncing the shipped files costs.
+	if on, off := b.find("nonqueue_"+headToHead.String()), b.find("nonqueue_"+headToHead.String()+"_nosync"); on != nil && off != nil {
+		sum["fsync_transfer_ms_per_topic"] = map[string]*float64{"on": num(medianAvg(on, "transfer")), "off": num(medianAvg(off, "transfer"))}
+		sum["fsync_topics_per_s"] = map[string]*float64{"on": num(on.TopicsPerS), "off": num(off.TopicsPerS)}
+	}
+	if on, off := b.find("big_result"), b.find("big_result_nosync"); on != nil && off != nil {
+		sum["fsync_big_transfer_publish_s"] = map[string]*float64{"on": num(on.TransferPublishS), "off": num(off.TransferPublishS)}
+	}
 	dups := 0
 	var rssAll float64
 	for _, sc := range b.scenarios {

@@ -36,11 +36,13 @@ type scenario struct {
 	// MaxRSSMB is the largest VmHWM of the scenario's worker processes.
 	MaxRSSMB float64 `json:"worker_max_rss_mb,omitempty"`
 	// Big result only: medians of nonqueue's transfer + publish and of scp.
-	TransferPublishS float64  `json:"transfer_publish_median_s,omitempty"`
-	ScpS             float64  `json:"scp_median_s,omitempty"`
-	Notes            []string `json:"notes,omitempty"`
-	Error            string   `json:"error,omitempty"`
-	WallS            float64  `json:"wall_s"` // the whole scenario, start-up included
+	TransferPublishS float64 `json:"transfer_publish_median_s,omitempty"`
+	ScpS             float64 `json:"scp_median_s,omitempty"`
+	// NoSync: the workers ran with [results] sync = false (scenario 7).
+	NoSync bool     `json:"no_sync,omitempty"`
+	Notes  []string `json:"notes,omitempty"`
+	Error  string   `json:"error,omitempty"`
+	WallS  float64  `json:"wall_s"` // the whole scenario, start-up included
 	// want is the number of runs to make; budget bounds a round at one
 	// minute + topics x budget / instances.
 	want   int
@@ -391,12 +393,12 @@ func callProc(ctx context.Context, c *sql.Conn, id int64) error {
 // workers starts `nonqueue work` on the first topo.Replicas replicas and
 // waits until every instance has looked for work once (registry state
 // idle), so the clock starts with a ready pool as in production.
-func (b *bench) startWorkers(ctx context.Context, key string, topo topology, proc string) ([]*child, error) {
+func (b *bench) startWorkers(ctx context.Context, key string, topo topology, proc string, noSync bool) ([]*child, error) {
 	var ws []*child
 	for k := range topo.Replicas {
 		c, err := b.kids.start(fmt.Sprintf("nonqueue work (%s, replica%d)", key, k+1),
 			filepath.Join(b.dir, "bench", fmt.Sprintf("worker-%s-replica%d.log", key, k+1)), false,
-			b.nonqueue, "work", "--config", b.configPath(k, proc), "--instances", itoa(topo.Instances))
+			b.nonqueue, "work", "--config", b.configPath(k, proc, noSync), "--instances", itoa(topo.Instances))
 		if err != nil {
 			return ws, err
 		}
@@ -451,7 +453,7 @@ func (b *bench) nonqueueScenario(ctx context.Context, sc *scenario, topo topolog
 	if err := b.checkClean(ctx); err != nil {
 		return err
 	}
-	ws, err := b.startWorkers(ctx, sc.Key, topo, proc)
+	ws, err := b.startWorkers(ctx, sc.Key, topo, proc, sc.NoSync)
 	defer func() {
 		if serr := b.stopWorkers(ws, sc); serr != nil {
 			err = errors.Join(err, serr)
@@ -709,21 +711,92 @@ func (b *bench) scenarioBig(ctx context.Context) (*scenario, error) {
 	topo := topology{1, 1}
 	sc := &scenario{Key: "big_result", Title: fmt.Sprintf("nonqueue, one %d MB result, 1 x 1", b.s.BigMB), Kind: "big",
 		Procedure: procBig, Replicas: 1, Instances: 1, Concurrency: 1, Topics: 1, want: b.s.Runs, budget: 5 * time.Minute}
-	t0 := time.Now()
-	size, err := b.buildBigSource(ctx)
-	if err != nil {
+	if err := b.ensureBigSource(ctx); err != nil {
 		return sc, err
 	}
-	b.info("built influencer.BigSrc on replica1: %.0f MB in %.1f s", float64(size)/(1<<20), time.Since(t0).Seconds())
-	err = b.nonqueueScenario(ctx, sc, topo, procBig, bigID, bigID, b.bigRound)
+	err := b.nonqueueScenario(ctx, sc, topo, procBig, bigID, bigID, b.bigRound)
 	if sc.TransferPublishS > 0 && sc.ScpS > 0 {
 		sc.Notes = append(sc.Notes, fmt.Sprintf("transfer+publish %.2f s, scp %.2f s (scp/nonqueue %.2f), worker peak RSS %.1f MB",
 			sc.TransferPublishS, sc.ScpS, sc.ScpS/sc.TransferPublishS, sc.MaxRSSMB))
 	}
-	if _, derr := b.replicas[0].ExecContext(context.WithoutCancel(ctx), "DROP TABLE IF EXISTS influencer.BigSrc"); derr != nil {
-		err = errors.Join(err, derr)
+	if b.only == nil || b.only["sync"] {
+		return sc, err // scenario 7 ships it again, then drops it
+	}
+	return sc, errors.Join(err, b.dropBigSource(ctx))
+}
+
+// ensureBigSource builds influencer.BigSrc unless it is there already.
+func (b *bench) ensureBigSource(ctx context.Context) error {
+	if b.bigBuilt {
+		return nil
+	}
+	t0 := time.Now()
+	size, err := b.buildBigSource(ctx)
+	if err != nil {
+		return err
+	}
+	b.bigBuilt = true
+	b.info("built influencer.BigSrc on replica1: %.0f MB in %.1f s", float64(size)/(1<<20), time.Since(t0).Seconds())
+	return nil
+}
+
+func (b *bench) dropBigSource(ctx context.Context) error {
+	if _, err := b.replicas[0].ExecContext(context.WithoutCancel(ctx), "DROP TABLE IF EXISTS influencer.BigSrc"); err != nil {
+		return err
+	}
+	b.bigBuilt = false
+	return nil
+}
+
+// ---- 7. the cost of fsync ----
+
+// scenarioNoSyncSweep is the head-to-head topology again with the workers'
+// [results] sync = false: side by side with scenario 2's 1 x 4 (sync on,
+// the default), it gives what syncing every shipped file costs a topic.
+func (b *bench) scenarioNoSyncSweep(ctx context.Context) (*scenario, error) {
+	n, topo := b.s.Topics, headToHead
+	sc := &scenario{Key: "nonqueue_" + topo.String() + "_nosync", Title: fmt.Sprintf("nonqueue, %d replica(s) x %d, sync = false", topo.Replicas, topo.Instances),
+		Kind: "nonqueue", Procedure: procSmall, Replicas: topo.Replicas, Instances: topo.Instances, Concurrency: topo.total(), Topics: n,
+		want: b.s.Runs, budget: 250 * time.Millisecond, NoSync: true}
+	err := b.nonqueueScenario(ctx, sc, topo, procSmall, 1, n, nil)
+	b.noteOutcomes(sc)
+	if on := b.find("nonqueue_" + topo.String()); on != nil && len(on.Runs) > 0 && len(sc.Runs) > 0 {
+		tOn, tOff := medianAvg(on, "transfer"), medianAvg(sc, "transfer")
+		sc.Notes = append(sc.Notes, fmt.Sprintf("sync on: %.1f topics/s, transfer %.2f ms/topic; off: %.1f topics/s, transfer %.2f ms/topic",
+			on.TopicsPerS, tOn, sc.TopicsPerS, tOff))
 	}
 	return sc, err
+}
+
+// scenarioNoSyncBig is scenario 5 again with [results] sync = false.
+func (b *bench) scenarioNoSyncBig(ctx context.Context) (*scenario, error) {
+	topo := topology{1, 1}
+	sc := &scenario{Key: "big_result_nosync", Title: fmt.Sprintf("nonqueue, one %d MB result, 1 x 1, sync = false", b.s.BigMB), Kind: "big",
+		Procedure: procBig, Replicas: 1, Instances: 1, Concurrency: 1, Topics: 1, want: b.s.Runs, budget: 5 * time.Minute, NoSync: true}
+	if err := b.ensureBigSource(ctx); err != nil {
+		return sc, err
+	}
+	err := b.nonqueueScenario(ctx, sc, topo, procBig, bigID, bigID, b.bigRound)
+	if on := b.find("big_result"); on != nil && on.TransferPublishS > 0 && sc.TransferPublishS > 0 {
+		sc.Notes = append(sc.Notes, fmt.Sprintf("transfer+publish: sync on %.2f s (transfer %.2f), off %.2f s (transfer %.2f)",
+			on.TransferPublishS, medianAvg(on, "transfer")/1000, sc.TransferPublishS, medianAvg(sc, "transfer")/1000))
+	}
+	return sc, errors.Join(err, b.dropBigSource(ctx))
+}
+
+// medianAvg is the median over a scenario's runs of one phase's mean, in
+// ms (runResult.AvgMS).
+func medianAvg(sc *scenario, phase string) float64 {
+	var v []float64
+	for _, r := range sc.Runs {
+		if x, ok := r.AvgMS[phase]; ok {
+			v = append(v, x)
+		}
+	}
+	if len(v) == 0 {
+		return 0
+	}
+	return median(v)
 }
 
 // bigRound takes transfer + publish of the run just done from the run

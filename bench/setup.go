@@ -46,6 +46,9 @@ type bench struct {
 	elapsed                        time.Duration
 	interrupted                    bool
 	only                           map[string]bool // nil: every scenario
+	// bigBuilt: influencer.BigSrc exists on replica 1 (scenario 5 keeps
+	// it for scenario 7, which drops it).
+	bigBuilt bool
 
 	sb *sandbox.Sandbox
 	// primary is the application user on the primary; primaryNoBin the
@@ -153,7 +156,9 @@ func (b *bench) runAll(ctx context.Context, dir string) (err error) {
 	}
 	steps = append(steps,
 		step{"scale", "4. scale: a 1 s procedure", b.scenarioScale},
-		step{"big", "5. big result", b.scenarioBig})
+		step{"big", "5. big result", b.scenarioBig},
+		step{"sync", "7. fsync cost: 1 replica x 4 with [results] sync = false", b.scenarioNoSyncSweep},
+		step{"sync", "7. fsync cost: the big result with [results] sync = false", b.scenarioNoSyncBig})
 	for _, st := range steps {
 		if ctx.Err() != nil {
 			break
@@ -412,6 +417,7 @@ timeout = "10m"
 schema = "influencer"
 tables = ["Dynamics_{id}", "Post_{id}"]
 verify = "{{.Verify}}"
+sync = {{.Sync}}
 
 [worker]
 log_dir = "{{.LogDir}}"
@@ -427,9 +433,12 @@ datadir = "{{.SB.Primary.Datadir}}"
 `))
 
 // configPath is the worker configuration for replica k (0-based) and a
-// procedure.
-func (b *bench) configPath(k int, proc string) string {
+// procedure; noSync: with [results] sync = false (scenario 7).
+func (b *bench) configPath(k int, proc string, noSync bool) string {
 	name := strings.TrimPrefix(proc, "influencer.")
+	if noSync {
+		name += "-nosync"
+	}
 	return filepath.Join(b.dir, "bench", fmt.Sprintf("replica%d-%s.toml", k+1, name))
 }
 
@@ -438,8 +447,12 @@ func (b *bench) writeConfigs() error {
 		return err
 	}
 	for k, r := range b.sb.Replicas {
-		for _, proc := range []string{procSmall, procSlow, procBig} {
-			p := b.configPath(k, proc)
+		for _, c := range []struct {
+			proc   string
+			noSync bool
+		}{{procSmall, false}, {procSlow, false}, {procBig, false}, {procSmall, true}, {procBig, true}} {
+			proc := c.proc
+			p := b.configPath(k, proc, c.noSync)
 			f, err := os.OpenFile(p, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
 			if err != nil {
 				return err
@@ -452,7 +465,7 @@ func (b *bench) writeConfigs() error {
 				verify = transfer.VerifyBytes
 			}
 			err = workerConfig.Execute(f, map[string]any{"SB": b.sb, "Replica": r, "Proc": proc,
-				"LogDir": filepath.Join(b.dir, "runs"), "IdleWait": b.s.IdleWait.String(), "Verify": verify})
+				"LogDir": filepath.Join(b.dir, "runs"), "IdleWait": b.s.IdleWait.String(), "Verify": verify, "Sync": !c.noSync})
 			if cerr := f.Close(); err == nil {
 				err = cerr
 			}
@@ -471,7 +484,7 @@ func (b *bench) openQueue(ctx context.Context) error {
 	var c struct {
 		Topics queue.Config `toml:"topics"`
 	}
-	path := b.configPath(0, procSmall)
+	path := b.configPath(0, procSmall, false)
 	if _, err := toml.DecodeFile(path, &c); err != nil {
 		return fmt.Errorf("read %s: %w", path, err)
 	}

@@ -103,9 +103,12 @@ type Gate struct {
 	// discards.
 	Logger *slog.Logger
 
-	mu    sync.Mutex // guards last and state
+	mu    sync.Mutex // guards last, state and the hold
 	last  *sample
 	state string // class of the last verdict, for logging transitions
+	// holdUntil and holdWhy: Hold's closing of the gate.
+	holdUntil time.Time
+	holdWhy   error
 
 	loop startstop.Loop
 }
@@ -239,17 +242,48 @@ func classOf(err error) string {
 // stored sample and never queries. The error wraps ErrNoSample (backoff
 // SampleInterval), ErrReplicaStopped (StoppedBackoff) or ErrReplicaBehind
 // (BehindBackoff: lag over MaxLag, lag unknown, the last sample failed, or
-// the sample is older than 3×SampleInterval+MaxLag), or a *ConfigError
-// when the Gate is misconfigured (backoff StoppedBackoff's default).
+// the sample is older than 3×SampleInterval+MaxLag; or, during a Hold,
+// the time the hold has left), or a *ConfigError when the Gate is
+// misconfigured (backoff StoppedBackoff's default).
 func (g *Gate) Check() (time.Duration, error) {
 	cfg := g.Config.WithDefaults()
 	if err := cfg.Validate(); err != nil {
 		return DefaultStoppedBackoff, err
 	}
 	g.mu.Lock()
-	s := g.last
+	s, until, why := g.last, g.holdUntil, g.holdWhy
 	g.mu.Unlock()
-	return decide(s, cfg, time.Now())
+	now := time.Now()
+	backoff, err := decide(s, cfg, now)
+	if left := until.Sub(now); left > 0 && (err == nil || backoff < left) {
+		return left, fmt.Errorf("held for %v more: %w", left.Round(time.Millisecond), why)
+	}
+	return backoff, err
+}
+
+// Hold keeps the gate closed for d from now, whatever the samples say, so
+// that every instance sharing the gate (every instance of the process on
+// this replica) stops claiming. It is how a caller reports what sampling
+// cannot see: a GTID wait that timed out proves this replica behind the
+// position a claim needed even while the heartbeat lag looks fine, and the
+// topic is better left to a fresher replica for a while than claimed again
+// here at once. A longer hold already in place stands. Check then returns
+// the time left and an error wrapping ErrReplicaBehind and reason. Safe for
+// concurrent use; a d <= 0 does nothing.
+func (g *Gate) Hold(d time.Duration, reason error) {
+	if d <= 0 {
+		return
+	}
+	until := time.Now().Add(d)
+	why := fmt.Errorf("%w: %w", ErrReplicaBehind, reason)
+	if reason == nil {
+		why = ErrReplicaBehind
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if until.After(g.holdUntil) {
+		g.holdUntil, g.holdWhy = until, why
+	}
 }
 
 // decide is the gate's rule, pure so it can be table-tested.

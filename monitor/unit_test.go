@@ -49,6 +49,30 @@ func TestGateNoSample(t *testing.T) {
 	}
 }
 
+// TestGateHold: a hold closes the gate for its duration over a shorter
+// back-off (here no sample's), reporting ErrReplicaBehind and the reason;
+// a shorter hold does not cut a longer one short; once over, the sample's
+// verdict is back.
+func TestGateHold(t *testing.T) {
+	t.Parallel()
+	g := &monitor.Gate{}
+	why := errors.New("gtid wait timed out")
+	g.Hold(0, errors.New("no hold"))
+	if _, err := g.Check(); !errors.Is(err, monitor.ErrNoSample) {
+		t.Fatalf("Check after a zero hold = %v; want ErrNoSample", err)
+	}
+	g.Hold(400*time.Millisecond, why)
+	g.Hold(time.Millisecond, errors.New("shorter"))
+	d, err := g.Check()
+	if !errors.Is(err, monitor.ErrReplicaBehind) || !errors.Is(err, why) || d <= 200*time.Millisecond || d > 400*time.Millisecond {
+		t.Fatalf("Check during a 400ms hold = %v, %v; want up to 400ms and ErrReplicaBehind wrapping the reason", d, err)
+	}
+	time.Sleep(d + 50*time.Millisecond)
+	if _, err := g.Check(); !errors.Is(err, monitor.ErrNoSample) {
+		t.Fatalf("Check after the hold = %v; want the sample's verdict, ErrNoSample", err)
+	}
+}
+
 // TestGateConfigValidate: each case names what it proves.
 func TestGateConfigValidate(t *testing.T) {
 	t.Parallel()

@@ -82,6 +82,13 @@ type RunParams struct {
 	// after run, and a reader of an older run's log path can tell whether
 	// the file still holds that run.
 	Label string
+	// Conn, if set, is the session the CALL runs on: the worker's run
+	// session, which holds the topic's replica lock from the call to the
+	// drop of the result tables (transfer.LockReplica). It must come from
+	// DB's server; it stays the caller's (not closed or discarded), and a
+	// run that has to kill its connection leaves it unusable. Nil pins a
+	// connection of DB for the call and discards it afterwards.
+	Conn *sql.Conn
 }
 
 // Run calls `schema`.`name`(TopicID, Scope) on one pinned connection with
@@ -108,7 +115,7 @@ type RunParams struct {
 // still counts as timed out (KILL QUERY cuts a bare SLEEP() short without
 // an error and the procedure runs on). The run's connection is never returned to
 // the pool: it carries sql_log_bin=0 and whatever the procedure left in its
-// session. A failure to write the log after it was opened does not change
+// session (a RunParams.Conn stays the caller's to close). A failure to write the log after it was opened does not change
 // the outcome; it is logged at error level.
 func (r *Runner) Run(ctx context.Context, p *RunParams) (*Result, error) {
 	res := &Result{LogPath: p.LogPath}
@@ -139,7 +146,7 @@ func (r *Runner) Run(ctx context.Context, p *RunParams) (*Result, error) {
 	}
 	lw.printf("# nonqueue: CALL %s(%d, %d) at %s, timeout %v%s\n", proc, topicID, scope, now.UTC().Format(time.RFC3339Nano), cfg.Timeout, label)
 
-	runErr := r.run(ctx, cfg, proc, topicID, scope, lw, res)
+	runErr := r.run(ctx, cfg, p.Conn, proc, topicID, scope, lw, res)
 
 	if runErr == nil {
 		lw.printf("# outcome: success: %d result sets, %d rows, %d warnings in %v\n", res.ResultSets, res.Rows, res.Warnings, res.Duration)
@@ -170,17 +177,19 @@ type stopReport struct {
 	escalated bool  // KILL QUERY did not stop it: KILL CONNECTION and socket closed
 }
 
-func (r *Runner) run(ctx context.Context, cfg Config, proc string, topicID int64, scope int, lw *runLog, res *Result) error {
-	conn, err := r.DB.Conn(ctx)
-	if err != nil {
-		return fmt.Errorf("call %s for topic %d: connect to the replica: %w", proc, topicID, err)
+func (r *Runner) run(ctx context.Context, cfg Config, conn *sql.Conn, proc string, topicID int64, scope int, lw *runLog, res *Result) error {
+	if conn == nil {
+		var err error
+		if conn, err = r.DB.Conn(ctx); err != nil {
+			return fmt.Errorf("call %s for topic %d: connect to the replica: %w", proc, topicID, err)
+		}
+		defer func() {
+			// Discard, never pool: the session has sql_log_bin=0 and may
+			// hold the procedure's temporary tables and variables.
+			conn.Raw(func(any) error { return driver.ErrBadConn })
+			conn.Close()
+		}()
 	}
-	defer func() {
-		// Discard, never pool: the session has sql_log_bin=0 and may hold
-		// the procedure's temporary tables and variables.
-		conn.Raw(func(any) error { return driver.ErrBadConn })
-		conn.Close()
-	}()
 	var connID uint64
 	var logBin bool
 	if err := conn.QueryRowContext(ctx, connectionIDSQL).Scan(&connID, &logBin); err != nil {

@@ -393,3 +393,48 @@ func TestRunLogPerTopic(t *testing.T) {
 		t.Error("the held log was changed")
 	}
 }
+
+// TestRunOnGivenConn: with RunParams.Conn the call runs on the caller's
+// session (the worker's run session, which holds the topic's replica
+// lock): the log names that connection, and the session stays open and the
+// caller's afterwards. Cancelling the run's context (the worker's claim
+// found lost) still stops the statement on the server.
+func TestRunOnGivenConn(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	conn, err := b.replica.Conn(b.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var id uint64
+	if err := conn.QueryRowContext(b.ctx, "SELECT CONNECTION_ID()").Scan(&id); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.ExecContext(b.ctx, "SET @mine = 7"); err != nil {
+		t.Fatal(err)
+	}
+	res, err := b.runner(t, "calc", nil).Run(b.ctx, &procs.RunParams{TopicID: 43, Scope: 2, LogPath: "runs/43.log", Conn: conn})
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	data, err := os.ReadFile(res.LogPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(data), "# connection "+strconv.FormatUint(id, 10)+",") {
+		t.Errorf("the log does not name connection %d:\n%s", id, data)
+	}
+	var mine int
+	var after uint64
+	if err := conn.QueryRowContext(b.ctx, "SELECT @mine, CONNECTION_ID()").Scan(&mine, &after); err != nil || mine != 7 || after != id {
+		t.Fatalf("the caller's session after Run: @mine %d, connection %d, %v; want 7 on %d", mine, after, err, id)
+	}
+
+	ctx, cancel := context.WithTimeout(b.ctx, 300*time.Millisecond)
+	defer cancel()
+	if _, err := b.runner(t, "sleepy", nil).Run(ctx, &procs.RunParams{TopicID: 44, Scope: 1, Conn: conn}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Run cancelled = %v, want the context's error", err)
+	}
+	assertNotRunning(t, b, b.name+"`.`sleepy")
+}

@@ -54,7 +54,7 @@ type Columns struct {
 	Attempts       string `toml:"attempts"`    // failed runs and rescues since the last success
 	LastError      string `toml:"last_error"`
 	ParkedAt       string `toml:"parked_at"` // set when attempts reach MaxAttempts
-	Claimable      string `toml:"claimable"` // stored generated column the claim index starts with
+	Claimable      string `toml:"claimable"` // generated column the claim index starts with: STORED in nonqueue's own table, VIRTUAL when added to a mapped one
 }
 
 func (c Columns) withDefaults() Columns {

@@ -174,26 +174,6 @@ func (q *Queue) Config() Config { return q.cfg }
 // the tables it manages (status, tests).
 func (q *Queue) DB() *sql.DB { return q.db }
 
-// ApplySchema runs Config.DDL. It is idempotent. It must not run
-// concurrently with other calls on q. A trigger that is already installed
-// with the current body is left alone (replacing it would take the table's
-// metadata lock for nothing); an older one is replaced.
-func (q *Queue) ApplySchema(ctx context.Context) error {
-	for _, stmt := range q.cfg.DDL() {
-		if done, err := q.alreadyApplied(ctx, stmt); err != nil || done {
-			if err != nil {
-				return fmt.Errorf("apply schema: %w", err)
-			}
-			continue
-		}
-		if _, err := q.db.ExecContext(ctx, stmt); err != nil {
-			return fmt.Errorf("apply schema: %s: %w", firstLine(stmt), explainDDLError(err))
-		}
-	}
-	q.prepare(ctx)
-	return nil
-}
-
 func firstLine(s string) string {
 	if i := strings.IndexByte(s, '\n'); i >= 0 {
 		return s[:i]

@@ -2,11 +2,15 @@ package queue
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
+
+	"github.com/nonqueue/nonqueue/internal/sqlcheck"
 )
 
 // Scopes of a request, as the procedure receives them.
@@ -19,6 +23,11 @@ const (
 const MaxQueryIDs = 10_000_000
 
 const requestBatch = 1000
+
+// ErrBadID: a topic id is zero or negative. Topic ids are positive: 0
+// means "no topic" in nonqueue's own columns, and the result tables are
+// named after the id.
+var ErrBadID = errors.New("topic ids must be positive")
 
 // RequestParams marks topics for recalc.
 type RequestParams struct {
@@ -52,6 +61,11 @@ func (q *Queue) Request(ctx context.Context, p *RequestParams) (*RequestResult, 
 	}
 	if p.Delay < 0 {
 		return nil, fmt.Errorf("request: negative delay %v", p.Delay)
+	}
+	for _, id := range p.IDs {
+		if id <= 0 {
+			return nil, fmt.Errorf("request: topic id %d: %w", id, ErrBadID)
+		}
 	}
 	ids := slices.Clone(p.IDs)
 	slices.Sort(ids)
@@ -133,45 +147,74 @@ func (q *Queue) missing(ctx context.Context, ids []int64) ([]int64, error) {
 	return out, nil
 }
 
-// IDsFromQuery runs an operator's SELECT on the primary in a read-only
-// transaction and returns the first column of every row as topic ids. It
-// refuses more than MaxQueryIDs rows.
+// IDsFromQuery runs an operator's query on the primary and returns the
+// first column of every row as topic ids. The query must be a single plain
+// SELECT (sqlcheck.PlainSelect): anything else (DDL, DML, CALL, INTO
+// OUTFILE, a locking read, a second statement) is refused before it reaches
+// the server. It then runs in a read-only transaction, the server's own
+// guard for what a lexer cannot see (a stored function that writes). The
+// first column must be of an integer type and every id positive, else
+// nothing is returned; more than MaxQueryIDs rows are refused.
 func (q *Queue) IDsFromQuery(ctx context.Context, query string) ([]int64, error) {
-	if strings.TrimSpace(query) == "" {
-		return nil, errors.New("ids query is empty")
+	stmt, err := sqlcheck.PlainSelect(query)
+	if err != nil {
+		return nil, fmt.Errorf("ids query: %w", err)
 	}
 	tx, err := q.db.BeginTx(ctx, &sqlReadOnly)
 	if err != nil {
 		return nil, fmt.Errorf("ids query: %w", err)
 	}
 	defer tx.Rollback()
-	rows, err := tx.QueryContext(ctx, query)
+	rows, err := tx.QueryContext(ctx, stmt)
 	if err != nil {
 		return nil, fmt.Errorf("ids query: %w", err)
 	}
 	defer rows.Close()
-	cols, err := rows.Columns()
+	cols, err := rows.ColumnTypes()
 	if err != nil {
 		return nil, fmt.Errorf("ids query: %w", err)
 	}
+	if len(cols) == 0 {
+		return nil, errors.New("ids query returned no column: want topic ids in the first column")
+	}
+	if t := cols[0].DatabaseTypeName(); !integerType(t) {
+		return nil, fmt.Errorf("ids query: the first column (%s) is of type %s: want an integer column of topic ids (CAST(… AS SIGNED) if need be)", cols[0].Name(), t)
+	}
+	var id sql.NullInt64
 	dest := make([]any, len(cols))
-	var id int64
 	dest[0] = &id
 	for i := 1; i < len(dest); i++ {
-		dest[i] = new(any)
+		dest[i] = new(sql.RawBytes)
 	}
 	var ids []int64
 	for rows.Next() {
 		if err := rows.Scan(dest...); err != nil {
-			return nil, fmt.Errorf("ids query: first column must be an integer topic id: %w", err)
+			return nil, fmt.Errorf("ids query: row %d: the first column must be a topic id: %w", len(ids)+1, err)
+		}
+		if !id.Valid || id.Int64 <= 0 {
+			v := "NULL"
+			if id.Valid {
+				v = strconv.FormatInt(id.Int64, 10)
+			}
+			return nil, fmt.Errorf("ids query: row %d: topic id %s: %w", len(ids)+1, v, ErrBadID)
 		}
 		if len(ids) == MaxQueryIDs {
 			return nil, fmt.Errorf("ids query returned more than %d rows", MaxQueryIDs)
 		}
-		ids = append(ids, id)
+		ids = append(ids, id.Int64)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("ids query: %w", err)
 	}
 	return ids, nil
+}
+
+// integerType: a column type name, as the driver reports it, that holds
+// integers only.
+func integerType(name string) bool {
+	switch strings.TrimPrefix(name, "UNSIGNED ") {
+	case "TINYINT", "SMALLINT", "MEDIUMINT", "INT", "BIGINT":
+		return true
+	}
+	return false
 }

@@ -38,8 +38,17 @@ func (c Config) DDL() []string {
 		q(col.Attempts) + " INT UNSIGNED NOT NULL DEFAULT 0",
 		q(col.LastError) + " VARCHAR(1000) NULL",
 		q(col.ParkedAt) + " DATETIME(6) NULL COMMENT 'nonqueue: failed too often, waits for a new request'",
-		q(col.Claimable) + " TINYINT AS " + claimable + " STORED",
 	}
+	// The generated column the claim index starts with. A mapped (live)
+	// table gets it VIRTUAL: a STORED one can only be added by copying the
+	// whole table under a write lock, while a virtual one is added
+	// instantly and its index built online; the index holds the value
+	// either way, so the claim still reads it in order. nonqueue's own
+	// table is created fresh, so it keeps the STORED column the claim was
+	// tuned on (BenchmarkClaim showed no difference beyond its noise on a
+	// loaded 2-core host). A mapped table that already has the STORED
+	// column keeps it (IF NOT EXISTS): both serve the claim.
+	claimableCol := func(kind string) string { return q(col.Claimable) + " TINYINT AS " + claimable + " " + kind }
 	indexes := []string{
 		// The claim reads this index in order: no filesort, whatever the backlog.
 		fmt.Sprintf("nq_claim (%s, %s DESC, %s, %s)", q(col.Claimable), q(col.Priority), q(col.Due), q(col.ID)),
@@ -48,14 +57,24 @@ func (c Config) DDL() []string {
 
 	var stmts []string
 	if c.Mapped {
+		// A live table: each ALTER names the online algorithm it needs, so
+		// MariaDB refuses it rather than copy or lock the table (see
+		// Queue.ApplySchemaWith). Plain columns are added instantly, then
+		// the virtual column on its own (beside other columns MariaDB
+		// refuses INSTANT for it on some row formats), then both indexes
+		// in one online build.
 		var parts []string
 		for _, p := range protocol {
 			parts = append(parts, "ADD COLUMN IF NOT EXISTS "+p)
 		}
+		var ixs []string
 		for _, ix := range indexes {
-			parts = append(parts, "ADD INDEX IF NOT EXISTS "+ix)
+			ixs = append(ixs, "ADD INDEX IF NOT EXISTS "+ix)
 		}
-		stmts = append(stmts, "ALTER TABLE "+topic+"\n  "+strings.Join(parts, ",\n  "))
+		stmts = append(stmts,
+			onlineAlter(topic, parts, algInstant),
+			onlineAlter(topic, []string{"ADD COLUMN IF NOT EXISTS " + claimableCol("VIRTUAL")}, algInstant),
+			onlineAlter(topic, ixs, algInplace))
 	} else {
 		stmts = append(stmts, "CREATE DATABASE IF NOT EXISTS "+q(c.Schema))
 		defs := []string{
@@ -67,6 +86,7 @@ func (c Config) DDL() []string {
 			q(col.Active) + " TINYINT NOT NULL DEFAULT 1",
 		}
 		defs = append(defs, protocol...)
+		defs = append(defs, claimableCol("STORED"))
 		defs = append(defs, "PRIMARY KEY ("+q(col.ID)+")")
 		for _, ix := range indexes {
 			defs = append(defs, "KEY "+ix)
@@ -134,6 +154,7 @@ func (c Config) Script() string {
 	for _, s := range c.DDL() {
 		b.WriteString("\n" + s + ";\n")
 	}
+	b.WriteString(c.toolsComment())
 	return b.String()
 }
 

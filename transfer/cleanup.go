@@ -19,8 +19,11 @@ const primaryClockSQL = "SELECT /* nonqueue */ UNIX_TIMESTAMP(NOW(6))"
 
 // DropReplicaTables drops the topic's result tables on the replica (DROP
 // TABLE IF EXISTS, binary logging off so nothing reaches the binary log or a
-// GTID of the replica's own). Missing tables are not an error. Call it after
-// Ship, in either outcome: a failed run's tables are not reused.
+// GTID of the replica's own), under the topic's replica lock taken without
+// waiting: when a run holds it (see LockReplica), the tables are that run's
+// and nothing is dropped; the error then wraps ErrResultsBusy. Missing
+// tables are not an error. A run drops its own tables through its
+// ReplicaSession instead.
 func (s *Shipper) DropReplicaTables(ctx context.Context, replica *sql.DB, topicID int64) error {
 	if topicID <= 0 {
 		return fmt.Errorf("%w: topic id %d is not positive", ErrParams, topicID)
@@ -30,6 +33,22 @@ func (s *Shipper) DropReplicaTables(ctx context.Context, replica *sql.DB, topicI
 		return fmt.Errorf("drop result tables of topic %d: %w", topicID, err)
 	}
 	defer sess.close(ctx)
+	lock := s.ReplicaLockName(topicID)
+	var got sql.NullInt64
+	if err := sess.conn.QueryRowContext(ctx, getLockSQL, lock, 0).Scan(&got); err != nil {
+		sess.bad = true // the lock may have been granted; closing the session frees it
+		return fmt.Errorf("drop result tables of topic %d: take lock %q on the replica: %w", topicID, lock, err)
+	}
+	if !got.Valid || got.Int64 != 1 {
+		return fmt.Errorf("drop result tables of topic %d: %w: a run holds lock %q", topicID, ErrResultsBusy, lock)
+	}
+	defer func() {
+		cctx, cancel := cleanupContext(ctx)
+		defer cancel()
+		if _, err := sess.conn.ExecContext(cctx, releaseDoSQL, lock); err != nil {
+			sess.bad = true
+		}
+	}()
 	if _, err := sess.conn.ExecContext(ctx, fmt.Sprintf(dropSQL, s.qualifiedList(s.cfg.TableNames(topicID)))); err != nil {
 		return fmt.Errorf("drop result tables of topic %d on the replica: %w", topicID, err)
 	}
@@ -52,7 +71,10 @@ func (s *Shipper) CleanupPrimary(ctx context.Context, primary *sql.DB, olderThan
 		return fmt.Errorf("clean up staging tables: %w", err)
 	}
 	dir := path.Join(s.cfg.PrimaryDatadir, s.cfg.Schema)
-	entries, err := l.sftp.ReadDir(dir)
+	var entries []os.FileInfo
+	// A listing is many requests with no progress of its own: a minute
+	// at least (the keepalive catches a dead server sooner).
+	err = l.step("list "+dir, max(s.cfg.SSH.StallTimeout, time.Minute), func() (err error) { entries, err = l.sftp.ReadDir(dir); return err })
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil // schema not created yet: nothing shipped
@@ -100,13 +122,14 @@ func (s *Shipper) CleanupPrimary(ctx context.Context, primary *sql.DB, olderThan
 		return nil
 	}
 	sort.Strings(stale)
-	if _, err := sess.conn.ExecContext(ctx, fmt.Sprintf(dropSQL, s.qualifiedList(stale))); err != nil {
+	// One bounded try: the next sweep tries again.
+	if err := s.dropBounded(ctx, sess.conn, stale, 1); err != nil {
 		return fmt.Errorf("clean up staging tables: drop %d on the primary: %w", len(stale), err)
 	}
 	var errs []error
 	for _, table := range stale {
 		for _, f := range files[table] {
-			if err := l.sftp.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+			if err := l.step("remove "+f, s.cfg.SSH.StallTimeout, func() error { return l.sftp.Remove(f) }); err != nil && !errors.Is(err, os.ErrNotExist) {
 				errs = append(errs, fmt.Errorf("remove %s over sftp: %w", f, err))
 			}
 		}
@@ -129,12 +152,13 @@ const replicaResultsSQL = "SELECT /* nonqueue */ TABLE_NAME FROM information_sch
 // created at least olderThan ago by the replica's clock. A run drops its
 // tables once it has published or failed; tables stay behind when the
 // replica (or the worker) dies between the procedure and that drop, and the
-// topic may not run again there for a long time. olderThan must exceed the
-// longest run (procedure and transfer): a run's tables are created by its
-// procedure, so only tables older than any run in progress are taken. (A
-// run of the same topic starting between the listing and the DROP would
-// lose its fresh tables and fail its export cleanly, to be retried; the
-// window is one round trip.) It returns the topics whose tables it dropped.
+// topic may not run again there for a long time. Each topic's tables are
+// dropped under its replica lock (DropReplicaTables), which every run holds
+// from its procedure call to its drop: a topic whose lock is held is
+// skipped, so a run in progress never loses its tables, whatever their age.
+// olderThan (by the replica's clock) keeps the listing to tables no run
+// could still be about to export anyway. It returns the topics whose tables
+// it dropped.
 func (s *Shipper) CleanupReplica(ctx context.Context, replica *sql.DB, olderThan time.Duration) ([]int64, error) {
 	if olderThan < 0 {
 		return nil, fmt.Errorf("%w: olderThan %v is negative", ErrParams, olderThan)
@@ -165,7 +189,9 @@ func (s *Shipper) CleanupReplica(ctx context.Context, replica *sql.DB, olderThan
 	var dropped []int64
 	for _, id := range topics {
 		if err := s.DropReplicaTables(ctx, replica, id); err != nil {
-			errs = append(errs, err)
+			if !errors.Is(err, ErrResultsBusy) {
+				errs = append(errs, err)
+			}
 			continue
 		}
 		dropped = append(dropped, id)

@@ -19,6 +19,20 @@ const (
 	DefaultDialTimeout = 10 * time.Second
 	DefaultBackupKeep  = 3
 	DefaultLockTimeout = 10 * time.Second
+
+	// DefaultKeepaliveInterval and DefaultKeepaliveTimeout declare a
+	// connection dead at most 15s after the server last answered.
+	DefaultKeepaliveInterval = 5 * time.Second
+	DefaultKeepaliveTimeout  = 10 * time.Second
+	// DefaultStallTimeout abandons a transfer step that moves no byte for
+	// 10s: far above any pause of a working link (a step's data is at most
+	// a few MiB in flight), far below TCP's own 15 minutes.
+	DefaultStallTimeout = 10 * time.Second
+	// DefaultMinThroughput (MiB/s) sizes the deadline of a step that
+	// reports no progress while it works through a whole file (fsync,
+	// cksum on the primary's host): StallTimeout plus the file's size at
+	// this rate, 138s for 512 MiB.
+	DefaultMinThroughput = 4
 )
 
 // idPlaceholder is what a table template contains exactly once.
@@ -50,8 +64,32 @@ type SSHConfig struct {
 	// KnownHosts is an OpenSSH known_hosts file that lists the host's key.
 	// Required: nonqueue never trusts an unknown host key.
 	KnownHosts string
-	// DialTimeout bounds the TCP connect plus the SSH handshake; default 10s.
+	// DialTimeout bounds the TCP connect, the SSH handshake and the start
+	// of the SFTP session; default 10s.
 	DialTimeout time.Duration
+	// KeepaliveInterval is how often a keepalive@openssh.com request goes
+	// to the server (as OpenSSH's ServerAliveInterval); default 5s. A
+	// connection whose server stops answering (sshd stopped, host gone, a
+	// half-open TCP connection) would otherwise block every transfer on it
+	// until TCP gives up, about 15 minutes.
+	KeepaliveInterval time.Duration
+	// KeepaliveTimeout is how long a keepalive may wait for its reply
+	// before the connection is declared dead and closed (the transfers on
+	// it fail, the next call dials again); default 10s. It must leave room
+	// for the data queued ahead of the request on a slow link.
+	KeepaliveTimeout time.Duration
+	// StallTimeout abandons a transfer step (an SFTP open, write, read,
+	// close, chmod or remove, a file's stream) that makes no progress for
+	// this long: the connection is closed, which is the only way to stop
+	// a blocked SFTP call, and the transfer fails; default 10s. A stream
+	// counts every chunk acknowledged as progress, so a big file is never
+	// cut short while it moves.
+	StallTimeout time.Duration
+	// MinThroughput, in MiB/s, sizes the deadline of a step that works
+	// through a whole file without reporting progress (fsync of a shipped
+	// file, cksum on the primary's host): StallTimeout plus the bytes at
+	// this rate; default 4.
+	MinThroughput int
 }
 
 // Addr returns host:port as dialled and as looked up in known_hosts.
@@ -90,6 +128,30 @@ type Config struct {
 	// (set when connecting): Ship then skips turning it off and back on
 	// per session, two statements on each server per topic.
 	NoBinlogPools bool
+	// LockWait bounds how long each RENAME TABLE of a publish, and each
+	// DROP TABLE of a swapped-out or staging table, waits for the tables'
+	// metadata locks on the primary (lock_wait_timeout for that one
+	// statement: SET STATEMENT … FOR). While such a statement waits behind
+	// a long query of a result table, every new query of that table queues
+	// behind it, so this is the longest a publish stalls the application's
+	// reads. Then the statement fails having done nothing, the queued
+	// readers go on with the old table, and the swap is retried. Whole
+	// seconds (the server's unit), 1s to 1m; default 1s.
+	LockWait time.Duration
+	// SwapTries is how many times a publish tries its RENAME before it
+	// gives up with ErrTableBusy, nothing published and the staging tables
+	// removed; default 14. GET_LOCK and the fence are taken again for
+	// every try and released in between, so an operator's release and the
+	// reaper are never kept out for longer than one try. Drops of
+	// swapped-out tables try as often while their cleanup timeout (10s)
+	// lasts, and then leave the tables to CleanupPrimary. All the tries
+	// and pauses together may span at most 30 minutes.
+	SwapTries int
+	// SwapBackoff is the longest pause between two tries: the pauses start
+	// at LockWait (or SwapBackoff if smaller) and double up to it, so a
+	// short lock clears fast and a long reader sees at most one stall of
+	// LockWait every LockWait + SwapBackoff. 100ms to 5m; default 4s.
+	SwapBackoff time.Duration
 	// Verify is how a copy is checked before it goes live.
 	// VerifyBytes (default) compares the bytes themselves, read on the
 	// replica's host under the export lock (the files cannot change) with
@@ -109,6 +171,13 @@ type Config struct {
 	// results, 8 % of the throughput on two cores (make bench, measured
 	// alternately), and is far slower for big ones.
 	Verify string
+	// NoSync skips the fsync of shipped files. By default every file is
+	// synced on the primary's host (fsync@openssh.com, one SFTP request
+	// per file) before it is verified and swapped in, so a crash of that
+	// host cannot leave a live table whose data never reached its disk.
+	// Servers without the extension (it names OpenSSH) are used without
+	// it, as said once in the log.
+	NoSync bool
 }
 
 // Verification modes of Config.Verify.
@@ -138,12 +207,19 @@ func (e *ConfigError) Unwrap() []error { return []error{ErrConfig, e.Err} }
 func (c Config) WithDefaults() Config {
 	c.SSH.Port = cmp.Or(c.SSH.Port, DefaultSSHPort)
 	c.SSH.DialTimeout = cmp.Or(c.SSH.DialTimeout, DefaultDialTimeout)
+	c.SSH.KeepaliveInterval = cmp.Or(c.SSH.KeepaliveInterval, DefaultKeepaliveInterval)
+	c.SSH.KeepaliveTimeout = cmp.Or(c.SSH.KeepaliveTimeout, DefaultKeepaliveTimeout)
+	c.SSH.StallTimeout = cmp.Or(c.SSH.StallTimeout, DefaultStallTimeout)
+	c.SSH.MinThroughput = cmp.Or(c.SSH.MinThroughput, DefaultMinThroughput)
 	if c.BackupDir != "" {
 		c.BackupKeep = cmp.Or(c.BackupKeep, DefaultBackupKeep)
 	}
 	if c.PrimaryDatadir != "" {
 		c.PrimaryDatadir = path.Clean(c.PrimaryDatadir)
 	}
+	c.LockWait = cmp.Or(c.LockWait, DefaultLockWait)
+	c.SwapTries = cmp.Or(c.SwapTries, DefaultSwapTries)
+	c.SwapBackoff = cmp.Or(c.SwapBackoff, DefaultSwapBackoff)
 	c.Verify = cmp.Or(c.Verify, VerifyBytes)
 	if c.Verify == VerifyCksum {
 		c.Verify = VerifyBytes
@@ -173,6 +249,18 @@ func (c Config) Validate() error {
 		return &ConfigError{Field: "ssh.known_hosts", Err: errors.New("is required: the primary's host key must be verified (add it with ssh-keyscan after checking its fingerprint)")}
 	case c.SSH.DialTimeout < 0:
 		return &ConfigError{Field: "ssh.dial_timeout", Err: fmt.Errorf("%v is negative", c.SSH.DialTimeout)}
+	case c.SSH.KeepaliveInterval < 0:
+		return &ConfigError{Field: "ssh.keepalive_interval", Err: fmt.Errorf("%v is negative", c.SSH.KeepaliveInterval)}
+	case c.SSH.KeepaliveTimeout < 0:
+		return &ConfigError{Field: "ssh.keepalive_timeout", Err: fmt.Errorf("%v is negative", c.SSH.KeepaliveTimeout)}
+	case c.SSH.KeepaliveTimeout > 0 && c.SSH.KeepaliveTimeout < time.Second:
+		return &ConfigError{Field: "ssh.keepalive_timeout", Err: fmt.Errorf("%v is below 1s: a busy link would be taken for a dead one", c.SSH.KeepaliveTimeout)}
+	case c.SSH.StallTimeout < 0:
+		return &ConfigError{Field: "ssh.stall_timeout", Err: fmt.Errorf("%v is negative", c.SSH.StallTimeout)}
+	case c.SSH.StallTimeout > 0 && c.SSH.StallTimeout < time.Second:
+		return &ConfigError{Field: "ssh.stall_timeout", Err: fmt.Errorf("%v is below 1s: a busy link would be taken for a stalled one", c.SSH.StallTimeout)}
+	case c.SSH.MinThroughput < 0:
+		return &ConfigError{Field: "ssh.min_throughput", Err: fmt.Errorf("%d MiB/s is negative", c.SSH.MinThroughput)}
 	case c.PrimaryDatadir == "":
 		return &ConfigError{Field: "primary_datadir", Err: errors.New("is required")}
 	case !path.IsAbs(c.PrimaryDatadir):
@@ -205,7 +293,78 @@ func (c Config) Validate() error {
 	if c.BackupDir != "" && c.BackupKeep < 1 {
 		return &ConfigError{Field: "backup_keep", Err: errors.New("must be at least 1 when backup_dir is set")}
 	}
+	return c.ValidateSwap()
+}
+
+// Defaults and limits of the swap settings (Config.LockWait, SwapTries,
+// SwapBackoff).
+const (
+	// DefaultLockWait is one second: the longest a publish may stall the
+	// application's reads of a result table (the goal is 2 s).
+	DefaultLockWait = time.Second
+	// DefaultSwapTries outlasts a reader of about a minute with the
+	// default pauses: tries start 0, 2, 5, 10, 15, … 60 s after the first
+	// (see Config.SwapTries). A minute is three times the 20 s report query
+	// that stalled the application, and a give-up costs a whole new run
+	// (procedure and transfer), so waiting longer is cheaper, up to the
+	// point where one busy table keeps an instance from other topics.
+	DefaultSwapTries = 14
+	// DefaultSwapBackoff caps the pause between two tries: at most one
+	// second of stalled reads in five while a long reader holds the table,
+	// and the publish lands at most about five seconds after it ends.
+	DefaultSwapBackoff = 4 * time.Second
+
+	maxLockWait    = time.Minute
+	maxSwapTries   = 1000
+	minSwapBackoff = 100 * time.Millisecond
+	maxSwapBackoff = 5 * time.Minute
+	// maxSwapSpan bounds how long one publish may keep trying: well inside
+	// the hour after which CleanupPrimary takes staging tables for a
+	// crashed run's, and long enough for any reader worth waiting for.
+	maxSwapSpan = 30 * time.Minute
+)
+
+// ValidateSwap checks LockWait, SwapTries and SwapBackoff alone, so a
+// configuration loader can report them before the rest of the transfer
+// settings are complete. Zero means the default (WithDefaults).
+func (c Config) ValidateSwap() error {
+	switch {
+	case c.LockWait < 0 || c.LockWait > maxLockWait:
+		return &ConfigError{Field: "results.lock_wait", Err: fmt.Errorf("%v: want 1s to %v", c.LockWait, maxLockWait)}
+	case c.LockWait%time.Second != 0:
+		return &ConfigError{Field: "results.lock_wait", Err: fmt.Errorf("%v: want whole seconds (the server's lock_wait_timeout counts seconds)", c.LockWait)}
+	case c.SwapTries < 0 || c.SwapTries > maxSwapTries:
+		return &ConfigError{Field: "results.swap_tries", Err: fmt.Errorf("%d: want 1 to %d", c.SwapTries, maxSwapTries)}
+	case c.SwapBackoff != 0 && (c.SwapBackoff < minSwapBackoff || c.SwapBackoff > maxSwapBackoff):
+		return &ConfigError{Field: "results.swap_backoff", Err: fmt.Errorf("%v: want %v to %v", c.SwapBackoff, minSwapBackoff, maxSwapBackoff)}
+	}
+	d := c
+	d.LockWait, d.SwapTries, d.SwapBackoff = cmp.Or(c.LockWait, DefaultLockWait), cmp.Or(c.SwapTries, DefaultSwapTries), cmp.Or(c.SwapBackoff, DefaultSwapBackoff)
+	if span := d.swapSpan(); span > maxSwapSpan {
+		return &ConfigError{Field: "results.swap_tries", Err: fmt.Errorf("%d tries of %v with pauses up to %v span %v, want at most %v (staging tables older than an hour are taken for a crashed run's)",
+			d.SwapTries, d.LockWait, d.SwapBackoff, span, maxSwapSpan)}
+	}
 	return nil
+}
+
+// swapSpan is the longest a publish keeps trying: every try waiting
+// LockWait, and the pauses between them.
+func (c Config) swapSpan() time.Duration {
+	span := time.Duration(c.SwapTries) * c.LockWait
+	for n := 1; n < c.SwapTries; n++ {
+		span += c.swapPause(n)
+	}
+	return span
+}
+
+// swapPause is the pause after the n-th failed try (n from 1): LockWait
+// doubling up to SwapBackoff.
+func (c Config) swapPause(n int) time.Duration {
+	d := min(c.LockWait, c.SwapBackoff)
+	for i := 1; i < n && d < c.SwapBackoff; i++ {
+		d *= 2
+	}
+	return min(d, c.SwapBackoff)
 }
 
 // validateTemplate checks one table template: "{id}" exactly once, the rest

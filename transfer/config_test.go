@@ -2,8 +2,10 @@ package transfer_test
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nonqueue/nonqueue/internal/ident"
 	"github.com/nonqueue/nonqueue/transfer"
@@ -65,6 +67,30 @@ func TestConfigValidate(t *testing.T) {
 		{"relative datadir", func(c *transfer.Config) { c.PrimaryDatadir = "var/lib/mysql" }, "primary_datadir", false},
 		{"missing datadir", func(c *transfer.Config) { c.PrimaryDatadir = "" }, "primary_datadir", false},
 		{"negative keep", func(c *transfer.Config) { c.BackupKeep = -1 }, "backup_keep", false},
+		// The swap's bounds: whole seconds (lock_wait_timeout's unit), sane ranges.
+		{"swap settings", func(c *transfer.Config) {
+			c.LockWait, c.SwapTries, c.SwapBackoff = 3*time.Second, 1, 100*time.Millisecond
+		}, "", false},
+		{"lock wait in ms", func(c *transfer.Config) { c.LockWait = 1500 * time.Millisecond }, "results.lock_wait", false},
+		{"negative lock wait", func(c *transfer.Config) { c.LockWait = -time.Second }, "results.lock_wait", false},
+		{"lock wait too long", func(c *transfer.Config) { c.LockWait = 2 * time.Minute }, "results.lock_wait", false},
+		{"negative swap tries", func(c *transfer.Config) { c.SwapTries = -1 }, "results.swap_tries", false},
+		{"too many swap tries", func(c *transfer.Config) { c.SwapTries = 1001 }, "results.swap_tries", false},
+		{"swap backoff too short", func(c *transfer.Config) { c.SwapBackoff = 10 * time.Millisecond }, "results.swap_backoff", false},
+		{"swap backoff too long", func(c *transfer.Config) { c.SwapBackoff = time.Hour }, "results.swap_backoff", false},
+		// Tries spanning more than 30 minutes (here 1000 × 5 s).
+		{"swap tries span too long", func(c *transfer.Config) { c.SwapTries = 1000 }, "results.swap_tries", false},
+		{"swap tries span at most 30m", func(c *transfer.Config) { c.SwapTries = 350 }, "", false},
+		// Transfer bounds: negative is a typo; below a second a busy link
+		// would be taken for a dead one.
+		{"negative dial timeout", func(c *transfer.Config) { c.SSH.DialTimeout = -time.Second }, "ssh.dial_timeout", false},
+		{"negative keepalive interval", func(c *transfer.Config) { c.SSH.KeepaliveInterval = -time.Second }, "ssh.keepalive_interval", false},
+		{"keepalive timeout too short", func(c *transfer.Config) { c.SSH.KeepaliveTimeout = 100 * time.Millisecond }, "ssh.keepalive_timeout", false},
+		{"stall timeout too short", func(c *transfer.Config) { c.SSH.StallTimeout = 500 * time.Millisecond }, "ssh.stall_timeout", false},
+		{"negative min throughput", func(c *transfer.Config) { c.SSH.MinThroughput = -1 }, "ssh.min_throughput", false},
+		{"tight but valid bounds", func(c *transfer.Config) {
+			c.SSH.KeepaliveInterval, c.SSH.KeepaliveTimeout, c.SSH.StallTimeout, c.SSH.MinThroughput = time.Second, time.Second, time.Second, 1
+		}, "", false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -100,11 +126,45 @@ func TestConfigDefaults(t *testing.T) {
 	if c.SSH.Port != 22 || c.SSH.DialTimeout != transfer.DefaultDialTimeout || c.BackupKeep != 3 || c.PrimaryDatadir != "/var/lib/mysql" {
 		t.Fatalf("WithDefaults = %+v", c)
 	}
+	if c.LockWait != time.Second || c.SwapTries != 14 || c.SwapBackoff != 4*time.Second {
+		t.Fatalf("swap defaults: lock wait %v, tries %d, backoff %v; want 1s, 14, 4s", c.LockWait, c.SwapTries, c.SwapBackoff)
+	}
+	if c.SSH.KeepaliveInterval != 5*time.Second || c.SSH.KeepaliveTimeout != 10*time.Second || c.SSH.StallTimeout != 10*time.Second ||
+		c.SSH.MinThroughput != 4 || c.NoSync {
+		t.Fatalf("transfer bounds: WithDefaults = %+v, NoSync %v", c.SSH, c.NoSync)
+	}
 	if got := c.SSH.Addr(); got != "db1.example:22" {
 		t.Fatalf("Addr = %q", got)
 	}
 	if _, err := transfer.NewShipper(transfer.Config{}, nil); !errors.Is(err, transfer.ErrConfig) {
 		t.Fatalf("NewShipper(empty) = %v, want ErrConfig", err)
+	}
+}
+
+// TestSwapPauses: the pauses between tries of a busy swap start at the
+// lock wait and double up to the back-off; with the defaults, 14 tries
+// start 0, 2, 5, 10, 15, … 60 s after the first, so a publish outlasts a
+// reader of about a minute (DefaultSwapTries).
+func TestSwapPauses(t *testing.T) {
+	t.Parallel()
+	c := validConfig().WithDefaults()
+	var got []time.Duration
+	for n := 1; n <= 5; n++ {
+		got = append(got, transfer.SwapPause(c, n))
+	}
+	if want := []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 4 * time.Second, 4 * time.Second}; !slices.Equal(got, want) {
+		t.Fatalf("pauses %v, want %v", got, want)
+	}
+	var last time.Duration
+	for n := 1; n < c.SwapTries; n++ {
+		last += c.LockWait + transfer.SwapPause(c, n)
+	}
+	if last != 60*time.Second {
+		t.Fatalf("the last of %d tries starts %v after the first, want 60s", c.SwapTries, last)
+	}
+	c.LockWait, c.SwapBackoff = 3*time.Second, time.Second
+	if p := transfer.SwapPause(c, 1); p != time.Second {
+		t.Fatalf("a back-off below the lock wait: first pause %v, want 1s", p)
 	}
 }
 

@@ -23,6 +23,14 @@ var (
 	// ShipParams.LockTimeout (another publisher or the reaper holds it).
 	// Nothing was published.
 	ErrLockTimeout = errors.New("publish lock not acquired in time")
+	// ErrTableBusy: a long query, an open transaction or a backup on the
+	// primary held a live result table through every try of the swap (Config.SwapTries,
+	// each waiting Config.LockWait for the metadata lock). Nothing was
+	// published and the staging tables were removed; readers of the old
+	// table saw no error. The run may be retried later, as the worker does
+	// (released with its back-off); the message says which tables and for
+	// how long.
+	ErrTableBusy = errors.New("result table busy")
 	// ErrTableMissing: a result table does not exist on the replica (the
 	// procedure did not create it). Nothing was shipped.
 	ErrTableMissing = errors.New("result table missing on the replica")
@@ -34,6 +42,18 @@ var (
 	ErrCommit = errors.New("published, but the commit callback failed")
 	// ErrParams: ShipParams are incomplete or invalid (a caller bug).
 	ErrParams = errors.New("invalid ship parameters")
+	// ErrStalled: a transfer step made no progress within its bound
+	// (Config.SSH.StallTimeout), or the server stopped answering
+	// keepalives; the SSH connection was closed and the transfer
+	// abandoned. Nothing was published. The next call dials again.
+	ErrStalled = errors.New("ssh transfer stalled; connection abandoned")
 	// ErrClosed: the Shipper was closed.
 	ErrClosed = errors.New("transfer: shipper closed")
+	// ErrResultsBusy: the topic's replica lock is held by another session
+	// (a run in progress, or an older run's session LockReplica could not
+	// end). Nothing was dropped or exported.
+	ErrResultsBusy = errors.New("result tables busy on the replica")
+	// ErrReplicaSessionClosed: a ReplicaSession was used after Close (its
+	// lock is gone, so nothing was done).
+	ErrReplicaSessionClosed = errors.New("replica session closed")
 )

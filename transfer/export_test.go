@@ -1,5 +1,7 @@
 package transfer
 
+import "time"
+
 // StagingName exposes stagingName to the external tests.
 var StagingName = stagingName
 
@@ -35,3 +37,10 @@ func (s *Shipper) SetCksumUsable(ok bool) {
 
 // TopicOf exposes Config.topicOf to the external tests.
 func TopicOf(c Config, name string) (int64, bool) { return c.topicOf(name) }
+
+// Add hands tables to the dropper, as Ship does with the ones it swapped
+// out.
+func (d *Dropper) Add(names ...string) { d.b.Add(names...) }
+
+// SwapPause exposes Config.swapPause to the external tests.
+func SwapPause(c Config, n int) time.Duration { return c.swapPause(n) }

@@ -23,6 +23,7 @@ import (
 
 	"github.com/go-sql-driver/mysql"
 	"github.com/pkg/sftp"
+	"golang.org/x/crypto/ssh"
 
 	"github.com/nonqueue/nonqueue/internal/ident"
 )
@@ -87,6 +88,13 @@ type ShipParams struct {
 	// Dropper, if set, drops the swapped-out live tables in the background
 	// (batched); nil drops them before Ship returns.
 	Dropper *Dropper
+	// ReplicaSession, if set, is the run's session holding the topic's
+	// replica lock (LockReplica): the export and the DropReplica drop run
+	// on it, so a run whose session a newer claim's run killed cannot read
+	// or drop that run's tables. After the drop Ship closes it, freeing the
+	// lock before Commit can make the topic claimable again. Nil opens a
+	// session of Replica for each step, unguarded.
+	ReplicaSession *ReplicaSession
 }
 
 // Shipment describes a completed Ship.
@@ -151,6 +159,9 @@ const (
 	releaseLockSQL    = "SELECT /* nonqueue */ RELEASE_LOCK(?)"
 	existingTablesSQL = "SELECT /* nonqueue */ TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?"
 	renameSQL         = "RENAME /* nonqueue */ TABLE %s"
+	// boundedSQL runs a DDL statement (%s) with lock_wait_timeout = %d
+	// seconds for that statement only.
+	boundedSQL = "SET /* nonqueue */ STATEMENT lock_wait_timeout = %d FOR %s"
 )
 
 // Ship exports the topic's result tables from the local replica, streams
@@ -166,12 +177,17 @@ const (
 //     must equal the replica's (ErrChecksumMismatch);
 //  4. GET_LOCK(LockName), Fence (ErrFenced), one RENAME TABLE moving every
 //     live table aside and every staging table in, Commit (ErrCommit),
-//     RELEASE_LOCK, then DROP of the swapped-out tables.
+//     RELEASE_LOCK, then DROP of the swapped-out tables. The RENAME and the
+//     DROP wait at most Config.LockWait for their metadata locks; a RENAME
+//     that gives up releases the lock, pauses and tries again from
+//     GET_LOCK, Config.SwapTries times in all, and then fails with
+//     ErrTableBusy.
 //
 // Readers of a live table see the old or the new version, never an error
-// or a mix. On any failure before the swap nothing is published and the
-// staging tables and files are removed (on a detached context); the error
-// says which step failed. After the swap, Ship returns its Shipment even
+// or a mix, and wait for a publish at most Config.LockWait, however long
+// another query holds the table. On any failure before the swap nothing is
+// published and the staging tables and files are removed (on a detached
+// context); the error says which step failed. After the swap, Ship returns its Shipment even
 // with an error (ErrCommit, or a failed drop of an old table, which is only
 // logged and left for CleanupPrimary). A transfer that fails because the
 // SSH connection dropped is retried once on a new connection.
@@ -225,7 +241,14 @@ func (s *Shipper) Ship(ctx context.Context, p *ShipParams) (*Shipment, error) {
 			defer close(dropped)
 			dctx, cancel := cleanupContext(ctx)
 			defer cancel()
-			if derr := s.DropReplicaTables(dctx, p.Replica, p.TopicID); derr != nil {
+			var derr error
+			if rs := p.ReplicaSession; rs != nil {
+				derr = rs.Drop(dctx)
+				rs.Close()
+			} else {
+				derr = s.DropReplicaTables(dctx, p.Replica, p.TopicID)
+			}
+			if derr != nil {
 				log.WarnContext(dctx, "drop result tables on the replica", "err", derr)
 			}
 		}()
@@ -290,11 +313,20 @@ func (s *Shipper) checkParams(p *ShipParams) error {
 // export runs steps 1 and 2 on the replica: check, lock, checksum, stream,
 // back up, unlock. It returns the partial backup directory, if any.
 func (s *Shipper) export(ctx context.Context, p *ShipParams, tables []*stagedTable, ship *Shipment, log *slog.Logger) (backup string, err error) {
-	rep, err := openSession(ctx, p.Replica, "replica", s.cfg.NoBinlogPools)
-	if err != nil {
-		return "", err
+	var rep *session
+	if p.ReplicaSession != nil {
+		// The run's locked session: if a newer claim's run killed it, the
+		// FLUSH, the checksum or the UNLOCK after the file reads fails, so
+		// files read here are only ever this run's own tables.
+		if rep, err = p.ReplicaSession.session(); err != nil {
+			return "", err
+		}
+	} else {
+		if rep, err = openSession(ctx, p.Replica, "replica", s.cfg.NoBinlogPools); err != nil {
+			return "", err
+		}
+		defer rep.close(ctx)
 	}
-	defer rep.close(ctx)
 	datadir := p.ReplicaDatadir
 	if datadir == "" {
 		if err := rep.conn.QueryRowContext(ctx, datadirSQL).Scan(&datadir); err != nil {
@@ -513,7 +545,10 @@ func checksums(ctx context.Context, conn *sql.Conn, schema string, names []strin
 }
 
 // stream copies the files, data files first and .frm files last, and
-// retries once on a new connection when the connection dropped.
+// retries once on a new connection when the connection dropped. A stall
+// (ErrStalled: the link was abandoned) is not retried: the server stopped
+// answering, and dialling it again now would only add the dial's timeout
+// before the claim is released; the next run dials.
 func (s *Shipper) stream(ctx context.Context, files []*stagedFile, log *slog.Logger) error {
 	l, err := s.link(ctx)
 	if err != nil {
@@ -522,8 +557,8 @@ func (s *Shipper) stream(ctx context.Context, files []*stagedFile, log *slog.Log
 	if s.testHookStream != nil {
 		s.testHookStream(0)
 	}
-	err = putAll(ctx, l.sftp, files, s.testHookWritten)
-	if err != nil && ctx.Err() == nil && connLost(l, err) {
+	err = putAll(ctx, s.putter(l), files)
+	if err != nil && ctx.Err() == nil && !errors.Is(err, ErrStalled) && connLost(l, err) {
 		log.WarnContext(ctx, "ssh connection lost during the transfer; dialling again and retrying once", "err", err)
 		l2, derr := s.redial(ctx, l)
 		if derr != nil {
@@ -532,15 +567,33 @@ func (s *Shipper) stream(ctx context.Context, files []*stagedFile, log *slog.Log
 		if s.testHookStream != nil {
 			s.testHookStream(1)
 		}
-		err = putAll(ctx, l2.sftp, files, s.testHookWritten)
+		err = putAll(ctx, s.putter(l2), files)
 	}
 	return err
 }
 
+// putter is what the copy of a file needs from the Shipper: the link, the
+// step bounds, whether to fsync, and the tests' hook.
+type putter struct {
+	l     *link
+	stall time.Duration
+	bulk  func(size int64) time.Duration
+	sync  bool
+	// written, if set, hears each file once its bytes are written and
+	// before it is read back or synced (tests).
+	written func(remote string)
+}
+
+func (s *Shipper) putter(l *link) *putter {
+	return &putter{
+		l: l, stall: s.cfg.SSH.StallTimeout, bulk: s.bulkTimeout,
+		sync: !s.cfg.NoSync && l.fsync, written: s.testHookWritten,
+	}
+}
+
 // putAll copies files, the data and index files first and the .frm
-// files last. written, if set, hears each file once its bytes are written
-// and before it is read back (tests).
-func putAll(ctx context.Context, c *sftp.Client, files []*stagedFile, written func(remote string)) error {
+// files last, then syncs them all.
+func putAll(ctx context.Context, p *putter, files []*stagedFile) error {
 	var data, frm []*stagedFile
 	for _, f := range files {
 		if f.frm {
@@ -549,15 +602,21 @@ func putAll(ctx context.Context, c *sftp.Client, files []*stagedFile, written fu
 			data = append(data, f)
 		}
 	}
-	if err := putParallel(ctx, c, data, written); err != nil {
+	if err := putParallel(ctx, p, data); err != nil {
 		return err
 	}
-	return putParallel(ctx, c, frm, written)
+	if err := putParallel(ctx, p, frm); err != nil {
+		return err
+	}
+	if !p.sync {
+		return nil
+	}
+	return syncAll(ctx, p, files)
 }
 
 // putParallel copies files, fileParallelism at a time; the first failure
 // stops the others.
-func putParallel(ctx context.Context, c *sftp.Client, files []*stagedFile, written func(string)) error {
+func putParallel(ctx context.Context, p *putter, files []*stagedFile) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	sem := make(chan struct{}, fileParallelism)
@@ -569,7 +628,7 @@ func putParallel(ctx context.Context, c *sftp.Client, files []*stagedFile, writt
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			if err := putFile(ctx, c, f, written); err != nil {
+			if err := putFile(ctx, p, f); err != nil {
 				errs[i] = err
 				cancel()
 			}
@@ -591,11 +650,15 @@ func putParallel(ctx context.Context, c *sftp.Client, files []*stagedFile, writt
 
 // putFile streams one local file to its remote path (never buffering it
 // whole) and checks that every byte was written and acknowledged and that
-// Close succeeded: with the SSH transport's integrity that is the copy. A
-// readBack file is then read back over the same handle and compared; the
-// others are verified after the transfer (cksum or CHECKSUM TABLE). A
-// chmod, when configured, runs concurrently with the writes.
-func putFile(ctx context.Context, c *sftp.Client, f *stagedFile, written func(string)) error {
+// Close succeeded: with the SSH transport's integrity that is the copy
+// (putAll syncs it afterwards). A readBack file is then read back over the
+// same handle and compared; the others are verified after the transfer
+// (cksum or CHECKSUM TABLE). A chmod, when configured, runs concurrently
+// with the writes. Every SFTP call runs under a watchdog (putter.stall
+// without progress; a stream makes progress with every chunk) that
+// abandons the link when it expires.
+func putFile(ctx context.Context, p *putter, f *stagedFile) error {
+	c := p.l.sftp
 	src, err := os.Open(f.local)
 	if err != nil {
 		return fmt.Errorf("open %s: %w", f.local, err)
@@ -605,29 +668,34 @@ func putFile(ctx context.Context, c *sftp.Client, f *stagedFile, written func(st
 	if f.readBack {
 		flags = os.O_RDWR | os.O_CREATE | os.O_TRUNC
 	}
-	dst, err := c.OpenFile(f.remote, flags)
+	var dst *sftp.File
+	err = p.l.step("create "+f.remote, p.stall, func() (err error) { dst, err = c.OpenFile(f.remote, flags); return err })
 	if err != nil {
 		return fmt.Errorf("create %s over sftp: %w", f.remote, err)
 	}
 	chmod := make(chan error, 1)
 	if f.mode != 0 {
-		go func() { chmod <- c.Chmod(f.remote, f.mode) }()
+		go func() {
+			chmod <- p.l.step("chmod "+f.remote, p.stall, func() error { return c.Chmod(f.remote, f.mode) })
+		}()
 	} else {
 		chmod <- nil
 	}
 	var n int64
 	if f.size <= smallFile {
-		n, err = putSmall(ctx, dst, src, f, written)
+		n, err = putSmall(ctx, p, dst, src, f)
 	} else {
-		n, err = dst.ReadFrom(&ctxReader{err: ctx.Err, r: src, size: f.size})
-		if err == nil && written != nil {
-			written(f.remote)
+		w := p.l.watch("write "+f.remote, p.stall)
+		n, err = dst.ReadFrom(&ctxReader{err: ctx.Err, r: src, size: f.size, progress: w.kick})
+		err = w.done(err)
+		if err == nil && p.written != nil {
+			p.written(f.remote)
 		}
 		if err == nil && f.readBack {
-			err = compareStreams(ctx, dst, src, f.size)
+			err = compareStreams(ctx, p, dst, src, f.size)
 		}
 	}
-	if cerr := dst.Close(); err == nil && cerr != nil {
+	if cerr := p.l.step("close "+f.remote, p.stall, dst.Close); err == nil && cerr != nil {
 		err = fmt.Errorf("close: %w", cerr)
 	}
 	if cerr := <-chmod; err == nil && cerr != nil {
@@ -642,6 +710,38 @@ func putFile(ctx context.Context, c *sftp.Client, f *stagedFile, written func(st
 	return nil
 }
 
+// syncAll syncs the written files on the primary's host
+// (fsync@openssh.com), all at once: a journalling filesystem commits
+// concurrent fsyncs together, so a topic's files cost about one commit
+// instead of one per round of putParallel (measured with BenchmarkShip:
+// see Config.NoSync). Each file is opened again read-only for it: fsync
+// flushes the file, whichever descriptor asks. Every call has the bulk
+// bound of the file's size.
+func syncAll(ctx context.Context, p *putter, files []*stagedFile) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	errs := make([]error, len(files))
+	var wg sync.WaitGroup
+	for i, f := range files {
+		wg.Go(func() {
+			var h *sftp.File
+			err := p.l.step("open "+f.remote+" to fsync it", p.stall, func() (err error) { h, err = p.l.sftp.Open(f.remote); return err })
+			if err == nil {
+				err = p.l.step("fsync "+f.remote, p.bulk(f.size), h.Sync)
+				if cerr := p.l.step("close "+f.remote, p.stall, h.Close); err == nil {
+					err = cerr
+				}
+			}
+			if err != nil {
+				errs[i] = fmt.Errorf("fsync %s on the primary's host: %w", f.remote, err)
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
 // smallFile is the size up to which a file goes in one write from a pooled
 // buffer (and, with VerifyBytes, is read back in one read): sftp's
 // ReadFrom allocates a whole packet (255 KiB with OpenSSH) per file, which
@@ -653,7 +753,7 @@ var smallBufs = sync.Pool{New: func() any { b := make([]byte, smallFile+1); retu
 
 // putSmall copies a file of f.size bytes (at most smallFile) with one
 // write and, for a readBack file, reads it back and compares.
-func putSmall(ctx context.Context, dst *sftp.File, src io.Reader, f *stagedFile, written func(string)) (int64, error) {
+func putSmall(ctx context.Context, p *putter, dst *sftp.File, src io.Reader, f *stagedFile) (int64, error) {
 	bp := smallBufs.Get().(*[]byte)
 	defer smallBufs.Put(bp)
 	// One byte more than expected tells a file that grew from one that
@@ -666,24 +766,25 @@ func putSmall(ctx context.Context, dst *sftp.File, src io.Reader, f *stagedFile,
 		return 0, err
 	}
 	sent := (*bp)[:n]
-	m, err := dst.Write(sent)
+	var m int
+	err = p.l.step("write "+f.remote, p.stall, func() (err error) { m, err = dst.Write(sent); return err })
 	if err != nil {
 		return int64(m), err
 	}
-	if written != nil {
-		written(f.remote)
+	if p.written != nil {
+		p.written(f.remote)
 	}
 	if !f.readBack {
 		return int64(m), nil
 	}
-	return int64(m), compareStreams(ctx, dst, bytes.NewReader(sent), int64(len(sent)))
+	return int64(m), compareStreams(ctx, p, dst, bytes.NewReader(sent), int64(len(sent)))
 }
 
 // compareStreams reads a file back through its SFTP handle, a chunk at a
-// time (never the whole file in memory), and compares it with want, the
-// bytes sent: the local file read again for a big file, the sent buffer
-// for a small one.
-func compareStreams(ctx context.Context, dst *sftp.File, want io.ReaderAt, size int64) error {
+// time (never the whole file in memory, each read under the stall bound),
+// and compares it with want, the bytes sent: the local file read again for
+// a big file, the sent buffer for a small one.
+func compareStreams(ctx context.Context, p *putter, dst *sftp.File, want io.ReaderAt, size int64) error {
 	a, b := smallBufs.Get().(*[]byte), smallBufs.Get().(*[]byte)
 	defer smallBufs.Put(a)
 	defer smallBufs.Put(b)
@@ -693,7 +794,9 @@ func compareStreams(ctx context.Context, dst *sftp.File, want io.ReaderAt, size 
 		}
 		n := int(min(int64(smallFile), size-off))
 		got, sent := (*a)[:n], (*b)[:n]
-		if k, err := dst.ReadAt(got, off); k != n {
+		var k int
+		err := p.l.step("read back "+dst.Name(), p.stall, func() (err error) { k, err = dst.ReadAt(got, off); return err })
+		if k != n {
 			return fmt.Errorf("read back at %d: %d of %d bytes: %w", off, k, n, err)
 		}
 		if k, err := want.ReadAt(sent, off); k != n {
@@ -707,18 +810,21 @@ func compareStreams(ctx context.Context, dst *sftp.File, want io.ReaderAt, size 
 	return nil
 }
 
-// ctxReader stops a copy when its context ends. Size lets sftp's ReadFrom
-// pipeline the writes.
+// ctxReader stops a copy when its context ends, and reports progress (each
+// read means earlier writes were acknowledged: pkg/sftp keeps a bounded
+// number in flight). Size lets sftp's ReadFrom pipeline the writes.
 type ctxReader struct {
-	err  func() error
-	r    io.Reader
-	size int64
+	err      func() error
+	r        io.Reader
+	size     int64
+	progress func()
 }
 
 func (c *ctxReader) Read(p []byte) (int, error) {
 	if err := c.err(); err != nil {
 		return 0, err
 	}
+	c.progress()
 	return c.r.Read(p)
 }
 
@@ -726,7 +832,10 @@ func (c *ctxReader) Size() int64 { return c.size }
 
 // publish runs steps 3 and 4 on the primary. It reports whether the swap
 // happened, and the swapped-out tables the caller drops once the lock is
-// released; after the swap, err can only be a Commit failure.
+// released; after the swap, err can only be a Commit failure. A swap whose
+// RENAME waits Config.LockWait for its metadata locks in vain (a long query
+// or an open transaction holds a live table) is tried again after a pause,
+// Config.SwapTries times in all, and then fails with ErrTableBusy.
 func (s *Shipper) publish(ctx context.Context, prim *session, p *ShipParams, tables []*stagedTable, dropped <-chan struct{}, log *slog.Logger) (published bool, old []string, err error) {
 	tmp := make([]string, len(tables))
 	for i, t := range tables {
@@ -735,15 +844,42 @@ func (s *Shipper) publish(ctx context.Context, prim *session, p *ShipParams, tab
 	if err := s.verifyPrimary(ctx, prim, tables, tmp); err != nil {
 		return false, nil, err
 	}
+	start := time.Now()
+	for try := 1; ; try++ {
+		var busy bool
+		published, old, busy, err = s.swap(ctx, prim, p, tables, dropped, log)
+		if !busy {
+			return published, old, err
+		}
+		if try >= s.cfg.SwapTries {
+			return false, nil, fmt.Errorf("%w: %s: a long query, an open transaction or a backup on the primary held them through %d tries of the swap over %v, each waiting %v for their metadata locks; nothing published, readers kept the old tables: %w",
+				ErrTableBusy, s.displayList(tables), try, time.Since(start).Round(100*time.Millisecond), s.cfg.LockWait, err)
+		}
+		pause := s.cfg.swapPause(try)
+		log.InfoContext(ctx, "result table busy: a query holds it; the swap gave way and tries again",
+			"tables", s.displayList(tables), "try", try, "tries", s.cfg.SwapTries, "retry_in", pause)
+		if err := sleepCtx(ctx, pause); err != nil {
+			return false, nil, fmt.Errorf("wait to retry the swap of a busy result table: %w", err)
+		}
+	}
+}
 
+// swap makes one try of the fenced swap: GET_LOCK, Fence, one RENAME TABLE
+// that waits at most Config.LockWait for its metadata locks, the replica's
+// drop, Commit, RELEASE_LOCK. busy reports a RENAME that gave up waiting:
+// then nothing was renamed, the readers queued behind it go on with the old
+// tables, and the lock is released before the caller's pause, so the
+// reaper and an operator's release are kept out for one try at most, never
+// for the whole series (the fence is taken again with the lock next time).
+func (s *Shipper) swap(ctx context.Context, prim *session, p *ShipParams, tables []*stagedTable, dropped <-chan struct{}, log *slog.Logger) (published bool, old []string, busy bool, err error) {
 	timeout := cmp.Or(p.LockTimeout, DefaultLockTimeout)
 	var got sql.NullInt64
 	if err := prim.conn.QueryRowContext(ctx, getLockSQL, p.LockName, timeout.Seconds()).Scan(&got); err != nil {
 		prim.bad = true // the lock may have been granted; closing the session frees it
-		return false, nil, fmt.Errorf("take publish lock %q on the primary: %w", p.LockName, err)
+		return false, nil, false, fmt.Errorf("take publish lock %q on the primary: %w", p.LockName, err)
 	}
 	if !got.Valid || got.Int64 != 1 {
-		return false, nil, fmt.Errorf("%w: %q is held by another session (the reaper or another publisher) after %v", ErrLockTimeout, p.LockName, timeout)
+		return false, nil, false, fmt.Errorf("%w: %q is held by another session (the reaper or another publisher) after %v", ErrLockTimeout, p.LockName, timeout)
 	}
 	defer func() {
 		cctx, cancel := cleanupContext(ctx)
@@ -756,10 +892,14 @@ func (s *Shipper) publish(ctx context.Context, prim *session, p *ShipParams, tab
 	}()
 
 	if err := p.Fence(ctx); err != nil {
-		return false, nil, fmt.Errorf("%w: topic %d, claim token %d: %w", ErrFenced, p.TopicID, p.Token, err)
+		return false, nil, false, fmt.Errorf("%w: topic %d, claim token %d: %w", ErrFenced, p.TopicID, p.Token, err)
 	}
 
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), swapTimeout)
+	// The server gives up each RENAME after LockWait (twice for a first
+	// publish), well before this context ends: a client that gave up
+	// first would leave the statement waiting, and stalling readers, in
+	// the server, and maybe renaming after all.
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), swapTimeout+2*s.cfg.LockWait)
 	defer cancel()
 	live := make([]string, len(tables))
 	for i, t := range tables {
@@ -770,17 +910,20 @@ func (s *Shipper) publish(ctx context.Context, prim *session, p *ShipParams, tab
 	// exist only when one does not (the topic's first publish). RENAME
 	// TABLE is atomic: when it fails, nothing was renamed.
 	pairs, old := s.swapPairs(tables, live)
-	_, err = prim.conn.ExecContext(sctx, fmt.Sprintf(renameSQL, strings.Join(pairs, ", ")))
+	err = s.execBounded(sctx, prim.conn, fmt.Sprintf(renameSQL, strings.Join(pairs, ", ")))
 	if isNoSuchTable(err) {
 		var existing []string
 		if existing, err = s.existingTables(sctx, prim.conn, live); err != nil {
-			return false, nil, err
+			return false, nil, false, err
 		}
 		pairs, old = s.swapPairs(tables, existing)
-		_, err = prim.conn.ExecContext(sctx, fmt.Sprintf(renameSQL, strings.Join(pairs, ", ")))
+		err = s.execBounded(sctx, prim.conn, fmt.Sprintf(renameSQL, strings.Join(pairs, ", ")))
+	}
+	if isLockWaitTimeout(err) {
+		return false, nil, true, fmt.Errorf("swap result tables in on the primary: %w", err)
 	}
 	if err != nil {
-		return false, nil, fmt.Errorf("swap result tables in on the primary: %w", err)
+		return false, nil, false, fmt.Errorf("swap result tables in on the primary: %w", err)
 	}
 	// The replica's drop, started before the checksum and bounded by its
 	// own cleanup timeout, must be over before Commit can make the topic
@@ -791,10 +934,66 @@ func (s *Shipper) publish(ctx context.Context, prim *session, p *ShipParams, tab
 	<-dropped
 	if p.Commit != nil {
 		if err := p.Commit(sctx); err != nil {
-			return true, old, fmt.Errorf("%w: %w", ErrCommit, err)
+			return true, old, false, fmt.Errorf("%w: %w", ErrCommit, err)
 		}
 	}
-	return true, old, nil
+	return true, old, false, nil
+}
+
+// execBounded runs a DDL statement on the primary that waits at most
+// Config.LockWait for its metadata locks (SET STATEMENT lock_wait_timeout
+// … FOR: nothing is left in the session for the pool). A RENAME or DROP
+// queued for a table's metadata lock makes every later query of that table
+// queue behind it; the bound is what keeps a long reader from stalling all
+// the others.
+func (s *Shipper) execBounded(ctx context.Context, conn *sql.Conn, stmt string) error {
+	_, err := conn.ExecContext(ctx, fmt.Sprintf(boundedSQL, int64(s.cfg.LockWait/time.Second), stmt))
+	return err
+}
+
+// dropBounded drops names on the primary, each try waiting at most
+// Config.LockWait for the metadata locks, again after the swap's pauses, at
+// most tries times and while ctx leaves time for a whole try. Nothing
+// queries a swapped-out or staging table, but a backup (FLUSH TABLES WITH
+// READ LOCK, BACKUP STAGE) or a LOCK TABLES of the schema can hold it;
+// unbounded, the DROP would hold up the dropper, and would go on waiting in
+// the server after its client gave up.
+func (s *Shipper) dropBounded(ctx context.Context, conn *sql.Conn, names []string, tries int) error {
+	stmt := fmt.Sprintf(dropSQL, s.qualifiedList(names))
+	for try := 1; ; try++ {
+		err := s.execBounded(ctx, conn, stmt)
+		if err == nil || !isLockWaitTimeout(err) || try >= tries {
+			return err
+		}
+		pause := s.cfg.swapPause(try)
+		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < pause+s.cfg.LockWait {
+			return err
+		}
+		if sleepCtx(ctx, pause) != nil {
+			return err
+		}
+	}
+}
+
+// displayList names the live tables for messages: schema.table, ….
+func (s *Shipper) displayList(tables []*stagedTable) string {
+	names := make([]string, len(tables))
+	for i, t := range tables {
+		names[i] = s.cfg.Schema + "." + t.live
+	}
+	return strings.Join(names, ", ")
+}
+
+// sleepCtx waits d, or returns ctx's error if it ends first.
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
 }
 
 // verifyPrimary checks the staged tables on the primary before the swap:
@@ -827,10 +1026,11 @@ func (s *Shipper) verifyPrimary(ctx context.Context, prim *session, tables []*st
 	return nil
 }
 
-// dropSwappedOut drops tables a publish swapped out. A failure is logged,
-// not returned: CleanupPrimary drops what is left.
+// dropSwappedOut drops tables a publish swapped out, bounded as
+// dropBounded (ctx, a cleanup context, allows about three tries). A failure
+// is logged, not returned: CleanupPrimary drops what is left.
 func (s *Shipper) dropSwappedOut(ctx context.Context, conn *sql.Conn, names []string, log *slog.Logger) error {
-	_, err := conn.ExecContext(ctx, fmt.Sprintf(dropSQL, s.qualifiedList(names)))
+	err := s.dropBounded(ctx, conn, names, s.cfg.SwapTries)
 	if err != nil {
 		log.WarnContext(ctx, "drop swapped-out tables on the primary; CleanupPrimary will", "tables", names, "err", err)
 	}
@@ -848,6 +1048,14 @@ func (s *Shipper) swapPairs(tables []*stagedTable, existing []string) (pairs, ol
 		pairs = append(pairs, s.qualified(t.tmp)+" TO "+s.qualified(t.live))
 	}
 	return pairs, old
+}
+
+// isLockWaitTimeout reports MySQL error 1205 (ER_LOCK_WAIT_TIMEOUT): for
+// a RENAME or DROP of MyISAM tables, lock_wait_timeout ran out waiting for
+// a metadata lock, and the statement did nothing.
+func isLockWaitTimeout(err error) bool {
+	var me *mysql.MySQLError
+	return errors.As(err, &me) && me.Number == 1205
 }
 
 // isNoSuchTable reports MySQL error 1146 (ER_NO_SUCH_TABLE).
@@ -900,33 +1108,32 @@ func (s *Shipper) removeStaging(ctx context.Context, prim *session, primary *sql
 	for i, t := range tables {
 		tmp[i] = t.tmp
 	}
-	drop := fmt.Sprintf(dropSQL, s.qualifiedList(tmp))
 	var err error
 	if !prim.bad {
-		if _, err = prim.conn.ExecContext(cctx, drop); err != nil {
+		if err = s.dropBounded(cctx, prim.conn, tmp, s.cfg.SwapTries); err != nil {
 			prim.bad = true
 		}
 	}
 	if prim.bad {
 		var sess *session
 		if sess, err = openSession(cctx, primary, "primary", s.cfg.NoBinlogPools); err == nil {
-			_, err = sess.conn.ExecContext(cctx, drop)
+			err = s.dropBounded(cctx, sess.conn, tmp, s.cfg.SwapTries)
 			sess.close(cctx)
 		}
 	}
 	if err != nil {
 		log.WarnContext(cctx, "drop staging tables on the primary", "tables", tmp, "err", err)
 	}
-	l, err := s.link(cctx)
+	l, err := s.cleanupLink(cctx)
 	if err != nil {
-		log.WarnContext(cctx, "remove staging files", "err", err)
+		log.WarnContext(cctx, "remove staging files; CleanupPrimary will", "err", err)
 		return
 	}
 	dir := path.Join(s.cfg.PrimaryDatadir, s.cfg.Schema)
 	for _, n := range tmp {
 		for _, ext := range myisamExts {
 			f := path.Join(dir, n+ext)
-			if err := l.sftp.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+			if err := l.step("remove "+f, s.cfg.SSH.StallTimeout, func() error { return l.sftp.Remove(f) }); err != nil && !errors.Is(err, os.ErrNotExist) {
 				log.WarnContext(cctx, "remove staging file over sftp", "file", f, "err", err)
 			}
 		}
@@ -994,7 +1201,11 @@ func (s *Shipper) verifyRemote(ctx context.Context, files []*stagedFile, local m
 	for i, f := range files {
 		remote[i] = f.remote
 	}
-	out, err := s.primaryExec(ctx, cksumCmd(remote))
+	var size int64
+	for _, f := range files {
+		size += f.size
+	}
+	out, err := s.primaryExec(ctx, cksumCmd(remote), size)
 	if err != nil {
 		return fmt.Errorf("verify shipped files: cksum on the primary's host (needs a shell there; or set verify = %q): %w", VerifyChecksum, err)
 	}
@@ -1039,7 +1250,7 @@ func (s *Shipper) probeCksum(ctx context.Context) error {
 	if _, err := exec.LookPath("cksum"); err != nil {
 		return fmt.Errorf("cksum cannot run on this host: %w", err)
 	}
-	if _, err := s.primaryExec(ctx, "cksum -- /dev/null"); err != nil {
+	if _, err := s.primaryExec(ctx, "cksum -- /dev/null", 0); err != nil {
 		return fmt.Errorf("cksum cannot run on the primary's host (it needs a shell and coreutils there): %w", err)
 	}
 	return nil
@@ -1047,13 +1258,16 @@ func (s *Shipper) probeCksum(ctx context.Context) error {
 
 // primaryExec runs cmd on the primary's host over one SSH exec session of
 // the shared connection, closed when ctx ends, and returns its standard
-// output; a failure carries what it wrote to standard error.
-func (s *Shipper) primaryExec(ctx context.Context, cmd string) ([]byte, error) {
+// output; a failure carries what it wrote to standard error. The command
+// reads size bytes there: it has the bulk bound of that size, after which
+// the link is abandoned (the keepalive catches a dead server sooner).
+func (s *Shipper) primaryExec(ctx context.Context, cmd string, size int64) ([]byte, error) {
 	l, err := s.link(ctx)
 	if err != nil {
 		return nil, err
 	}
-	sess, err := l.ssh.NewSession()
+	var sess *ssh.Session
+	err = l.step("open an ssh session", s.cfg.SSH.StallTimeout, func() (err error) { sess, err = l.ssh.NewSession(); return err })
 	if err != nil {
 		return nil, fmt.Errorf("open an ssh session: %w", err)
 	}
@@ -1062,11 +1276,29 @@ func (s *Shipper) primaryExec(ctx context.Context, cmd string) ([]byte, error) {
 	defer stop()
 	var stderr bytes.Buffer
 	sess.Stderr = &stderr
-	out, err := sess.Output(cmd)
+	var out []byte
+	name, _, _ := strings.Cut(cmd, " ")
+	err = l.step(name+" on the primary's host", s.bulkTimeout(size), func() (err error) { out, err = sess.Output(cmd); return err })
 	if err != nil {
 		return out, fmt.Errorf("%w: %s", err, strings.TrimSpace(stderr.String()))
 	}
 	return out, nil
+}
+
+// cleanupLink is link for removing a failed run's staging files, except
+// that it does not dial again right after the link was abandoned: the
+// release of the claim must not wait a dial timeout on a server that just
+// stopped answering. The files are left to CleanupPrimary then.
+func (s *Shipper) cleanupLink(ctx context.Context) (*link, error) {
+	s.mu.Lock()
+	cur := s.cur
+	s.mu.Unlock()
+	if cur != nil {
+		if why := cur.abandoned(); why != nil {
+			return nil, fmt.Errorf("not dialling again at once: %w", why)
+		}
+	}
+	return s.link(ctx)
 }
 
 // cksumUsable reports whether big files can be compared by cksum on both
@@ -1080,8 +1312,8 @@ func (s *Shipper) cksumUsable(ctx context.Context) bool {
 		return s.cksumOK
 	}
 	err := s.probeCksum(ctx)
-	if ctx.Err() != nil {
-		return false
+	if ctx.Err() != nil || errors.Is(err, ErrStalled) {
+		return false // says nothing about cksum: probe again next time
 	}
 	s.cksumKnown, s.cksumOK = true, err == nil
 	if err != nil {

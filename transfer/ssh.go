@@ -26,6 +26,11 @@ import (
 // The connection is dialled by Connect or lazily by the first call that
 // needs it; when it breaks, the next call dials again, and a transfer that
 // fails because the connection dropped is retried once on a new one.
+// Nothing on the connection can hang: keepalives close it when the server
+// stops answering (SSHConfig.KeepaliveInterval, KeepaliveTimeout), and
+// every SFTP step and remote command has a deadline (StallTimeout without
+// progress; MinThroughput for steps that cannot report any), past which
+// the connection is closed and the transfer fails with ErrStalled.
 type Shipper struct {
 	cfg    Config
 	logger *slog.Logger
@@ -33,6 +38,10 @@ type Shipper struct {
 	mu     sync.Mutex
 	cur    *link // nil until dialled, or after a broken link was closed
 	closed bool
+	// The last failed dial and when it ended: callers that queued behind
+	// it get its error instead of a dial each (see dialPause).
+	dialErr   error
+	dialErrAt time.Time
 
 	// With VerifyBytes: whether cksum runs on both hosts, once probed.
 	cksumMu             sync.Mutex
@@ -53,24 +62,161 @@ type Shipper struct {
 type link struct {
 	ssh  *ssh.Client
 	sftp *sftp.Client
+	conn net.Conn      // the socket under ssh: closing it unblocks every call on the link
 	dead chan struct{} // closed when the SFTP session ends, for any reason
+	// fsync: the server offers fsync@openssh.com.
+	fsync bool
+
+	addr   string
+	logger *slog.Logger
+	gone   sync.Once
+	whyMu  sync.Mutex
+	why    error // set by abandon, before the socket closes
 }
 
+// broken says whether the link is gone: its SFTP session ended, or it was
+// abandoned (its socket is closed; the session's end may not have been
+// noticed yet).
 func (l *link) broken() bool {
 	select {
 	case <-l.dead:
 		return true
 	default:
-		return false
+		return l.abandoned() != nil
 	}
 }
 
+// linkCloseTimeout bounds a polite close (the SFTP session's close message
+// is a write, which blocks on a connection whose peer stopped reading).
+const linkCloseTimeout = 5 * time.Second
+
 func (l *link) close() error {
+	t := time.AfterFunc(linkCloseTimeout, func() { l.conn.Close() })
+	defer t.Stop()
 	err := l.sftp.Close()
 	if cerr := l.ssh.Close(); err == nil && !errors.Is(cerr, net.ErrClosed) {
 		err = cerr
 	}
 	return err
+}
+
+// abandon closes the link's socket because of cause (wrapping ErrStalled):
+// pkg/sftp and x/crypto/ssh calls take no context, and a closed socket is
+// what makes every call blocked on this link return. Only this link is
+// closed; the next call on the Shipper dials a new one. Idempotent: the
+// first cause is kept.
+func (l *link) abandon(cause error) {
+	l.gone.Do(func() {
+		l.whyMu.Lock()
+		l.why = cause
+		l.whyMu.Unlock()
+		l.logger.Warn("ssh connection abandoned; closing it (the next transfer dials again)", "addr", l.addr, "err", cause)
+		l.conn.Close()
+	})
+}
+
+// abandoned returns abandon's cause, or nil.
+func (l *link) abandoned() error {
+	l.whyMu.Lock()
+	defer l.whyMu.Unlock()
+	return l.why
+}
+
+// watchdog abandons its link unless it is stopped, or kicked by progress,
+// within its bound.
+type watchdog struct {
+	l *link
+	d time.Duration
+	t *time.Timer
+
+	mu      sync.Mutex
+	stopped bool // a late kick must not re-arm a stopped watchdog
+}
+
+// watch arms a watchdog for one step on l: what names the step in the
+// error, d is how long it may go without progress.
+func (l *link) watch(what string, d time.Duration) *watchdog {
+	w := &watchdog{l: l, d: d}
+	w.t = time.AfterFunc(d, func() {
+		l.abandon(fmt.Errorf("%w: %s made no progress for %v (bounds: ssh.stall_timeout, and ssh.min_throughput for fsync and cksum)", ErrStalled, what, d))
+	})
+	return w
+}
+
+// kick records progress: the step has d again.
+func (w *watchdog) kick() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.stopped {
+		w.t.Reset(w.d)
+	}
+}
+
+// done disarms the watchdog and returns err, with the cause in front when
+// the link was abandoned meanwhile (by this watchdog or another step's, or
+// by the keepalive), so the error says why the call failed.
+func (w *watchdog) done(err error) error {
+	w.mu.Lock()
+	w.stopped = true
+	w.t.Stop()
+	w.mu.Unlock()
+	if err == nil {
+		return nil
+	}
+	if why := w.l.abandoned(); why != nil && !errors.Is(err, ErrStalled) {
+		return fmt.Errorf("%w: %w", why, err)
+	}
+	return err
+}
+
+// step runs one blocking call on l under a watchdog of d.
+func (l *link) step(what string, d time.Duration, f func() error) error {
+	w := l.watch(what, d)
+	return w.done(f())
+}
+
+// keepalive sends keepalive@openssh.com every interval until the link
+// ends, and abandons the link when a reply (OpenSSH answers "failure", which
+// is an answer) does not come within timeout. It is the link's only
+// background goroutine besides the SFTP session's own.
+func (l *link) keepalive(interval, timeout time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	reply := make(chan error, 1)
+	for {
+		select {
+		case <-l.dead:
+			return
+		case <-t.C:
+		}
+		go func() {
+			_, _, err := l.ssh.SendRequest("keepalive@openssh.com", true, nil)
+			reply <- err
+		}()
+		wait := time.NewTimer(timeout)
+		select {
+		case err := <-reply:
+			wait.Stop()
+			if err != nil {
+				return // the connection is gone; the SFTP session ends too
+			}
+		case <-wait.C:
+			l.abandon(fmt.Errorf("%w: no reply to an ssh keepalive within %v (ssh.keepalive_timeout)", ErrStalled, timeout))
+			<-reply // the closed socket ends the request
+			return
+		case <-l.dead:
+			wait.Stop()
+			return
+		}
+	}
+}
+
+// bulkTimeout is the deadline of a step that works through size bytes
+// without reporting progress: the stall bound plus the bytes at the
+// minimum throughput.
+func (s *Shipper) bulkTimeout(size int64) time.Duration {
+	c := s.cfg.SSH
+	return c.StallTimeout + time.Duration(float64(size)/float64(int64(c.MinThroughput)<<20)*float64(time.Second))
 }
 
 // NewShipper validates cfg (after WithDefaults) and returns a Shipper that
@@ -133,13 +279,27 @@ func (s *Shipper) link(ctx context.Context) (*link, error) {
 		s.cur.close()
 		s.cur = nil
 	}
+	if s.dialErr != nil && time.Since(s.dialErrAt) < dialPause {
+		return nil, fmt.Errorf("%w (a dial failed %v ago; not dialling again yet)", s.dialErr, time.Since(s.dialErrAt).Round(time.Millisecond))
+	}
 	l, err := s.dial(ctx)
 	if err != nil {
+		if ctx.Err() == nil {
+			s.dialErr, s.dialErrAt = err, time.Now()
+		}
 		return nil, err
 	}
+	s.dialErr = nil
 	s.cur = l
 	return l, nil
 }
+
+// dialPause is how long a failed dial answers for the next ones. Dials
+// hold the Shipper's mutex, and a server that stopped answering keeps each
+// for the whole DialTimeout: without the pause, the instances sharing the
+// Shipper would wait for one another's dials in turn, the last one
+// instances × DialTimeout, before they could release their claims.
+const dialPause = 2 * time.Second
 
 // redial replaces old by a new connection unless another caller already did.
 func (s *Shipper) redial(ctx context.Context, old *link) (*link, error) {
@@ -232,13 +392,11 @@ func (s *Shipper) dial(ctx context.Context) (*link, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect to sshd at %s: %w", addr, err)
 	}
-	// The handshake does not take a context: closing the socket aborts it.
+	// Neither the handshake nor the start of SFTP takes a context:
+	// closing the socket aborts them.
 	stop := context.AfterFunc(dctx, func() { nc.Close() })
+	defer stop()
 	sc, chans, reqs, err := ssh.NewClientConn(nc, addr, cfg)
-	if !stop() && err == nil {
-		sc.Close()
-		err = dctx.Err()
-	}
 	if err != nil {
 		nc.Close()
 		seenMu.Lock()
@@ -255,6 +413,9 @@ func (s *Shipper) dial(ctx context.Context) (*link, error) {
 	sc2, err := sftp.NewClient(client, sftp.UseConcurrentWrites(true))
 	if err != nil {
 		client.Close()
+		if dctx.Err() != nil {
+			return nil, fmt.Errorf("start sftp on %s: %w (%v)", addr, dctx.Err(), err)
+		}
 		return nil, fmt.Errorf("start sftp on %s (the server needs an sftp subsystem): %w", addr, err)
 	}
 	if _, ok := sc2.HasExtension("limits@openssh.com"); ok {
@@ -271,11 +432,23 @@ func (s *Shipper) dial(ctx context.Context) (*link, error) {
 			sc2 = big
 		}
 	}
-	l := &link{ssh: client, sftp: sc2, dead: make(chan struct{})}
+	if !stop() {
+		client.Close()
+		return nil, fmt.Errorf("start sftp on %s: %w", addr, dctx.Err())
+	}
+	l := &link{ssh: client, sftp: sc2, conn: nc, dead: make(chan struct{}), addr: addr, logger: s.logger}
+	if v, ok := sc2.HasExtension("fsync@openssh.com"); ok && v == "1" {
+		l.fsync = true
+	} else if !s.cfg.NoSync {
+		s.logger.WarnContext(ctx, "the sftp server does not offer fsync@openssh.com: shipped files go live without an fsync", "addr", addr)
+	}
 	go func() {
 		sc2.Wait()
 		close(l.dead)
 	}()
+	if c.KeepaliveInterval > 0 {
+		go l.keepalive(c.KeepaliveInterval, c.KeepaliveTimeout)
+	}
 	s.logger.InfoContext(ctx, "ssh connected", "addr", addr, "user", c.User)
 	return l, nil
 }
@@ -366,7 +539,9 @@ func (s *Shipper) CheckDatadir(ctx context.Context) error {
 		return err
 	}
 	dir := path.Join(s.cfg.PrimaryDatadir, s.cfg.Schema)
-	st, err := l.sftp.Stat(dir)
+	stall := s.cfg.SSH.StallTimeout
+	var st os.FileInfo
+	err = l.step("stat "+dir, stall, func() (err error) { st, err = l.sftp.Stat(dir); return err })
 	if err != nil {
 		return fmt.Errorf("stat %s on %s over sftp (does the schema exist on the primary?): %w", dir, s.cfg.SSH.Addr(), err)
 	}
@@ -374,14 +549,18 @@ func (s *Shipper) CheckDatadir(ctx context.Context) error {
 		return fmt.Errorf("%s on %s is not a directory", dir, s.cfg.SSH.Addr())
 	}
 	probe := path.Join(dir, tmpPrefix+"0_check.probe")
-	f, err := l.sftp.OpenFile(probe, os.O_WRONLY|os.O_CREATE|os.O_TRUNC)
+	var f *sftp.File
+	err = l.step("create "+probe, stall, func() (err error) {
+		f, err = l.sftp.OpenFile(probe, os.O_WRONLY|os.O_CREATE|os.O_TRUNC)
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("create %s over sftp as %s: %w", probe, s.cfg.SSH.User, err)
 	}
-	if err := f.Close(); err != nil {
+	if err := l.step("close "+probe, stall, f.Close); err != nil {
 		return fmt.Errorf("close %s over sftp: %w", probe, err)
 	}
-	if err := l.sftp.Remove(probe); err != nil {
+	if err := l.step("remove "+probe, stall, func() error { return l.sftp.Remove(probe) }); err != nil {
 		return fmt.Errorf("remove %s over sftp: %w", probe, err)
 	}
 	return nil

@@ -13,6 +13,7 @@ const (
 	DefaultIDMultiplier = 100
 	DefaultIdleWait     = 500 * time.Millisecond
 	DefaultGTIDWait     = 10 * time.Second
+	DefaultGTIDBackoff  = 30 * time.Second
 	DefaultGracePeriod  = 20 * time.Second
 	DefaultBackoffBase  = 10 * time.Second
 	DefaultBackoffMax   = 10 * time.Minute
@@ -56,6 +57,12 @@ type Config struct {
 	// position after a claim; on timeout the claim is released for a
 	// fresher replica. Default 10s; must be shorter than the lease.
 	GTIDWait time.Duration `toml:"gtid_wait"`
+	// GTIDBackoff is how long this process's instances (all of them: they
+	// share the replica) claim nothing after a GTID wait timed out: the
+	// replica proved itself behind, and the released topic, due again at
+	// once, is left to fresher replicas instead of being claimed here again
+	// and again. Default 30s.
+	GTIDBackoff time.Duration `toml:"gtid_backoff"`
 	// GracePeriod is how long a stopping instance may take to finish its
 	// run before it is cancelled and the claim released; default 20s.
 	GracePeriod time.Duration `toml:"grace_period"`
@@ -87,6 +94,7 @@ func (c Config) WithDefaults(lease time.Duration) Config {
 	c.IdleWait = cmp.Or(c.IdleWait, DefaultIdleWait)
 	c.HeartbeatInterval = cmp.Or(c.HeartbeatInterval, lease/4)
 	c.GTIDWait = cmp.Or(c.GTIDWait, min(DefaultGTIDWait, lease/2))
+	c.GTIDBackoff = cmp.Or(c.GTIDBackoff, DefaultGTIDBackoff)
 	c.GracePeriod = cmp.Or(c.GracePeriod, min(DefaultGracePeriod, lease*2/3))
 	c.BackoffBase = cmp.Or(c.BackoffBase, DefaultBackoffBase)
 	c.BackoffMax = cmp.Or(c.BackoffMax, max(DefaultBackoffMax, c.BackoffBase))
@@ -109,6 +117,8 @@ func (c Config) Validate(lease time.Duration) error {
 		return &ConfigError{"heartbeat_interval", fmt.Errorf("%v: the lease (%v) must be longer than 3 heartbeats", c.HeartbeatInterval, lease)}
 	case c.GTIDWait <= 0 || c.GTIDWait >= lease:
 		return &ConfigError{"gtid_wait", fmt.Errorf("%v: must be positive and shorter than the lease (%v)", c.GTIDWait, lease)}
+	case c.GTIDBackoff <= 0:
+		return &ConfigError{"gtid_backoff", fmt.Errorf("%v: must be positive", c.GTIDBackoff)}
 	case c.GracePeriod <= 0 || c.GracePeriod >= lease:
 		return &ConfigError{"grace_period", fmt.Errorf("%v: must be positive and shorter than the lease (%v)", c.GracePeriod, lease)}
 	case c.BackoffBase <= 0 || c.BackoffMax < c.BackoffBase:

@@ -29,6 +29,7 @@ func TestConfigDefaultsAndRanges(t *testing.T) {
 		{"max_procs", func(c *worker.Config) { c.MaxProcs = -1 }},
 		{"id_multiplier", func(c *worker.Config) { c.IDMultiplier = 1 }},
 		{"gtid_wait", func(c *worker.Config) { c.GTIDWait = lease }},
+		{"gtid_backoff", func(c *worker.Config) { c.GTIDBackoff = -time.Second }},
 		{"grace_period", func(c *worker.Config) { c.GracePeriod = 2 * lease }},
 	} {
 		bad := c

@@ -122,6 +122,20 @@ func (in *Instance) RunOnce(soft, hard context.Context) (bool, error) {
 		}
 		return false, err
 	}
+	if backoff, gerr := in.deps.Gate.Check(); gerr != nil {
+		// The gate closed while this claim was on its way: another
+		// instance here found the replica behind (a GTID wait timed out,
+		// Gate.Hold) or the lag rose. Give the topic straight back, not
+		// counted, for a fresher replica; nothing was started.
+		rctx, cancel := cleanupContext(soft)
+		defer cancel()
+		if _, rerr := in.deps.Queue.Release(rctx, claim, &queue.ReleaseParams{}); rerr != nil {
+			in.log.ErrorContext(rctx, "give back a claim made as the lag gate closed", "topic_id", claim.TopicID, "err", rerr)
+		}
+		in.log.DebugContext(soft, "lag gate closed during the claim; topic given back", "topic_id", claim.TopicID, "err", gerr)
+		sleep(soft, backoff)
+		return false, nil
+	}
 	run := &monitor.Run{
 		TopicID: claim.TopicID, InstanceID: in.ID, Replica: in.deps.ReplicaName, ClaimToken: claim.Token,
 		Scope: claim.Scope, StartedAt: start, Claim: time.Since(start),
@@ -188,8 +202,24 @@ func (in *Instance) process(hard context.Context, claim *queue.Claim, run *monit
 		return
 	}
 
-	// The procedure, on the local replica.
+	// The procedure, on the local replica, on the run's one session there:
+	// it holds the topic's replica lock from the call to the drop of the
+	// result tables, so an older, lost run of the topic on this replica can
+	// no longer touch them (protocol 9; see transfer.LockReplica).
 	t0 = time.Now()
+	fence := func(ctx context.Context) error { return in.deps.Queue.Holds(ctx, claim) }
+	rs, err := in.deps.Shipper.LockReplica(ctx, &transfer.ReplicaLockParams{
+		TopicID: claim.TopicID, Replica: in.deps.Replica,
+		Primary: in.deps.Primary, LockName: in.deps.Queue.LockName(claim.TopicID), Fence: fence,
+	})
+	if err != nil {
+		run.Proc = time.Since(t0)
+		// Busy: an older run's session that could not be ended holds the
+		// tables; not the topic's fault, and another replica may take it.
+		in.giveUp(ctx, claim, run, log, fmt.Errorf("replica: %w", err), errors.Is(err, transfer.ErrResultsBusy))
+		return
+	}
+	defer rs.Close()
 	// One log per topic, rewritten by each run (the run history keeps
 	// every run's figures; a failed run's log is kept beside it as
 	// <topic>.failed.log): the directory stays as big as the topic table.
@@ -197,13 +227,14 @@ func (in *Instance) process(hard context.Context, claim *queue.Claim, run *monit
 		TopicID: claim.TopicID, Scope: claim.Scope,
 		LogPath: filepath.Join(in.cfg.LogDir, fmt.Sprintf("%d.log", claim.TopicID)),
 		Label:   fmt.Sprintf("claim token %d, instance %d", claim.Token, in.ID),
+		Conn:    rs.Conn(),
 	})
 	run.Proc = time.Since(t0)
 	if res != nil {
 		run.LogPath = res.LogPath
 	}
 	if err != nil {
-		in.dropLocal(claim, log)
+		in.dropLocal(rs, log)
 		in.giveUp(ctx, claim, run, log, fmt.Errorf("procedure: %w", err), false)
 		return
 	}
@@ -216,20 +247,21 @@ func (in *Instance) process(hard context.Context, claim *queue.Claim, run *monit
 		Replica: in.deps.Replica, ReplicaDatadir: in.deps.ReplicaDatadir,
 		Primary: in.deps.Primary, LockName: in.deps.Queue.LockName(claim.TopicID),
 		// Under the topic lock a read proves the claim (see Queue.Holds).
-		Fence: func(ctx context.Context) error { return in.deps.Queue.Holds(ctx, claim) },
+		Fence: fence,
 		Commit: func(ctx context.Context) error {
 			err := in.deps.Queue.Finish(ctx, claim)
 			finished = err == nil
 			return err
 		},
-		DropReplica: true,
-		Dropper:     in.dropper,
+		DropReplica:    true,
+		Dropper:        in.dropper,
+		ReplicaSession: rs,
 	})
 	if ship != nil {
 		run.Bytes, run.Transfer, run.Publish = ship.Bytes, ship.TransferTime, ship.PublishTime
 	}
 	if err != nil {
-		in.dropLocal(claim, log) // the shipment may have stopped before its own drop
+		in.dropLocal(rs, log) // the shipment may have stopped before its own drop
 	}
 	if err != nil && !finished {
 		in.giveUp(ctx, claim, run, log, fmt.Errorf("transfer: %w", err), false)
@@ -261,6 +293,13 @@ func (in *Instance) giveUp(ctx context.Context, claim *queue.Claim, run *monitor
 		run.Outcome = monitor.OutcomeReleased
 	case notFault:
 		run.Outcome = monitor.OutcomeReleased
+		if errors.Is(err, monitor.ErrGTIDTimeout) {
+			// This replica proved itself behind: back it off (every
+			// instance of the process, through the shared gate), not the
+			// topic, which stays due for fresher replicas.
+			in.deps.Gate.Hold(in.cfg.GTIDBackoff, err)
+			log.WarnContext(cctx, "replica behind the claim's position; no claims from this replica for a while", "backoff", in.cfg.GTIDBackoff)
+		}
 	default:
 		p.CountAttempt = true
 		p.Backoff = in.cfg.Backoff(claim.Attempts + 1)
@@ -281,12 +320,17 @@ func (in *Instance) giveUp(ctx context.Context, claim *queue.Claim, run *monitor
 	log.WarnContext(cctx, "topic released", "outcome", run.Outcome, "err", err, "backoff", p.Backoff)
 }
 
-func (in *Instance) dropLocal(claim *queue.Claim, log *slog.Logger) {
+// dropLocal drops a failed run's result tables on the replica through its
+// session, then ends the session (freeing the topic's replica lock). When
+// the session is gone (a newer claim's run killed it), the tables are that
+// run's and stay.
+func (in *Instance) dropLocal(rs *transfer.ReplicaSession, log *slog.Logger) {
 	ctx, cancel := cleanupContext(context.Background())
 	defer cancel()
-	if err := in.deps.Shipper.DropReplicaTables(ctx, in.deps.Replica, claim.TopicID); err != nil {
+	if err := rs.Drop(ctx); err != nil {
 		log.WarnContext(ctx, "drop result tables on the replica", "err", err)
 	}
+	rs.Close()
 }
 
 func (in *Instance) record(run *monitor.Run) {

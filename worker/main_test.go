@@ -30,6 +30,8 @@ type bundle struct {
 	q       *queue.Queue
 	ctx     context.Context
 	logDir  string
+	// transferTweak, if set, changes the pools' transfer settings.
+	transferTweak func(*transfer.Config)
 }
 
 func setup(t *testing.T, lease time.Duration) *bundle {
@@ -102,6 +104,9 @@ func (b *bundle) startPool(t *testing.T, replica, instances int, tweak func(*wor
 		SSH:            transfer.SSHConfig{Host: sb.SSH.Host, Port: sb.SSH.Port, User: sb.SSH.User, KeyFile: sb.SSH.KeyFile, KnownHosts: sb.SSH.KnownHosts},
 		PrimaryDatadir: sb.Primary.Datadir, Schema: b.db, Tables: []string{"R_{id}", "S_{id}"},
 	}.WithDefaults()
+	if b.transferTweak != nil {
+		b.transferTweak(&tc)
+	}
 	logger := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	sh, err := transfer.NewShipper(tc, logger)
 	if err != nil {

@@ -104,6 +104,12 @@ type SSH struct {
 	// FileMode ("0660") is applied to shipped files; leave it unset when
 	// User is the user mysqld runs as (recommended).
 	FileMode string `toml:"file_mode"`
+	// Bounds of the transfer (transfer.SSHConfig): zero takes the default.
+	DialTimeout       time.Duration `toml:"dial_timeout"`       // connect, handshake, SFTP start; default 10s
+	KeepaliveInterval time.Duration `toml:"keepalive_interval"` // default 5s
+	KeepaliveTimeout  time.Duration `toml:"keepalive_timeout"`  // no reply: the connection is dead; default 10s
+	StallTimeout      time.Duration `toml:"stall_timeout"`      // a step with no progress is abandoned; default 10s
+	MinThroughput     int           `toml:"min_throughput"`     // MiB/s, sizes fsync and cksum deadlines; default 4
 
 	mode os.FileMode
 }
@@ -121,11 +127,24 @@ type Results struct {
 	Tables     []string `toml:"tables"`      // templates such as "Dynamics_{id}"
 	BackupDir  string   `toml:"backup_dir"`  // optional local copy of shipped files
 	BackupKeep int      `toml:"backup_keep"` // copies kept per topic; default 3
+	// LockWait bounds each wait of a publish's RENAME (and of the DROPs
+	// on the primary) for a result table's metadata lock, and so how long
+	// a publish can stall the application's reads of it: default 1s,
+	// whole seconds. SwapTries (default 14) and SwapBackoff (the longest
+	// pause between tries, default 4s) say how long a publish keeps trying
+	// while a long query holds the table before it gives up with "result
+	// table busy". See transfer.Config.
+	LockWait    time.Duration `toml:"lock_wait"`
+	SwapTries   int           `toml:"swap_tries"`
+	SwapBackoff time.Duration `toml:"swap_backoff"`
 	// Verify: "bytes" (default: small files read back over SFTP, big
 	// ones compared by cksum on both hosts where it runs; "cksum" is its
 	// former name) or "checksum" (CHECKSUM TABLE on both servers, a read
 	// per row on each). See transfer.Config.Verify.
 	Verify string `toml:"verify"`
+	// Sync: fsync every shipped file on the primary's host before it is
+	// verified and swapped in (fsync@openssh.com); default true.
+	Sync *bool `toml:"sync"`
 }
 
 // Lag is the [lag] section: the lag gate.
@@ -166,6 +185,9 @@ func LoadConfig(path string) (*Config, error) {
 		}
 		return nil, &ConfigError{Key: keys[0], Err: fmt.Errorf("unknown key (all unknown: %s)", strings.Join(keys, ", "))}
 	}
+	if err := checkExplicitZeros(md, &c); err != nil {
+		return nil, err
+	}
 	c.path = path
 	c.Primary = c.Primary.withDefaults()
 	c.Topics = c.Topics.WithDefaults()
@@ -186,6 +208,19 @@ func LoadConfig(path string) (*Config, error) {
 		if err := c.Dashboard.Replicas[i].validate(fmt.Sprintf("dashboard.replicas[%d]", i)); err != nil {
 			return nil, err
 		}
+	}
+	// Zero means "the default" in transfer.Config; written in the file it
+	// is a mistake (no wait at all, no try), not a request for the default.
+	for _, k := range []struct {
+		key  string
+		zero bool
+	}{{"lock_wait", c.Results.LockWait == 0}, {"swap_tries", c.Results.SwapTries == 0}, {"swap_backoff", c.Results.SwapBackoff == 0}} {
+		if md.IsDefined("results", k.key) && k.zero {
+			return nil, &ConfigError{Key: "results." + k.key, Err: errors.New("is zero: leave it out for the default, or give a positive value")}
+		}
+	}
+	if err := c.transferConfig().ValidateSwap(); err != nil {
+		return nil, err
 	}
 	if md.IsDefined("ssh") {
 		c.SSH.Port = cmp.Or(c.SSH.Port, 22)

@@ -23,6 +23,7 @@ import (
 //	prefix = "/nonqueue"                           # --prefix overrides
 //	operator_token_env = "NONQUEUE_OPERATOR_TOKEN" # unset: read-only
 //	log_dirs = ["/var/log/nonqueue"]               # default: [worker] log_dir
+//	trusted_proxies = ["127.0.0.1"]                # X-Forwarded-For trusted from these; default none
 type DashboardConfig struct {
 	// Listen is the address to serve on; default 127.0.0.1:8080.
 	Listen string `toml:"listen"`
@@ -44,6 +45,10 @@ type DashboardConfig struct {
 	Origin string `toml:"origin"`
 	// SessionTTL is how long an operator login lasts; default 12h.
 	SessionTTL time.Duration `toml:"session_ttl"`
+	// TrustedProxies are reverse proxies (addresses or CIDR ranges) whose
+	// X-Forwarded-For names the client for the per-client login throttle;
+	// default none: the header is ignored.
+	TrustedProxies []string `toml:"trusted_proxies"`
 	// Replicas are more replicas to read live ([[dashboard.replicas]],
 	// same keys as [replica]), besides [replica] when it is set. Their
 	// password defaults to NONQUEUE_REPLICA_PASSWORD.
@@ -57,7 +62,7 @@ type DashboardConfig struct {
 func (d *DashboardConfig) serverConfig(c *Config, listen, prefix string) (dashboard.Config, error) {
 	dc := dashboard.Config{
 		Listen: d.Listen, Prefix: d.Prefix, LogDirs: d.LogDirs, Refresh: d.Refresh, CacheTTL: d.CacheTTL,
-		Origin: d.Origin, SessionTTL: d.SessionTTL,
+		Origin: d.Origin, SessionTTL: d.SessionTTL, TrustedProxies: d.TrustedProxies,
 	}
 	if listen != "" {
 		dc.Listen = listen

@@ -21,7 +21,9 @@ const usage = `nonqueue: spread a stored-procedure recompute across MariaDB repl
 
 Usage:
   nonqueue schema print [--config FILE]     show the DDL for the configured topic table
-  nonqueue schema apply --config FILE       create or extend the tables (idempotent)
+  nonqueue schema apply --config FILE [--allow-blocking]
+                                            create or extend the tables (idempotent, online;
+                                            refuses a change that would block a live table)
   nonqueue request --config FILE [flags] ID...
                                             mark topics for recalc (see nonqueue request -h)
   nonqueue work --config FILE (--instances N | --instance K)

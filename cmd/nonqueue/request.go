@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nonqueue/nonqueue/internal/sqlcheck"
 	"github.com/nonqueue/nonqueue/queue"
 )
 
@@ -19,7 +20,7 @@ func runRequest(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	after := fs.Duration("after", 0, "not before now + this duration (primary's clock)")
 	at := fs.String("at", "", "not before this time, RFC 3339 (2026-12-01T10:00:00Z); exclusive with --after")
 	prio := fs.String("priority", "", "set the topics' priority (integer); unset keeps it")
-	query := fs.String("query", "", "take topic ids from the first column of this SELECT, run read-only on the primary")
+	query := fs.String("query", "", "take topic ids from the first (integer) column of this query, a single plain SELECT, run read-only on the primary")
 	create := fs.Bool("create", false, "insert ids the topic table lacks instead of reporting them")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "Usage: nonqueue request --config FILE [flags] [ID...]\nIds come from the arguments, a comma-separated list, or --query.")
@@ -71,11 +72,21 @@ func runRequest(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			if err != nil {
 				return fmt.Errorf("topic id %q: not an integer", f)
 			}
+			if id <= 0 {
+				return fmt.Errorf("topic id %d: %w", id, queue.ErrBadID)
+			}
 			p.IDs = append(p.IDs, id)
 		}
 	}
 	if len(p.IDs) == 0 && *query == "" {
 		return errors.New("no topic ids: give ids or --query")
+	}
+	if *query != "" {
+		// Refused here already, before the configuration is read or a
+		// connection opened; IDsFromQuery checks again.
+		if _, err := sqlcheck.PlainSelect(*query); err != nil {
+			return fmt.Errorf("--query: %w", err)
+		}
 	}
 	c, err := LoadConfig(*path)
 	if err != nil {

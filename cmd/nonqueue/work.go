@@ -59,15 +59,21 @@ func (c *Config) transferConfig() transfer.Config {
 	return transfer.Config{
 		SSH: transfer.SSHConfig{
 			Host: c.SSH.Host, Port: c.SSH.Port, User: c.SSH.User, KeyFile: c.SSH.KeyFile, KnownHosts: c.SSH.KnownHosts,
+			DialTimeout: c.SSH.DialTimeout, KeepaliveInterval: c.SSH.KeepaliveInterval, KeepaliveTimeout: c.SSH.KeepaliveTimeout,
+			StallTimeout: c.SSH.StallTimeout, MinThroughput: c.SSH.MinThroughput,
 		},
 		PrimaryDatadir: c.SSH.Datadir,
 		Schema:         c.Results.Schema,
 		Tables:         c.Results.Tables,
 		BackupDir:      c.Results.BackupDir,
 		BackupKeep:     c.Results.BackupKeep,
+		LockWait:       c.Results.LockWait,
+		SwapTries:      c.Results.SwapTries,
+		SwapBackoff:    c.Results.SwapBackoff,
 		FileMode:       c.SSH.mode,
 		NoBinlogPools:  true, // openNode's replica and publish pools
 		Verify:         c.Results.Verify,
+		NoSync:         c.Results.Sync != nil && !*c.Results.Sync,
 	}.WithDefaults()
 }
 

@@ -36,8 +36,9 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	now := time.Now()
-	if s.sessions.throttled(now) {
-		s.fail(w, r, http.StatusTooManyRequests, "too many failed logins in the last minute; wait and retry")
+	client := s.clientKey(r)
+	if s.sessions.throttled(client, now) {
+		s.fail(w, r, http.StatusTooManyRequests, "too many failed logins from your address in the last minute; wait a minute and retry")
 		return
 	}
 	name := strings.TrimSpace(r.PostForm.Get("name"))
@@ -46,11 +47,12 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !equalSecret(string(s.cfg.OperatorToken), r.PostForm.Get("token")) {
-		s.sessions.failed(now)
-		s.log.WarnContext(r.Context(), "dashboard login refused: wrong operator token", "operator", name, "remote", r.RemoteAddr)
+		s.sessions.failed(client, now)
+		s.log.WarnContext(r.Context(), "dashboard login refused: wrong operator token", "operator", name, "remote", r.RemoteAddr, "client", client)
 		s.fail(w, r, http.StatusForbidden, "wrong operator token")
 		return
 	}
+	s.sessions.loggedIn(client)
 	id, _ := s.sessions.create(name, now)
 	http.SetCookie(w, s.cookie(r, sessionCookie, id, int(s.cfg.SessionTTL.Seconds())))
 	s.log.InfoContext(r.Context(), "dashboard login", "operator", name, "remote", r.RemoteAddr)
@@ -151,7 +153,7 @@ func (s *Server) actionError(w http.ResponseWriter, r *http.Request, what string
 		msg = "the claim changed since the page was loaded (finished, reaped or claimed again); nothing was released. " + msg
 	case errors.Is(err, queue.ErrTopicRunning), errors.Is(err, queue.ErrTopicLocked):
 		status = http.StatusConflict
-	case errors.Is(err, queue.ErrBadFilter), errors.Is(err, queue.ErrTooMany):
+	case errors.Is(err, queue.ErrBadFilter), errors.Is(err, queue.ErrTooMany), errors.Is(err, queue.ErrBadID):
 		status = http.StatusBadRequest
 	}
 	s.log.WarnContext(r.Context(), "dashboard action failed", "action", what, "status", status, "err", err)

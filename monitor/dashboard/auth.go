@@ -6,6 +6,7 @@ import (
 	"crypto/subtle"
 	"encoding/base64"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"regexp"
 	"strings"
@@ -18,10 +19,24 @@ const (
 	sessionCookie = "nq_session"
 	csrfCookie    = "nq_csrf" // double-submit token of the login form
 	maxSessions   = 1000
-	// maxLoginFailures per minute, over all clients: enough for typos,
-	// too few to guess a token.
+	// maxLoginFailures per client within loginWindow lock that client out
+	// for loginWindow: enough for typos, too few to guess a token of
+	// MinTokenLength characters. Other clients are not affected.
 	maxLoginFailures = 20
+	loginWindow      = time.Minute
+	// maxThrottledClients bounds the failure records kept (about 100
+	// bytes each). When that many clients have failed within the window,
+	// further new clients share one record, so a flood from many
+	// addresses costs bounded memory and still gets throttled.
+	maxThrottledClients = 10_000
 )
+
+// failureWindow counts one client's failed logins.
+type failureWindow struct {
+	start       time.Time // first failure of the current window
+	n           int
+	lockedUntil time.Time
+}
 
 // session is one logged-in operator.
 type session struct {
@@ -36,11 +51,13 @@ type sessions struct {
 	mu       sync.Mutex
 	ttl      time.Duration
 	byID     map[string]*session
-	failures []time.Time // recent failed logins
+	failures map[string]*failureWindow // recent failed logins by client (clientKey)
+	overflow failureWindow             // shared once failures holds maxThrottledClients
+	pruned   time.Time                 // last sweep of failures
 }
 
 func newSessions(ttl time.Duration) *sessions {
-	return &sessions{ttl: ttl, byID: map[string]*session{}}
+	return &sessions{ttl: ttl, byID: map[string]*session{}, failures: map[string]*failureWindow{}}
 }
 
 func randomToken() string {
@@ -93,22 +110,98 @@ func (s *sessions) drop(id string) {
 	delete(s.byID, id)
 }
 
-// failed records a failed login; the last maxLoginFailures are kept.
-func (s *sessions) failed(now time.Time) {
+// failed records a failed login of client; its maxLoginFailures-th
+// failure within loginWindow locks it out for loginWindow.
+func (s *sessions) failed(client string, now time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.failures = append(s.failures, now)
-	if len(s.failures) > maxLoginFailures {
-		s.failures = s.failures[len(s.failures)-maxLoginFailures:]
+	w := s.failures[client]
+	if w == nil {
+		if len(s.failures) >= maxThrottledClients && now.Sub(s.pruned) >= time.Second {
+			s.pruned = now
+			for k, v := range s.failures {
+				if now.Sub(v.start) >= loginWindow && !now.Before(v.lockedUntil) {
+					delete(s.failures, k)
+				}
+			}
+		}
+		if len(s.failures) < maxThrottledClients {
+			w = &failureWindow{}
+			s.failures[client] = w
+		} else {
+			w = &s.overflow
+		}
+	}
+	if now.Sub(w.start) >= loginWindow {
+		w.start, w.n = now, 0
+	}
+	w.n++
+	if w.n >= maxLoginFailures {
+		w.lockedUntil = now.Add(loginWindow)
 	}
 }
 
-// throttled reports whether maxLoginFailures failed within the last
-// minute.
-func (s *sessions) throttled(now time.Time) bool {
+// throttled reports whether client is locked out. A client with no record
+// while the records are full is judged by the shared overflow record.
+func (s *sessions) throttled(client string, now time.Time) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return len(s.failures) >= maxLoginFailures && now.Sub(s.failures[0]) < time.Minute
+	w := s.failures[client]
+	if w == nil {
+		if len(s.failures) < maxThrottledClients {
+			return false
+		}
+		w = &s.overflow
+	}
+	return now.Before(w.lockedUntil)
+}
+
+// loggedIn forgets client's failures.
+func (s *sessions) loggedIn(client string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.failures, client)
+}
+
+// clientKey names the client a login throttle applies to: the remote IP
+// address, an IPv6 one by its /64 (what one host or site usually gets).
+// When the connection comes from a trusted proxy (Config.TrustedProxies),
+// the address is the right-most X-Forwarded-For entry that is not itself
+// a trusted proxy; without trusted proxies the header is ignored, since
+// any client can send it.
+func (s *Server) clientKey(r *http.Request) string {
+	ip, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	addr := ip.Addr().Unmap()
+	if s.trustedProxy(addr) {
+		fwd := strings.Split(strings.Join(r.Header.Values("X-Forwarded-For"), ","), ",")
+		for i := len(fwd) - 1; i >= 0; i-- {
+			a, err := netip.ParseAddr(strings.TrimSpace(fwd[i]))
+			if err != nil {
+				break
+			}
+			addr = a.Unmap()
+			if !s.trustedProxy(addr) {
+				break
+			}
+		}
+	}
+	if addr.Is6() {
+		p, _ := addr.Prefix(64)
+		return p.String()
+	}
+	return addr.String()
+}
+
+func (s *Server) trustedProxy(a netip.Addr) bool {
+	for _, p := range s.trusted {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
 }
 
 // equalSecret compares in constant time, also for different lengths.

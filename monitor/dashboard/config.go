@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"net/url"
 	"path/filepath"
 	"regexp"
@@ -87,6 +88,12 @@ type Config struct {
 	Origin string
 	// SessionTTL is how long an operator stays logged in; default 12h.
 	SessionTTL time.Duration
+	// TrustedProxies are the addresses or CIDR ranges of reverse proxies
+	// whose X-Forwarded-For header names the real client, for the
+	// per-client login throttle. Empty (default): the header is ignored
+	// and the throttle applies to the connection's remote address, so
+	// behind a proxy all clients share it.
+	TrustedProxies []string
 }
 
 // WithDefaults returns c with zero fields set to their defaults and the
@@ -129,6 +136,9 @@ func (c Config) Validate() error {
 	if c.CacheTTL < 0 || c.SessionTTL < time.Minute {
 		return &ConfigError{Field: "session_ttl", Err: fmt.Errorf("cache ttl %v must not be negative, session ttl %v at least 1m", c.CacheTTL, c.SessionTTL)}
 	}
+	if _, err := c.trustedProxies(); err != nil {
+		return &ConfigError{Field: "trusted_proxies", Err: err}
+	}
 	if c.Origin != "" {
 		u, err := url.Parse(c.Origin)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") {
@@ -136,4 +146,23 @@ func (c Config) Validate() error {
 		}
 	}
 	return nil
+}
+
+// trustedProxies parses TrustedProxies: each an IP address or a CIDR range.
+func (c Config) trustedProxies() ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, v := range c.TrustedProxies {
+		v = strings.TrimSpace(v)
+		if p, err := netip.ParsePrefix(v); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(v)
+		if err != nil {
+			return nil, fmt.Errorf("%q: want an IP address or a CIDR range such as 10.0.0.0/8", v)
+		}
+		a = a.Unmap()
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return out, nil
 }

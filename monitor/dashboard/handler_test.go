@@ -156,8 +156,8 @@ func TestBadInput(t *testing.T) {
 		status int
 		msg    string
 	}{
-		{"/topics/abc", 400, `topic id &#34;abc&#34;: want a non-zero integer`}, // not a number
-		{"/topics/0", 400, "want a non-zero integer"},                           // 0 means "not running", never a topic
+		{"/topics/abc", 400, `topic id &#34;abc&#34;: want a positive integer`}, // not a number
+		{"/topics/0", 400, "want a positive integer"},                           // 0 means "not running", never a topic
 		{"/topics/99", 404, "topic 99 is not in the topic table"},               // well-formed, absent
 		{"/topics?state=sleeping", 400, "state &#34;sleeping&#34;"},             // unknown state
 		{"/topics?min_priority=high", 400, "min priority &#34;high&#34;: not an integer"},

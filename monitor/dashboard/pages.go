@@ -116,8 +116,8 @@ func parseFilter(v url.Values) (*queue.TopicFilter, filterForm, error) {
 
 func parseID(what, s string) (int64, error) {
 	id, err := strconv.ParseInt(strings.TrimSpace(s), 10, 64)
-	if err != nil || id == 0 {
-		return 0, fmt.Errorf("%s %q: want a non-zero integer", what, s)
+	if err != nil || id <= 0 {
+		return 0, fmt.Errorf("%s %q: want a positive integer", what, s)
 	}
 	return id, nil
 }

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync"
 	"time"
@@ -27,6 +28,7 @@ type Server struct {
 	log      *slog.Logger
 	pages    map[string]*template.Template
 	sessions *sessions
+	trusted  []netip.Prefix // Config.TrustedProxies, parsed
 	summary  cache[*Summary]
 	handler  http.Handler
 
@@ -51,6 +53,7 @@ func New(cfg Config, src *Sources, logger *slog.Logger) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, src: src, log: logger, sessions: newSessions(cfg.SessionTTL)}
 	s.summary.ttl = cfg.CacheTTL
+	s.trusted, _ = cfg.trustedProxies() // checked by Validate
 	pages, err := parsePages()
 	if err != nil {
 		return nil, err
@@ -99,6 +102,9 @@ func (s *Server) Start(ctx context.Context) error {
 		}
 		done <- err
 	}()
+	if tcp, ok := ln.Addr().(*net.TCPAddr); ok && !tcp.IP.IsLoopback() {
+		s.log.WarnContext(ctx, "dashboard served on a non-loopback address: the operator token and session cookies cross the network unencrypted unless a TLS proxy is in front; listen on a loopback address behind one", "addr", ln.Addr().String())
+	}
 	s.log.InfoContext(ctx, "dashboard listening", "url", "http://"+ln.Addr().String()+s.cfg.Prefix+"/",
 		"actions", s.actionsEnabled())
 	return nil

@@ -191,3 +191,41 @@ func TestSafeNext(t *testing.T) {
 		}
 	}
 }
+
+// TestLoginFailuresBounded: the per-client failure records stay at
+// maxThrottledClients however many addresses fail; clients beyond share
+// one record, which throttles them together; records of clients whose
+// window ended are swept to make room.
+func TestLoginFailuresBounded(t *testing.T) {
+	s := newSessions(time.Hour)
+	now := time.Unix(1_700_000_000, 0)
+	for i := range maxThrottledClients + 500 {
+		s.failed(fmt.Sprintf("10.%d.%d.%d", i>>16&255, i>>8&255, i&255), now)
+	}
+	if n := len(s.failures); n != maxThrottledClients {
+		t.Fatalf("%d failure records, want the bound %d", n, maxThrottledClients)
+	}
+	if s.overflow.n != 500 {
+		t.Fatalf("overflow record counts %d failures, want 500", s.overflow.n)
+	}
+	if !s.throttled("192.0.2.1", now) {
+		t.Fatal("a new client while the records are full and the overflow record is locked is not throttled")
+	}
+	if s.throttled("10.0.0.1", now) {
+		t.Fatal("a client with one failure of its own is throttled")
+	}
+	later := now.Add(loginWindow + time.Second)
+	s.failed("192.0.2.1", later)
+	if n := len(s.failures); n != 1 || s.failures["192.0.2.1"] == nil {
+		t.Fatalf("after the window, %d records (want the expired swept and the new client's own)", n)
+	}
+	for range maxLoginFailures - 1 {
+		s.failed("192.0.2.1", later)
+	}
+	if !s.throttled("192.0.2.1", later) || s.throttled("192.0.2.2", later) {
+		t.Fatal("per-client throttle after the sweep")
+	}
+	if s.throttled("192.0.2.1", later.Add(loginWindow)) {
+		t.Fatal("still throttled a window after the last failure")
+	}
+}
