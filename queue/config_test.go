@@ -73,6 +73,9 @@ func TestMappedDDLOnlyAlters(t *testing.T) {
 		t.Fatalf("first statement: %s", ddl[0])
 	}
 	for _, s := range ddl {
+		if s == cfg.RequestTrigger().Create() {
+			continue // a trigger on the table, not a table (TestRequestTriggerSQL)
+		}
 		if strings.Contains(s, "`app`") && (strings.Contains(s, "CREATE") || strings.Contains(s, "DROP")) {
 			t.Fatalf("mapped DDL creates or drops in the application schema: %s", s)
 		}
@@ -89,5 +92,47 @@ func TestMappedDDLOnlyAlters(t *testing.T) {
 	}
 	if n != 10 {
 		t.Fatalf("%d columns added, want 10", n)
+	}
+}
+
+// TestRequestTriggerSQL: the request trigger is the last statement of the
+// schema, on the configured table, in its schema, with the mapped column
+// names; its body is one statement with no ";" (the printed script runs
+// in the mariadb client as it is); a table name too long for the
+// trigger's name gets a hashed one that is still a valid identifier.
+func TestRequestTriggerSQL(t *testing.T) {
+	t.Parallel()
+	mapped := queue.Config{Schema: "app", Table: "TopicFilter", Mapped: true, MetaSchema: "nonqueue",
+		Columns: queue.Columns{ID: "topicFilterId", Required: "influencerRecalcReqd", Due: "influencerRecalcDate",
+			Priority: "influencerPriority", Running: "influencerRunning", Active: "active"}}.WithDefaults()
+	tr := mapped.RequestTrigger()
+	ddl := mapped.DDL()
+	if last := ddl[len(ddl)-1]; last != tr.Create() {
+		t.Fatalf("last statement is not the trigger: %s", last)
+	}
+	want := "CREATE OR REPLACE TRIGGER `app`.`nq_request_TopicFilter` BEFORE UPDATE ON `app`.`TopicFilter` FOR EACH ROW\n" +
+		"SET NEW.`request_version` = NEW.`request_version` + IF(NEW.`request_version` <=> OLD.`request_version` AND " +
+		"NEW.`influencerRunning` <=> OLD.`influencerRunning` AND NEW.`influencerRecalcReqd` > 0 AND " +
+		"NOT (NEW.`influencerRecalcReqd` <=> OLD.`influencerRecalcReqd` AND NEW.`influencerRecalcDate` <=> OLD.`influencerRecalcDate`), 1, 0)"
+	if tr.Create() != want {
+		t.Fatalf("trigger:\n%s\nwant\n%s", tr.Create(), want)
+	}
+	if strings.Contains(tr.Body, ";") {
+		t.Fatalf("trigger body has a ';': %s", tr.Body)
+	}
+	if !strings.Contains(mapped.Script(), tr.Create()+";\n") {
+		t.Fatal("schema print lacks the trigger")
+	}
+	own := queue.Config{}.WithDefaults().RequestTrigger()
+	if own.Schema != "nonqueue" || own.Table != "topic" || own.Name != "nq_request_topic" {
+		t.Fatalf("own table's trigger: %+v", own)
+	}
+	long := queue.Config{Table: strings.Repeat("t", 64)}.WithDefaults()
+	if err := long.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	name := long.RequestTrigger().Name
+	if len(name) > 64 || ident.Validate(name) != nil || name == long.RequestTrigger().Table {
+		t.Fatalf("trigger name for a 64-character table: %q", name)
 	}
 }

@@ -147,8 +147,9 @@ func (q *Queue) ApplySchema(ctx context.Context) error {
 // returns a *BlockingError with the plan, having run only what went
 // online; with o.AllowBlocking it runs the plain statement instead and
 // returns the plan of what ran blocking. The plan is nil when everything
-// ran online. It is idempotent. It must not run concurrently with other
-// calls on q.
+// ran online. The request trigger is left alone when it is installed in
+// its current version (alreadyApplied); an older one is replaced. It is
+// idempotent. It must not run concurrently with other calls on q.
 func (q *Queue) ApplySchemaWith(ctx context.Context, o ApplyOptions) (*BlockingPlan, error) {
 	if o.LockWait < 0 {
 		return nil, fmt.Errorf("apply schema: lock wait %v is negative", o.LockWait)
@@ -184,6 +185,12 @@ func (q *Queue) ApplySchemaWith(ctx context.Context, o ApplyOptions) (*BlockingP
 	ddl := q.cfg.DDL()
 	var plan *BlockingPlan
 	for i, stmt := range ddl {
+		if done, err := q.alreadyApplied(ctx, stmt); err != nil || done {
+			if err != nil {
+				return plan, fmt.Errorf("apply schema: %w", err)
+			}
+			continue
+		}
 		base, alg, online := splitOnline(stmt)
 		_, err := conn.ExecContext(ctx, stmt)
 		reason, refused := notOnline(err)
@@ -248,7 +255,7 @@ func (q *Queue) schemaError(stmt string, wait int64, err error) error {
 		return fmt.Errorf("apply schema: %s: another session (a long transaction or statement on %s.%s) held the table for more than %ds, and writers queue behind a waiting ALTER, so it gave up; run it again when that session ends (or with a longer lock wait): %w",
 			firstLine(stmt), q.cfg.Schema, q.cfg.Table, wait, err)
 	}
-	return fmt.Errorf("apply schema: %s: %w", firstLine(stmt), err)
+	return fmt.Errorf("apply schema: %s: %w", firstLine(stmt), explainDDLError(err))
 }
 
 // tableCost reads the topic table's size for a BlockingPlan.

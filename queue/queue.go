@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -51,8 +52,8 @@ type Queue struct {
 	// Prepared once: each call is then one round trip (EXECUTE) instead of
 	// three (PREPARE, EXECUTE, CLOSE); database/sql re-prepares per
 	// connection as needed.
-	claimStmt, claimReadStmt, claimPickStmt, heartbeatStmt, holdsStmt, releaseStmt, finishStmt *sql.Stmt
-	stats                                                                                      struct{ won, lost, empty, combined atomic.Int64 }
+	claimPickStmt, heartbeatStmt, holdsStmt, releaseStmt, finishStmt *sql.Stmt
+	stats                                                            struct{ won, lost, empty, combined atomic.Int64 }
 
 	// Claims waiting for the next combined claim (claimbatch.go), and
 	// whether a goroutine is serving them.
@@ -134,7 +135,7 @@ type preparedStmt struct {
 // prepared lists the hot statements, for prepare and Close.
 func (q *Queue) prepared() []preparedStmt {
 	return []preparedStmt{
-		{&q.claimStmt, q.sql.claim}, {&q.claimReadStmt, q.sql.claimRead}, {&q.claimPickStmt, q.sql.claimPick},
+		{&q.claimPickStmt, q.sql.claimPick},
 		{&q.heartbeatStmt, q.sql.heartbeat}, {&q.holdsStmt, q.sql.holds}, {&q.releaseStmt, q.sql.release},
 		{&q.finishStmt, q.sql.finish},
 	}
@@ -184,10 +185,30 @@ func firstLine(s string) string {
 // travel as arguments.
 type statements struct {
 	claim, claimRead, heartbeat, holds, release, finish string
+	releasedParked                                      string
 	claimPick, claimMark, primaryPos                    string
 	reapFind, reapTake, reapRecord                      string
 	request, requestCreate                              string
 	activeArgs                                          []any
+}
+
+// claimDueMargin is how far before the claim's own second the claim moves
+// a recent due date (claimDue).
+const claimDueMargin = 2 // seconds
+
+// claimDue is what the claim writes into the due column: the due date, or
+// claimDueMargin seconds before the claim's whole second if that is
+// earlier. The topic is due either way (due <= now), so nothing changes for
+// the order of claims; but the request trigger (Config.RequestTrigger) sees
+// a request only as a changed value, and the application requests with
+// due = NOW() in whole seconds: had the claim left a due date of its own
+// second, a re-request in that second would change nothing and be lost.
+// With the margin, any due date the application writes from NOW() during
+// the run (a statement that began up to a second before the claim
+// included) differs from the claimed row's. Only topics claimed within two
+// seconds of their due date see it moved back, by at most that.
+func claimDue(due string) string {
+	return fmt.Sprintf("LEAST(%s, NOW() - INTERVAL %d SECOND)", due, claimDueMargin)
 }
 
 func buildStatements(cfg Config, f flavor.Flavor) statements {
@@ -208,15 +229,17 @@ func buildStatements(cfg Config, f flavor.Flavor) statements {
 		"{reqv}", q(c.RequestVersion), "{claimedv}", q(c.ClaimedVersion), "{claimed_at}", q(c.ClaimedAt),
 		"{hb}", q(c.HeartbeatAt), "{lease}", q(c.LeaseUntil), "{attempts}", q(c.Attempts),
 		"{lasterr}", q(c.LastError), "{parked}", q(c.ParkedAt), "{claimable}", q(c.Claimable),
-		"{primarypos}", f.PrimaryPosExpr(),
+		"{primarypos}", f.PrimaryPosExpr(), "{claimdue}", claimDue(q(c.Due)),
 	)
 	return statements{
 		// One statement: pick in index order, compare-and-set, and hand the
-		// id back through LAST_INSERT_ID in the OK packet.
+		// id back through LAST_INSERT_ID (read on the same connection: see
+		// claimOne).
 		// FORCE INDEX: with stale statistics (a freshly filled table) the
 		// optimizer may pick the primary key and sort every row.
+		// {due} = {claimdue}: see claimDue.
 		claim: r.Replace(`UPDATE /* nonqueue claim */ {t} FORCE INDEX (nq_claim) SET {running} = ?, {token} = {token} + 1,
- {claimedv} = {reqv}, {claimed_at} = NOW(6), {hb} = NOW(6), {lease} = NOW(6) + INTERVAL ? MICROSECOND,
+ {claimedv} = {reqv}, {due} = {claimdue}, {claimed_at} = NOW(6), {hb} = NOW(6), {lease} = NOW(6) + INTERVAL ? MICROSECOND,
  {id} = LAST_INSERT_ID({id})
  WHERE {claimable} = 1 AND {due} <= NOW(6) AND {activecol} IN ({active}) AND {priority} >= ?
  ORDER BY {priority} DESC, {due}, {id} LIMIT 1`),
@@ -229,31 +252,38 @@ func buildStatements(cfg Config, f flavor.Flavor) statements {
  WHERE {claimable} = 1 AND {due} <= NOW(6) AND {activecol} IN ({active}) AND {priority} >= ?
  ORDER BY {priority} DESC, {due}, {id} LIMIT ? FOR UPDATE SKIP LOCKED`),
 		claimMark: r.Replace(`UPDATE /* nonqueue claim */ {t} SET {running} = CASE {id}{cases} END, {token} = {token} + 1,
- {claimedv} = {reqv}, {claimed_at} = NOW(6), {hb} = NOW(6), {lease} = NOW(6) + INTERVAL {lease_us} MICROSECOND
+ {claimedv} = {reqv}, {due} = {claimdue}, {claimed_at} = NOW(6), {hb} = NOW(6), {lease} = NOW(6) + INTERVAL {lease_us} MICROSECOND
  WHERE {id} IN ({ids}) AND {claimable} = 1`),
 		primaryPos: "SELECT /* nonqueue claim */ " + f.PrimaryPosExpr(),
-		claimRead: r.Replace(`SELECT /* nonqueue claim */ {required}, {token}, {claimedv}, {attempts}, {priority}, {primarypos}
- FROM {t} WHERE {id} = ? AND {running} = ?`),
+		// On the claim's connection: LAST_INSERT_ID is the session's
+		// (a primary key lookup: the server reads it as a constant).
+		claimRead: r.Replace(`SELECT /* nonqueue claim */ {id}, {required}, {token}, {claimedv}, {attempts}, {priority}, {primarypos}
+ FROM {t} WHERE {id} = LAST_INSERT_ID() AND {running} = ?`),
 		heartbeat: r.Replace(`UPDATE /* nonqueue heartbeat */ {t} SET {hb} = NOW(6), {lease} = NOW(6) + INTERVAL ? MICROSECOND
  WHERE {fence}`),
 		holds: r.Replace(`SELECT /* nonqueue fence */ 1 FROM {t} WHERE {fence}`),
 		// Assignments run left to right on the updated values (MariaDB and
 		// MySQL single-table UPDATE), so attempts is bumped before parked
-		// reads it.
+		// reads it. A request that arrived during the run ({reqv} <>
+		// {claimedv}: nonqueue's or the application's, see
+		// Config.RequestTrigger) keeps the date it asked for and is never
+		// parked: the topic must run again.
 		release: r.Replace(`UPDATE /* nonqueue release */ {t} SET {running} = 0, {hb} = NULL, {lease} = NULL,
  {attempts} = {attempts} + ?, {lasterr} = COALESCE(?, {lasterr}),
- {due} = GREATEST({due}, NOW(6) + INTERVAL ? MICROSECOND),
- {parked} = IF(? AND ? > 0 AND {attempts} >= ?, NOW(6), NULL)
+ {due} = IF({reqv} = {claimedv}, GREATEST({due}, NOW(6) + INTERVAL ? MICROSECOND), {due}),
+ {parked} = IF(? AND ? > 0 AND {attempts} >= ? AND {reqv} = {claimedv}, NOW(6), NULL)
  WHERE {fence}`),
+		releasedParked: r.Replace(`SELECT /* nonqueue release */ {parked} IS NOT NULL FROM {t} WHERE {id} = ?`),
 		// A re-request during the run bumped the request version: keep it.
 		finish: r.Replace(`UPDATE /* nonqueue finish */ {t} SET {running} = 0, {hb} = NULL, {lease} = NULL,
  {attempts} = 0, {lasterr} = NULL, {required} = IF({reqv} = {claimedv}, 0, {required})
  WHERE {fence}`),
 		reapFind: r.Replace(`SELECT /* nonqueue reap */ {id}, {running}, {token}, {required}
  FROM {t} WHERE {lease} < NOW(6) AND {running} <> 0 ORDER BY {lease} LIMIT ?`),
+		// As release: a request during the run is never parked.
 		reapTake: r.Replace(`UPDATE /* nonqueue reap */ {t} SET {running} = 0, {hb} = NULL, {lease} = NULL,
  {attempts} = {attempts} + 1, {lasterr} = ?,
- {parked} = IF(? > 0 AND {attempts} >= ?, NOW(6), NULL)
+ {parked} = IF(? > 0 AND {attempts} >= ? AND {reqv} = {claimedv}, NOW(6), NULL)
  WHERE {fence} AND {lease} < NOW(6)`),
 		reapRecord: r.Replace(`INSERT /* nonqueue reap */ INTO {run} (topic_id, instance_id, claim_token, scope, outcome, error, finished_at)
  VALUES (?, ?, ?, ?, ?, ?, NOW(6))`),
@@ -301,16 +331,30 @@ func (q *Queue) Claim(ctx context.Context, p *ClaimParams) (*Claim, error) {
 }
 
 // claimOne is the one-statement claim: pick in index order, compare-and-set
-// and hand the id back, then read the claim.
+// and hand the id back through LAST_INSERT_ID, then read the claim.
+//
+// A BEFORE UPDATE trigger on the table (nonqueue's request trigger, or one
+// of the application's) keeps the id out of the OK packet, while the
+// session's LAST_INSERT_ID() still has it: so the claim and its read share
+// one connection, and read it there. Both go as text with their integers
+// (given, or from the configuration) written in: one round trip each, as
+// prepared statements were, which a single connection cannot borrow from
+// the pool.
 func (q *Queue) claimOne(ctx context.Context, p *ClaimParams) (*Claim, error) {
-	args := make([]any, 0, 3+len(q.sql.activeArgs))
+	args := make([]int64, 0, 3+len(q.cfg.ActiveValues))
 	args = append(args, p.InstanceID, q.cfg.Lease.Microseconds())
-	args = append(args, q.sql.activeArgs...)
+	args = append(args, q.cfg.ActiveValues...)
 	args = append(args, p.MinPriority)
+	claim := bindInts(q.sql.claim, args...)
 
+	conn, err := q.db.Conn(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("claim: %w", err)
+	}
+	defer conn.Close()
 	var res sql.Result
-	err := q.retryLost(ctx, func() (err error) {
-		res, err = q.exec(ctx, q.claimStmt, q.sql.claim, args...)
+	err = q.retryLost(ctx, func() (err error) {
+		res, err = conn.ExecContext(ctx, claim)
 		return err
 	})
 	if err != nil {
@@ -324,24 +368,41 @@ func (q *Queue) claimOne(ctx context.Context, p *ClaimParams) (*Claim, error) {
 		q.stats.empty.Add(1)
 		return nil, ErrNoneDue
 	}
-	id, err := res.LastInsertId()
-	if err != nil {
-		return nil, fmt.Errorf("claim: read topic id: %w", err)
-	}
-	c := &Claim{TopicID: id, InstanceID: p.InstanceID}
-	err = q.queryRow(ctx, q.claimReadStmt, q.sql.claimRead, id, p.InstanceID).
-		Scan(&c.Scope, &c.Token, &c.RequestVersion, &c.Attempts, &c.Priority, &c.PrimaryPos)
+	c := &Claim{InstanceID: p.InstanceID}
+	err = conn.QueryRowContext(ctx, bindInts(q.sql.claimRead, p.InstanceID)).
+		Scan(&c.TopicID, &c.Scope, &c.Token, &c.RequestVersion, &c.Attempts, &c.Priority, &c.PrimaryPos)
 	if errors.Is(err, sql.ErrNoRows) {
 		// Taken back between our two statements: only a lease shorter
 		// than a round trip makes this happen.
 		q.stats.lost.Add(1)
-		return nil, fmt.Errorf("claim topic %d: %w", id, ErrClaimLost)
+		return nil, fmt.Errorf("claim: %w", ErrClaimLost)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("claim topic %d: read claim: %w", id, err)
+		return nil, fmt.Errorf("claim: read claim: %w", err)
 	}
 	q.stats.won.Add(1)
 	return c, nil
+}
+
+// bindInts writes vals, in order, into the ? placeholders of stmt. Only
+// integers go in this way, and nonqueue's statements hold no other "?"
+// (identifiers are validated to letters, digits and "_").
+func bindInts(stmt string, vals ...int64) string {
+	var b strings.Builder
+	for _, v := range vals {
+		i := strings.IndexByte(stmt, '?')
+		if i < 0 {
+			panic(fmt.Sprintf("bindInts: %d values for fewer placeholders", len(vals)))
+		}
+		b.WriteString(stmt[:i])
+		b.WriteString(strconv.FormatInt(v, 10))
+		stmt = stmt[i+1:]
+	}
+	if strings.IndexByte(stmt, '?') >= 0 {
+		panic("bindInts: placeholders left without a value")
+	}
+	b.WriteString(stmt)
+	return b.String()
 }
 
 // retryLost runs f until it succeeds, fails for good, or has lost five
@@ -397,7 +458,8 @@ func (q *Queue) Holds(ctx context.Context, c *Claim) error {
 type ReleaseParams struct {
 	// Error is recorded as the topic's last error; empty keeps the old one.
 	Error string
-	// Backoff: the topic is not due again before now + Backoff.
+	// Backoff: the topic is not due again before now + Backoff, unless a
+	// request arrived during the run: that request's date stands.
 	Backoff time.Duration
 	// CountAttempt counts the release as a failed attempt; at
 	// Config.MaxAttempts the topic is parked. A release that is nobody's
@@ -406,9 +468,11 @@ type ReleaseParams struct {
 }
 
 // Release gives the claim back without clearing the request, so the topic
-// runs again after the back-off. It reports whether the topic is now
-// parked, and returns ErrClaimLost when the claim was no longer the
-// caller's (nothing is changed then).
+// runs again after the back-off. A request that arrived during the run
+// (from nonqueue or the application) keeps its date instead of the
+// back-off, and keeps the topic from being parked. It reports whether the
+// topic is now parked, and returns ErrClaimLost when the claim was no
+// longer the caller's (nothing is changed then).
 func (q *Queue) Release(ctx context.Context, c *Claim, p *ReleaseParams) (parked bool, err error) {
 	var msg any
 	if p.Error != "" {
@@ -423,7 +487,17 @@ func (q *Queue) Release(ctx context.Context, c *Claim, p *ReleaseParams) (parked
 	if err != nil {
 		return false, err
 	}
-	return p.CountAttempt && max > 0 && c.Attempts+1 >= max, nil
+	if !p.CountAttempt || max <= 0 || c.Attempts+1 < max {
+		return false, nil
+	}
+	// At the limit: parked unless a request arrived during the run, which
+	// only the row knows. Parked or not, the answer holds until the next
+	// request or unpark, so reading it after the release is exact enough.
+	err = q.db.QueryRowContext(ctx, q.sql.releasedParked, c.TopicID).Scan(&parked)
+	if err != nil {
+		return false, fmt.Errorf("release topic %d: released, but reading whether it is parked failed: %w", c.TopicID, err)
+	}
+	return parked, nil
 }
 
 // Finish marks the claimed run done: the claim is cleared, attempts reset,
@@ -468,7 +542,8 @@ func (q *Queue) table() string          { return ident.Qualified(q.cfg.Schema, q
 // CheckSchema verifies that the topic table has every column and index the
 // protocols use and that nonqueue's own tables exist, by preparing the
 // statements that use them; nothing runs. The error names what is missing
-// as the server reports it.
+// as the server reports it. Last it checks that the request trigger is
+// installed in its current version (ErrTriggerMissing).
 func (q *Queue) CheckSchema(ctx context.Context) error {
 	stmts := append([]string{q.sql.claim, q.sql.claimRead, q.sql.claimPick, q.sql.heartbeat, q.sql.holds, q.sql.release, q.sql.finish, q.sql.reapTake}, q.cfg.checkStatements()...)
 	for _, s := range stmts {
@@ -478,5 +553,5 @@ func (q *Queue) CheckSchema(ctx context.Context) error {
 		}
 		st.Close()
 	}
-	return nil
+	return q.checkTrigger(ctx)
 }

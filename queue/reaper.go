@@ -45,7 +45,8 @@ func (q *Queue) LockName(topicID int64) string {
 // fenced UPDATE, and records the rescue in the run history in the same
 // transaction. The topic stays required, so it is due again at once; the
 // rescue counts as an attempt, so a topic that kills its worker every time
-// ends parked instead of looping. reaperID is recorded as the run's
+// ends parked instead of looping, unless it was requested again during
+// the run (that request must run). reaperID is recorded as the run's
 // instance.
 func (q *Queue) Reap(ctx context.Context, reaperID int64, limit int) ([]Reaped, error) {
 	if limit <= 0 {

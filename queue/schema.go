@@ -1,6 +1,8 @@
 package queue
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"strings"
 
@@ -17,9 +19,10 @@ const (
 // DDL returns the statements that make the configured tables ready:
 // CREATE for nonqueue's own topic table, or ALTER TABLE … ADD COLUMN IF NOT
 // EXISTS for the protocol columns a mapped table lacks, then the run
-// history, instance registry and lag heartbeat tables. Every statement is
-// idempotent (MariaDB's IF NOT EXISTS), so applying it twice changes
-// nothing. c must have passed Validate.
+// history, instance registry and lag heartbeat tables, and last the request
+// trigger (RequestTrigger). Every statement is idempotent (MariaDB's IF NOT
+// EXISTS, OR REPLACE), so applying it twice changes nothing. c must have
+// passed Validate.
 func (c Config) DDL() []string {
 	col := c.Columns
 	q := ident.Quote
@@ -140,6 +143,7 @@ func (c Config) DDL() []string {
   PRIMARY KEY (id)
 ) ENGINE=InnoDB`,
 	)
+	stmts = append(stmts, c.RequestTrigger().Create())
 	return stmts
 }
 
@@ -161,5 +165,70 @@ func (c Config) checkStatements() []string {
 		"SELECT id FROM " + meta(RunTable) + " LIMIT 0",
 		"SELECT id FROM " + meta(InstanceTable) + " LIMIT 0",
 		"SELECT id FROM " + meta(HeartbeatTable) + " LIMIT 0",
+	}
+}
+
+// Trigger is one trigger of the schema: where it lives and its body, so
+// ApplySchema can tell an installed trigger that is current from one to
+// replace.
+type Trigger struct {
+	Schema, Name, Table string
+	// Timing and Event, as information_schema.TRIGGERS spells them.
+	Timing, Event string
+	// Body is the trigger's one statement, as information_schema.TRIGGERS
+	// shows it in ACTION_STATEMENT.
+	Body string
+}
+
+// Create is the statement that installs t, or replaces an older version
+// of it in one step. The body is one statement without ";", so the script
+// of `schema print` runs in the mariadb client without DELIMITER.
+func (t Trigger) Create() string {
+	return fmt.Sprintf("CREATE OR REPLACE TRIGGER %s %s %s ON %s FOR EACH ROW\n%s",
+		ident.Qualified(t.Schema, t.Name), t.Timing, t.Event, ident.Qualified(t.Schema, t.Table), t.Body)
+}
+
+// RequestTrigger returns the BEFORE UPDATE trigger that turns any write to
+// a topic that is not one of nonqueue's own protocol steps, and that sets
+// required above 0 or changes it or the due date, into a request: it bumps
+// the request version, so a run in flight keeps the request when it
+// finishes, releases, or is reaped (protocol 5). The application's own
+// plain UPDATE (the original system requested that way) then works like
+// `nonqueue request`, without a change to its SQL.
+//
+// nonqueue's own steps are told apart by what they change, not by who
+// sends them, so the trigger decides the same on a replica that runs it
+// for a row event (slave_run_triggers_for_rbr) and never bumps twice:
+// claim, finish, release, reap and an operator's release change running;
+// request bumps the request version itself; heartbeat, park, unpark and
+// priority changes move neither required nor due.
+//
+// A write that leaves required and due as they were cannot be seen (a
+// trigger sees values, not assignments): the claim moves a due date of the
+// last two seconds back to two seconds before the claim, so an
+// application's `due = NOW()` during the run always changes it.
+//
+// The trigger runs with its definer's privileges (the account that ran
+// schema apply): if that account loses TRIGGER or UPDATE on the table, the
+// application's UPDATEs of it fail. It is created after any trigger the
+// application already has, so it sees their changes to NEW.
+func (c Config) RequestTrigger() Trigger {
+	col := c.Columns
+	q := ident.Quote
+	name := "nq_request_" + c.Table
+	if len(name) > 64 {
+		sum := sha256.Sum256([]byte(c.Table))
+		name = "nq_request_" + hex.EncodeToString(sum[:])[:24]
+	}
+	newv := func(n string) string { return "NEW." + q(n) }
+	oldv := func(n string) string { return "OLD." + q(n) }
+	cond := fmt.Sprintf("%s <=> %s AND %s <=> %s AND %s > 0 AND NOT (%s <=> %s AND %s <=> %s)",
+		newv(col.RequestVersion), oldv(col.RequestVersion),
+		newv(col.Running), oldv(col.Running),
+		newv(col.Required),
+		newv(col.Required), oldv(col.Required), newv(col.Due), oldv(col.Due))
+	return Trigger{
+		Schema: c.Schema, Name: name, Table: c.Table, Timing: "BEFORE", Event: "UPDATE",
+		Body: fmt.Sprintf("SET %s = %s + IF(%s, 1, 0)", newv(col.RequestVersion), newv(col.RequestVersion), cond),
 	}
 }

@@ -69,3 +69,6 @@ CREATE TABLE IF NOT EXISTS `nonqueue`.`heartbeat` (
   ts_us BIGINT NOT NULL COMMENT 'writer clock, microseconds since the epoch',
   PRIMARY KEY (id)
 ) ENGINE=InnoDB;
+
+CREATE OR REPLACE TRIGGER `nonqueue`.`nq_request_topic` BEFORE UPDATE ON `nonqueue`.`topic` FOR EACH ROW
+SET NEW.`request_version` = NEW.`request_version` + IF(NEW.`request_version` <=> OLD.`request_version` AND NEW.`running` <=> OLD.`running` AND NEW.`required` > 0 AND NOT (NEW.`required` <=> OLD.`required` AND NEW.`due` <=> OLD.`due`), 1, 0);

@@ -159,7 +159,9 @@ func grantsSummary(ctx context.Context, n *node, primary bool) (string, error) {
 	need := []string{"SELECT", "CREATE", "DROP", "LOCK TABLES", "RELOAD", "EXECUTE", "PROCESS"}
 	if primary {
 		db = n.primary
-		need = []string{"SELECT", "INSERT", "UPDATE", "CREATE", "DROP", "ALTER", "RELOAD"}
+		// TRIGGER: the request trigger runs with the privileges of the
+		// account that created it (schema apply).
+		need = []string{"SELECT", "INSERT", "UPDATE", "CREATE", "DROP", "ALTER", "RELOAD", "TRIGGER"}
 	}
 	rows, err := db.QueryContext(ctx, "SHOW GRANTS")
 	if err != nil {
