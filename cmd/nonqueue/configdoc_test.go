@@ -1,0 +1,140 @@
+package main
+
+import (
+	"bufio"
+	"os"
+	"reflect"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// configDocPath is the configuration reference, relative to this package.
+const configDocPath = "../../docs/configuration.md"
+
+// TestConfigDocMatchesCode keeps docs/configuration.md and the
+// configuration structs in step: every key LoadConfig accepts (the toml
+// tags reachable from Config) must have a row in the doc, and every row in
+// the doc must name a key LoadConfig accepts. A key added to the code
+// without a line of documentation, or a documented key that was renamed or
+// removed, fails here.
+func TestConfigDocMatchesCode(t *testing.T) {
+	code := configKeys(reflect.TypeFor[Config](), "")
+	if len(code) < 50 {
+		// Guards the walk itself: the configuration has more keys than
+		// this, so a walk that stops early cannot pass by finding nothing.
+		t.Fatalf("found only %d keys in Config: the reflection walk is broken", len(code))
+	}
+	doc, dups := docKeys(t, configDocPath)
+	for _, k := range dups {
+		t.Errorf("%s documents %s twice", configDocPath, k)
+	}
+	for _, k := range sortedKeys(code) {
+		if !doc[k] {
+			t.Errorf("key %s is in the code (%s) but not in %s", k, code[k], configDocPath)
+		}
+	}
+	for _, k := range sortedKeys(doc) {
+		if _, ok := code[k]; !ok {
+			t.Errorf("key %s is in %s but LoadConfig does not accept it", k, configDocPath)
+		}
+	}
+}
+
+// configKeys returns every TOML key reachable from t as "section.key"
+// (nested tables and arrays of tables as "section.sub.key"), mapped to the
+// Go field that holds it. time.Duration and other non-struct types are
+// leaves; structs and slices of structs are tables.
+func configKeys(t reflect.Type, prefix string) map[string]string {
+	out := map[string]string{}
+	durationT := reflect.TypeFor[time.Duration]()
+	for i := range t.NumField() {
+		f := t.Field(i)
+		if !f.IsExported() {
+			continue
+		}
+		name, _, _ := strings.Cut(f.Tag.Get("toml"), ",")
+		if name == "" || name == "-" {
+			continue
+		}
+		key := name
+		if prefix != "" {
+			key = prefix + "." + name
+		}
+		ft := f.Type
+		for ft.Kind() == reflect.Pointer || ft.Kind() == reflect.Slice {
+			ft = ft.Elem()
+		}
+		if ft.Kind() == reflect.Struct && ft != durationT {
+			// A table: its keys, and (for a table nested in a section,
+			// such as [[dashboard.replicas]]) a row naming it in its
+			// parent's section too.
+			if prefix != "" {
+				out[key] = t.Name() + "." + f.Name
+			}
+			for k, v := range configKeys(ft, key) {
+				out[k] = v
+			}
+			continue
+		}
+		out[key] = t.Name() + "." + f.Name
+	}
+	return out
+}
+
+var (
+	// docSection matches a section heading: "## [ssh]" or
+	// "## [[dashboard.replicas]]".
+	docSection = regexp.MustCompile(`^## \[{1,2}([a-z_.]+)\]{1,2}\s*$`)
+	// docRow matches a table row whose first cell is a key in backticks.
+	docRow = regexp.MustCompile("^\\| `([a-z_]+)` \\|")
+)
+
+// docKeys reads the keys documented in path: the first cell of each table
+// row under a section heading, qualified by the section. Rows under other
+// headings are ignored. Keys documented twice are returned in dups.
+func docKeys(t *testing.T, path string) (keys map[string]bool, dups []string) {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatalf("open the configuration reference: %v", err)
+	}
+	defer f.Close()
+	keys = map[string]bool{}
+	section := ""
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, "#") {
+			section = ""
+			if m := docSection.FindStringSubmatch(line); m != nil {
+				section = m[1]
+			}
+			continue
+		}
+		m := docRow.FindStringSubmatch(line)
+		if m == nil || section == "" {
+			continue
+		}
+		k := section + "." + m[1]
+		if keys[k] {
+			dups = append(dups, k)
+		}
+		keys[k] = true
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatalf("read %s: %v", path, err)
+	}
+	return keys, dups
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}
