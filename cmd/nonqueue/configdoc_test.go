@@ -2,13 +2,16 @@ package main
 
 import (
 	"bufio"
+	"fmt"
 	"os"
+	"path/filepath"
 	"reflect"
 	"regexp"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+	"unicode"
 )
 
 // configDocPath is the configuration reference, relative to this package.
@@ -136,5 +139,120 @@ func sortedKeys[V any](m map[string]V) []string {
 		out = append(out, k)
 	}
 	slices.Sort(out)
+	return out
+}
+
+// docFiles are the user-facing markdown files, relative to this package.
+var docFiles = []string{"../../README.md", "../../docs/*.md", "../../bench/README.md"}
+
+// TestDocsLinksResolve checks every relative link of the user-facing
+// markdown: the file it names exists in the repository, and an anchor
+// (#section) names a heading of that file, so a renamed section or a moved
+// file cannot leave a reader at a dead link. Links to other sites are not
+// fetched.
+func TestDocsLinksResolve(t *testing.T) {
+	var files []string
+	for _, g := range docFiles {
+		m, err := filepath.Glob(g)
+		if err != nil || len(m) == 0 {
+			t.Fatalf("no markdown file matches %s (%v)", g, err)
+		}
+		files = append(files, m...)
+	}
+	checked := 0
+	for _, f := range files {
+		for _, l := range markdownLinks(t, f) {
+			if strings.Contains(l, "://") || strings.HasPrefix(l, "mailto:") {
+				continue
+			}
+			checked++
+			target, anchor, _ := strings.Cut(l, "#")
+			path := f
+			if target != "" {
+				path = filepath.Join(filepath.Dir(f), target)
+			}
+			if _, err := os.Stat(path); err != nil {
+				t.Errorf("%s: link %q: %v", f, l, err)
+				continue
+			}
+			if anchor == "" || !strings.HasSuffix(path, ".md") {
+				continue
+			}
+			if !slices.Contains(markdownAnchors(t, path), anchor) {
+				t.Errorf("%s: link %q: %s has no heading with anchor #%s", f, l, path, anchor)
+			}
+		}
+	}
+	if checked < 10 {
+		t.Fatalf("checked only %d links: the link parser is broken", checked)
+	}
+}
+
+var mdLink = regexp.MustCompile(`\]\(([^)\s]+)\)`)
+
+// markdownLinks returns the targets of the inline links in path, outside
+// fenced code blocks.
+func markdownLinks(t *testing.T, path string) []string {
+	t.Helper()
+	var out []string
+	for _, line := range markdownProse(t, path) {
+		for _, m := range mdLink.FindAllStringSubmatch(line, -1) {
+			out = append(out, m[1])
+		}
+	}
+	return out
+}
+
+// markdownAnchors returns the anchors GitHub gives the headings of path:
+// lower case, punctuation other than "-" and "_" dropped, spaces made
+// "-", and "-1", "-2", … added to repeats.
+func markdownAnchors(t *testing.T, path string) []string {
+	t.Helper()
+	seen := map[string]int{}
+	var out []string
+	for _, line := range markdownProse(t, path) {
+		if !strings.HasPrefix(line, "#") {
+			continue
+		}
+		text := strings.TrimSpace(strings.TrimLeft(line, "#"))
+		var b strings.Builder
+		for _, r := range strings.ToLower(text) {
+			switch {
+			case r == ' ':
+				b.WriteRune('-')
+			case r == '-' || r == '_' || r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r > 127 && unicode.IsLetter(r):
+				b.WriteRune(r)
+			}
+		}
+		a := b.String()
+		if n := seen[a]; n > 0 {
+			seen[a] = n + 1
+			a = fmt.Sprintf("%s-%d", a, n)
+		} else {
+			seen[a] = 1
+		}
+		out = append(out, a)
+	}
+	return out
+}
+
+// markdownProse returns the lines of path outside fenced code blocks.
+func markdownProse(t *testing.T, path string) []string {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("read %s: %v", path, err)
+	}
+	var out []string
+	fenced := false
+	for _, line := range strings.Split(string(data), "\n") {
+		if strings.HasPrefix(strings.TrimSpace(line), "```") {
+			fenced = !fenced
+			continue
+		}
+		if !fenced {
+			out = append(out, line)
+		}
+	}
 	return out
 }
