@@ -256,3 +256,32 @@ func markdownProse(t *testing.T, path string) []string {
 	}
 	return out
 }
+
+// TestReadmeConfigLoads loads the README's minimal configuration with
+// LoadConfig, so the first configuration a user copies cannot drift from
+// the keys and rules of the code.
+func TestReadmeConfigLoads(t *testing.T) {
+	data, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(data), "```toml\n")
+	if !ok {
+		t.Fatal("README.md has no ```toml block")
+	}
+	block, _, ok := strings.Cut(rest, "```")
+	if !ok {
+		t.Fatal("README.md's ```toml block is not closed")
+	}
+	path := filepath.Join(t.TempDir(), "nonqueue.toml")
+	if err := os.WriteFile(path, []byte(block), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := LoadConfig(path)
+	if err != nil {
+		t.Fatalf("README.md's configuration does not load: %v", err)
+	}
+	if !c.Topics.Mapped || c.Procedure.Name == "" || len(c.Results.Tables) == 0 || c.SSH.Datadir == "" {
+		t.Error("README.md's configuration lost a section: want [topics] mapped, [procedure] name, [results] tables and [ssh] datadir")
+	}
+}
