@@ -76,7 +76,7 @@ func (c GateConfig) Validate() error {
 // three missed samples plus the lag the gate tolerates anyway.
 func (c GateConfig) staleAfter() time.Duration { return 3*c.SampleInterval + c.MaxLag }
 
-// Gate is the lag gate of protocol 6, shaped like gh-ost's throttler: a
+// Gate is the lag gate (docs/design.md, "Lag gate"), shaped like gh-ost's throttler: a
 // collector goroutine samples the replica (status query + heartbeat read
 // back on the replica) every SampleInterval and stores the sample; Check
 // only reads the last sample, so it is cheap enough to call before every

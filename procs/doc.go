@@ -4,7 +4,7 @@
 // A run happens on one pinned connection with sql_log_bin=0: a worker's
 // writes on a replica must never reach the replica's binary log (with
 // gtid_strict_mode a local GTID breaks replication with "out-of-order
-// sequence number", as measured in DESIGN.md). Every result set the
+// sequence number"). Every result set the
 // procedure returns is written to the run's log file, header and rows tab
 // separated, followed by SHOW WARNINGS and a last line stating the outcome,
 // so an operator can read what a run printed, as with the original loop's

@@ -16,9 +16,8 @@ import (
 // A lone claim stays the one-statement compare-and-set; two or more take
 // the most urgent claimable rows with SELECT … FOR UPDATE SKIP LOCKED and
 // mark each for its instance in one UPDATE, in one READ COMMITTED
-// transaction. Measured with BenchmarkClaim at 32 claimers: the claimers
-// otherwise queue on the row lock at the head of the claim index, and each
-// statement wakes every waiter.
+// transaction. Otherwise concurrent claimers queue on the row lock at the
+// head of the claim index, and each statement wakes every waiter.
 
 // maxClaimBatch bounds how many claims one statement serves.
 const maxClaimBatch = 64

@@ -1,6 +1,6 @@
 // Package queue is the topic table, the "non-queue queue": one row per
-// topic on the primary, and every operation the protocols of DESIGN.md run
-// on it.
+// topic on the primary, and every operation the protocols of docs/design.md
+// run on it.
 //
 // Claim is a single compare-and-set UPDATE that picks the most urgent due
 // topic in index order and hands its id back through the session's

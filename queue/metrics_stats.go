@@ -53,19 +53,16 @@ func StateCountKeys() []string {
 }
 
 // stateCountSQL counts topics per state in one statement, so both halves
-// read the same snapshot. Strategy, measured on MariaDB 10.11 with 1M rows
-// (2 cores): the first half is COUNT(*), which InnoDB serves from the
-// smallest secondary index (nq_lease) in ~0.1 s. The second half groups
+// read the same snapshot. The first half is COUNT(*), which InnoDB serves
+// from the smallest secondary index (nq_lease). The second half groups
 // only the rows that are not idle; it must read rows, because parked_at,
 // active and attempts are in no index and a parked topic is
-// indistinguishable from an idle one in nq_claim. A clustered scan with a
-// cheap WHERE costs ~0.1-0.15 s per 1M rows and grouping the survivors
-// ~1 µs per row, so the statement took ~0.3 s with 10% of 1M topics not
-// idle and ~1.5 s with all of them requested. The alternatives measured
-// worse: the nq_claim range with a primary-key lookup per requested row
-// (for active and attempts) costs ~4 µs per row, and one SUM(...) per
-// state over every row ~0.1 s per state per 1M rows. idle is the first
-// half minus the second. Each {active} list takes the active values as
+// indistinguishable from an idle one in nq_claim. So its cost grows with
+// the topics that are not idle: a clustered scan with a cheap WHERE, then
+// grouping the survivors. Both alternatives cost more: the nq_claim range
+// with a primary-key lookup per requested row (for active and attempts),
+// and one SUM(...) per state over every row. idle is the first half minus
+// the second. Each {active} list takes the active values as
 // arguments.
 const stateCountSQL = `SELECT /* nonqueue metrics */ 0 AS state, 0 AS req, COUNT(*) AS n, NULL AS oldest_us FROM {t}
 UNION ALL
@@ -117,8 +114,8 @@ func (q *Queue) stateCountStatement() string {
 // due on the primary's clock (0 when none is due): the backlog's age, which
 // grows when instances cannot keep up. It runs one read-only statement on
 // the primary; its cost grows with the table (a scan of the rows that are
-// not idle, see stateCountSQL: ~0.3 s on 1M topics of which 10% are not
-// idle), so callers should bound it with ctx and not run it more
+// not idle, see stateCountSQL: a fraction of a second per million
+// topics), so callers should bound it with ctx and not run it more
 // often than a metrics scrape. On error the map is nil; nothing is changed
 // either way.
 func (q *Queue) StateCounts(ctx context.Context) (map[string]int64, time.Duration, error) {

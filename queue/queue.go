@@ -39,7 +39,7 @@ type Claim struct {
 	// PrimaryPos is the primary's GTID position read right after the
 	// claim committed, in the same round trip as the claimed row: a
 	// replica that has reached it has every write committed before the
-	// claim (the causal wait of protocol 6).
+	// claim (docs/design.md, "GTID wait").
 	PrimaryPos string
 }
 

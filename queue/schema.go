@@ -192,7 +192,7 @@ func (t Trigger) Create() string {
 // a topic that is not one of nonqueue's own protocol steps, and that sets
 // required above 0 or changes it or the due date, into a request: it bumps
 // the request version, so a run in flight keeps the request when it
-// finishes, releases, or is reaped (protocol 5). The application's own
+// finishes, releases, or is reaped (docs/design.md, "Requests"). The application's own
 // plain UPDATE (the original system requested that way) then works like
 // `nonqueue request`, without a change to its SQL.
 //

@@ -192,7 +192,7 @@ const overviewBoundsSQL = `SELECT /* nonqueue status */ MIN({id}), MAX({id}), NO
 
 // overviewCountSQL groups one id range by the inputs of the state rule.
 // The flags are packed into one small integer so the server groups on
-// three cheap keys (measured: a third faster than grouping on each flag).
+// three cheap keys, cheaper than grouping on each flag.
 const overviewCountSQL = `SELECT /* nonqueue status */
  ({running} <> 0) + 2 * ({parked} IS NOT NULL) + 4 * ({activecol} IN ({active})) + 8 * ({attempts} > 0) + 16 * ({due} <= ?) AS flags,
  {required}, {priority}, COUNT(*), MIN({due})

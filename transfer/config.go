@@ -166,10 +166,9 @@ type Config struct {
 	// VerifyChecksum compares CHECKSUM TABLE … EXTENDED on the replica
 	// (while the files stream) and on the primary (after them): both
 	// servers read every row, a read per row for a MyISAM table, which
-	// also cross-checks that both servers see the same rows. It cost 1.2 ms
-	// more CPU per topic than VerifyBytes for the benchmark's small
-	// results, 8 % of the throughput on two cores (make bench, measured
-	// alternately), and is far slower for big ones.
+	// also cross-checks that both servers see the same rows. It costs both
+	// servers more CPU than VerifyBytes even for small results, and is far
+	// slower for big ones.
 	Verify string
 	// NoSync skips the fsync of shipped files. By default every file is
 	// synced on the primary's host (fsync@openssh.com, one SFTP request
@@ -300,14 +299,13 @@ func (c Config) Validate() error {
 // SwapBackoff).
 const (
 	// DefaultLockWait is one second: the longest a publish may stall the
-	// application's reads of a result table (the goal is 2 s).
+	// application's reads of a result table.
 	DefaultLockWait = time.Second
 	// DefaultSwapTries outlasts a reader of about a minute with the
 	// default pauses: tries start 0, 2, 5, 10, 15, … 60 s after the first
-	// (see Config.SwapTries). A minute is three times the 20 s report query
-	// that stalled the application, and a give-up costs a whole new run
-	// (procedure and transfer), so waiting longer is cheaper, up to the
-	// point where one busy table keeps an instance from other topics.
+	// (see Config.SwapTries). A give-up costs a whole new run (procedure
+	// and transfer), so waiting out a long report query is cheaper, up to
+	// the point where one busy table keeps an instance from other topics.
 	DefaultSwapTries = 14
 	// DefaultSwapBackoff caps the pause between two tries: at most one
 	// second of stalled reads in five while a long reader holds the table,

@@ -1,6 +1,6 @@
 // Package transfer ships a topic's result tables from the replica a worker
-// runs on to the primary, and publishes them there atomically (protocol 4
-// of DESIGN.md).
+// runs on to the primary, and publishes them there atomically
+// (docs/design.md, "Transfer and its deadlines" and "Publish").
 //
 // The procedure writes MyISAM tables (such as Dynamics_<id>) on the local
 // replica. A MyISAM table is its three files (.frm, .MYD, .MYI), and the

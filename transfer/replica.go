@@ -15,7 +15,7 @@ import (
 	"github.com/go-sql-driver/mysql"
 )
 
-// One run per topic per replica (protocol 9). Result tables on a replica
+// One run per topic per replica (docs/design.md). Result tables on a replica
 // are named per topic, not per claim, so a run whose claim is gone (its
 // process paused past the lease, an operator's release) could still drop,
 // overwrite or export the tables of a newer claim of the topic on the same

@@ -81,9 +81,8 @@ type Config struct {
 	// MaxProcs is how many threads may run the process's Go code at once
 	// (GOMAXPROCS); default 1. A worker orchestrates I/O next to its
 	// replica's mariadbd: at one per CPU, Go's idle schedulers spin and wake
-	// threads on every network event, CPU the database needs (measured at
-	// 1 replica × 4 on 2 cores: 113 → 119 topics/s, and the 512 MB transfer
-	// faster, with 1). The GOMAXPROCS environment variable overrides it.
+	// threads on every network event, CPU the database needs. The
+	// GOMAXPROCS environment variable overrides it.
 	MaxProcs int `toml:"max_procs"`
 }
 

@@ -205,7 +205,8 @@ func (in *Instance) process(hard context.Context, claim *queue.Claim, run *monit
 	// The procedure, on the local replica, on the run's one session there:
 	// it holds the topic's replica lock from the call to the drop of the
 	// result tables, so an older, lost run of the topic on this replica can
-	// no longer touch them (protocol 9; see transfer.LockReplica).
+	// no longer touch them (docs/design.md, "One run per topic per
+	// replica"; see transfer.LockReplica).
 	t0 = time.Now()
 	fence := func(ctx context.Context) error { return in.deps.Queue.Holds(ctx, claim) }
 	rs, err := in.deps.Shipper.LockReplica(ctx, &transfer.ReplicaLockParams{

@@ -29,7 +29,7 @@ type node struct {
 	queue    *queue.Queue
 	primary  *sql.DB // binlogged: run history, registry, lag heartbeat (which must replicate)
 	publish  *sql.DB // primary sessions with sql_log_bin=0: publishes never replicate
-	replica  *sql.DB // every session with sql_log_bin=0 (protocol 7)
+	replica  *sql.DB // every session with sql_log_bin=0: no local GTIDs (docs/design.md, "Cleanup")
 	flavor   flavor.Flavor
 	serverID uint32
 	datadir  string
@@ -111,8 +111,7 @@ func (c *Config) validateWorker() error {
 // openPool opens a worker pool. Arguments are interpolated by the driver
 // (escaped for the connection's character set, as gh-ost does) instead of
 // server-side prepared statements: a one-off query with arguments is then
-// one round trip, not a PREPARE, an EXECUTE and a CLOSE — measured on the
-// cycle: 6 of the primary's 18 commands per topic were PREPAREs.
+// one round trip, not a PREPARE, an EXECUTE and a CLOSE.
 func openPool(mc *mysql.Config, conns int) (*sql.DB, error) {
 	mc = mc.Clone()
 	mc.InterpolateParams = true

@@ -305,9 +305,9 @@ const readyPoll = 75 * time.Millisecond
 // names none: $TMPDIR if set, else /var/tmp if it takes a file, else the
 // system's temporary directory. Not /tmp first: a sandbox's datadirs receive
 // every result table's files, and on this project's machines creating a file
-// under /tmp costs about 0.7 ms of kernel time against 0.02 ms under /var/tmp
-// (300 creates each), enough to dominate what `make bench` and `make demo`
-// show. A production datadir lives on such an ordinary filesystem too.
+// under /tmp is far slower than under /var/tmp, enough to dominate what
+// `make bench` and `make demo` show. A production datadir lives on such an
+// ordinary filesystem too.
 func TempBase() string {
 	if d := os.Getenv("TMPDIR"); d != "" {
 		return d
