@@ -22,6 +22,9 @@ type privilege struct {
 type need struct {
 	privilege
 	why string
+	// onlyApply: only schema apply uses it, so check does not fail when
+	// it is missing (an operator may revoke it after schema apply).
+	onlyApply bool
 }
 
 // grantsBegin and grantsEnd delimit the GRANT block of `nonqueue check`,
@@ -202,7 +205,7 @@ func (c *Config) neededGrants(r serverRole, needSuper bool) []need {
 	var out []need
 	add := func(object, why string, privs ...string) {
 		for _, p := range privs {
-			out = append(out, need{privilege{object, p}, why})
+			out = append(out, need{privilege: privilege{object, p}, why: why})
 		}
 	}
 	t := c.Topics
@@ -223,7 +226,8 @@ func (c *Config) neededGrants(r serverRole, needSuper bool) []need {
 			add("*.*", "publishes run with sql_log_bin=0 so they never replicate", "BINLOG ADMIN")
 		}
 		if needSuper {
-			add("*.*", "schema apply: creating the request trigger with binary logging on (or SET GLOBAL log_bin_trust_function_creators=1 and leave this out)", "SUPER")
+			out = append(out, need{privilege{"*.*", "SUPER"}, "schema apply only: creating the request trigger with binary logging on " +
+				"(revoke it afterwards, or SET GLOBAL log_bin_trust_function_creators=1 and leave it out)", true})
 		}
 	}
 	if r.worker {
@@ -351,7 +355,7 @@ func (p *grantProbe) judge(a *accountGrants) (string, error) {
 	}
 	var missing []string
 	for _, n := range a.needs {
-		if !covers(p.granted, n.privilege) {
+		if !n.onlyApply && !covers(p.granted, n.privilege) {
 			missing = append(missing, fmt.Sprintf("%s ON %s (%s)", n.priv, quoteObject(n.object), n.why))
 		}
 	}
