@@ -354,3 +354,34 @@ func lineWith(out, prefix string) string {
 	}
 	return ""
 }
+
+// TestParseGrant reads the SHOW GRANTS forms MariaDB writes: column
+// privileges count as the table's, and what is not a privilege (a role,
+// PROXY, GRANT OPTION) is kept for the warning.
+func TestParseGrant(t *testing.T) {
+	for _, tc := range []struct {
+		line, privs, other string
+	}{
+		{"GRANT USAGE ON *.* TO `u`@`%` IDENTIFIED BY PASSWORD '*AB'", "", ""},
+		{"GRANT RELOAD, BINLOG ADMIN, SLAVE MONITOR ON *.* TO `u`@`%`", "*.*:RELOAD *.*:BINLOG ADMIN *.*:SLAVE MONITOR", ""},
+		{"GRANT SELECT (`a`, `b`), UPDATE (`c`) ON `db`.`t` TO `u`@`h`", "db.t:SELECT db.t:UPDATE", ""},
+		{"GRANT EXECUTE ON PROCEDURE `db`.`calc` TO `u`@`h`", "PROCEDURE db.calc:EXECUTE", ""},
+		{"GRANT ALL PRIVILEGES ON *.* TO `root`@`localhost` WITH GRANT OPTION", "*.*:ALL PRIVILEGES", "WITH GRANT OPTION ON *.*"},
+		{"GRANT PROXY ON ''@'%' TO 'root'@'localhost' WITH GRANT OPTION", "", "PROXY ON ''@'%'"},
+		{"GRANT `ops` TO `u`@`h`", "", "role ops"},
+	} {
+		privs, other := parseGrant(tc.line)
+		var got []string
+		for _, p := range privs {
+			got = append(got, p.object+":"+p.priv)
+		}
+		if strings.Join(got, " ") != tc.privs || strings.ReplaceAll(other, "`", "") != tc.other {
+			t.Errorf("%s: %q %q, want %q %q", tc.line, got, other, tc.privs, tc.other)
+		}
+	}
+	if !covers([]privilege{{"db.*", "EXECUTE"}}, privilege{"PROCEDURE db.calc", "EXECUTE"}) ||
+		covers([]privilege{{"db.*", "SELECT"}}, privilege{"other.t", "SELECT"}) ||
+		!covers([]privilege{{"*.*", "ALL PRIVILEGES"}}, privilege{"db.t", "TRIGGER"}) {
+		t.Error("covers")
+	}
+}
