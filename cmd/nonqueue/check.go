@@ -17,6 +17,8 @@ import (
 type check struct {
 	name string
 	run  func(ctx context.Context) (string, error)
+	// fatal: when it fails, nothing after it can be checked.
+	fatal bool
 }
 
 // warning is a check's finding that does not fail `nonqueue check`: the
@@ -29,6 +31,7 @@ func (w warning) Unwrap() error { return w.err }
 func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer, logger *slog.Logger) error {
 	fs := newFlags("check", stderr)
 	path := fs.String("config", "", "configuration file (TOML)")
+	grantsOnly := fs.Bool("grants", false, "print only the GRANT statements the configured accounts need")
 	if _, err := parseInterleaved(fs, args); err != nil {
 		return err
 	}
@@ -40,6 +43,11 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer, logg
 		fmt.Fprintf(stdout, "FAIL  configuration: %v\n", err)
 		return errors.New("check failed")
 	}
+	if *grantsOnly {
+		probes := probeGrants(ctx, c)
+		writeGrants(stdout, groupAccounts(c, probes), probes)
+		return nil
+	}
 	if err := c.validateWorker(); err != nil {
 		fmt.Fprintf(stdout, "FAIL  configuration: %v\n", err)
 		return errors.New("check failed")
@@ -47,8 +55,9 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer, logg
 	fmt.Fprintf(stdout, "ok    configuration %s\n", *path)
 	quiet := slog.New(slog.DiscardHandler)
 	var n *node
-	checks := []check{
-		{"connect to primary, replica and SSH", func(ctx context.Context) (string, error) {
+	privChecks, accounts, probes := grantChecks(ctx, c)
+	checks := append(privChecks, []check{
+		{name: "connect to primary, replica and SSH", fatal: true, run: func(ctx context.Context) (string, error) {
 			var err error
 			n, err = openNode(ctx, c, 1, quiet)
 			if err != nil {
@@ -56,26 +65,20 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer, logg
 			}
 			return fmt.Sprintf("replica server_id %d, %s flavor, datadir %s; SSH host key of %s verified", n.serverID, n.flavor.Name(), n.datadir, c.SSH.Host), nil
 		}},
-		{"instance ids", func(ctx context.Context) (string, error) {
+		{name: "instance ids", run: func(ctx context.Context) (string, error) {
 			id, err := c.Worker.InstanceID(n.serverID, 1)
 			if err != nil {
 				return "", err
 			}
 			return fmt.Sprintf("instance 1 is %d", id), nil
 		}},
-		{"topic table and nonqueue's tables on the primary", func(ctx context.Context) (string, error) {
+		{name: "topic table and nonqueue's tables on the primary", run: func(ctx context.Context) (string, error) {
 			if err := n.queue.CheckSchema(ctx); err != nil {
 				return "", fmt.Errorf("%w (run: nonqueue schema apply --config %s)", err, *path)
 			}
 			return fmt.Sprintf("%s.%s, meta schema %s", c.Topics.Schema, c.Topics.Table, c.Topics.MetaSchema), nil
 		}},
-		{"privileges on the primary", func(ctx context.Context) (string, error) {
-			return grantsSummary(ctx, n, true)
-		}},
-		{"privileges on the replica", func(ctx context.Context) (string, error) {
-			return grantsSummary(ctx, n, false)
-		}},
-		{"replication", func(ctx context.Context) (string, error) {
+		{name: "replication", run: func(ctx context.Context) (string, error) {
 			if err := n.gate.RunOnce(ctx); err != nil {
 				return "", err
 			}
@@ -85,32 +88,32 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer, logg
 			}
 			return fmt.Sprintf("IO and SQL threads running, Seconds_Behind_Master %v", st.SecondsBehind.Int64), nil
 		}},
-		{"replica's GTID domain", func(ctx context.Context) (string, error) {
+		{name: "replica's GTID domain", run: func(ctx context.Context) (string, error) {
 			msg, err := monitor.CheckLocalDomain(ctx, n.flavor, n.primary, n.replica)
 			if errors.Is(err, monitor.ErrSharedDomain) {
 				return "", warning{err}
 			}
 			return msg, err
 		}},
-		{"procedure", func(ctx context.Context) (string, error) {
+		{name: "procedure", run: func(ctx context.Context) (string, error) {
 			if err := n.runner.Exists(ctx); err != nil {
 				return "", err
 			}
 			return c.Procedure.Name + " exists on the replica", nil
 		}},
-		{"result tables", func(ctx context.Context) (string, error) {
+		{name: "result tables", run: func(ctx context.Context) (string, error) {
 			return fmt.Sprintf("%s.%s for topic 1", c.Results.Schema, strings.Join(c.transferConfig().TableNames(1), ", ")), nil
 		}},
-		{"primary datadir over SFTP", func(ctx context.Context) (string, error) {
+		{name: "primary datadir over SFTP", run: func(ctx context.Context) (string, error) {
 			if err := n.shipper.CheckDatadir(ctx); err != nil {
 				return "", err
 			}
 			return "can write " + filepath.Join(c.SSH.Datadir, c.Results.Schema), nil
 		}},
-		{"copy verification", func(ctx context.Context) (string, error) {
+		{name: "copy verification", run: func(ctx context.Context) (string, error) {
 			return n.shipper.CheckVerify(ctx)
 		}},
-		{"run log directory", func(ctx context.Context) (string, error) {
+		{name: "run log directory", run: func(ctx context.Context) (string, error) {
 			if err := os.MkdirAll(c.Worker.LogDir, 0o750); err != nil {
 				return "", err
 			}
@@ -122,7 +125,7 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer, logg
 			os.Remove(f.Name())
 			return c.Worker.LogDir + " writable", nil
 		}},
-	}
+	}...)
 	defer func() {
 		if n != nil {
 			n.close()
@@ -139,58 +142,16 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer, logg
 		if err != nil {
 			failed++
 			fmt.Fprintf(stdout, "FAIL  %s: %v\n", ch.name, err)
-			if n == nil {
+			if ch.fatal {
 				break // nothing else can be checked without connections
 			}
 			continue
 		}
 		fmt.Fprintf(stdout, "ok    %s: %s\n", ch.name, msg)
 	}
+	writeGrants(stdout, accounts, probes)
 	if failed > 0 {
 		return fmt.Errorf("check failed: %d problem(s)", failed)
 	}
 	return nil
-}
-
-// grantsSummary checks the privileges a worker uses. SHOW GRANTS lists them
-// as text; ALL PRIVILEGES covers everything.
-func grantsSummary(ctx context.Context, n *node, primary bool) (string, error) {
-	db := n.replica
-	need := []string{"SELECT", "CREATE", "DROP", "LOCK TABLES", "RELOAD", "EXECUTE", "PROCESS"}
-	if primary {
-		db = n.primary
-		// TRIGGER: the request trigger runs with the privileges of the
-		// account that created it (schema apply).
-		need = []string{"SELECT", "INSERT", "UPDATE", "CREATE", "DROP", "ALTER", "RELOAD", "TRIGGER"}
-	}
-	rows, err := db.QueryContext(ctx, "SHOW GRANTS")
-	if err != nil {
-		return "", err
-	}
-	defer rows.Close()
-	var all strings.Builder
-	for rows.Next() {
-		var g string
-		if err := rows.Scan(&g); err != nil {
-			return "", err
-		}
-		all.WriteString(strings.ToUpper(g) + "\n")
-	}
-	if err := rows.Err(); err != nil {
-		return "", err
-	}
-	text := all.String()
-	if strings.Contains(text, "ALL PRIVILEGES ON *.*") {
-		return "ALL PRIVILEGES", nil
-	}
-	var missing []string
-	for _, p := range need {
-		if !strings.Contains(text, p) {
-			missing = append(missing, p)
-		}
-	}
-	if len(missing) > 0 {
-		return "", fmt.Errorf("missing %s (and SUPER or BINLOG ADMIN for sql_log_bin=0)", strings.Join(missing, ", "))
-	}
-	return "needed privileges granted", nil
 }

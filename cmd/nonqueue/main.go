@@ -28,7 +28,8 @@ Usage:
                                             mark topics for recalc (see nonqueue request -h)
   nonqueue work --config FILE (--instances N | --instance K)
                                             run worker instances on this replica host
-  nonqueue check --config FILE              check everything a worker needs, in plain words
+  nonqueue check --config FILE [--grants]   check everything a worker needs, in plain words,
+                                            and print the least GRANTs (--grants: only those)
   nonqueue status --config FILE [--json]    the overview: topics by state, backlog, runs, instances
   nonqueue dashboard --config FILE [--listen ADDR] [--prefix /PATH]
                                             serve the ops dashboard (web; default 127.0.0.1:8080)
