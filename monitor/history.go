@@ -37,6 +37,9 @@ type Run struct {
 	// FinishedAt is when the run ended (the recorder's clock); zero when
 	// recorded right away.
 	FinishedAt time.Time
+	// Err is the error whose text is Error, for observers that tell causes
+	// apart with errors.Is (metrics); it is not recorded.
+	Err error
 }
 
 // History writes the run history and the instance registry, the tables

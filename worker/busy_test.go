@@ -1,11 +1,15 @@
 package worker_test
 
 import (
+	"errors"
 	"fmt"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/nonqueue/nonqueue/monitor"
+	"github.com/nonqueue/nonqueue/monitor/metrics"
 	"github.com/nonqueue/nonqueue/queue"
 	"github.com/nonqueue/nonqueue/transfer"
 	"github.com/nonqueue/nonqueue/worker"
@@ -81,6 +85,32 @@ func TestBusyResultTable(t *testing.T) {
 	if got := checksum(t, b.primary, "R_1"); got != v1 {
 		t.Fatal("R_1 changed on the primary although the publish gave up")
 	}
+	// The observer hears the error itself, so the metrics count the run
+	// under nonqueue_publish_errors_total{reason="table_busy"}.
+	reg := prometheus.NewRegistry()
+	m, err := metrics.NewWorker(reg, metrics.WorkerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var busyErr error
+	waitFor(t, 5*time.Second, "the observer to hear the failed run", func() bool {
+		select {
+		case r := <-p.runs:
+			m.ObserveRun(r)
+			if r.Outcome == monitor.OutcomeFailed {
+				busyErr = r.Err
+				return true
+			}
+		default:
+		}
+		return false
+	})
+	if !errors.Is(busyErr, transfer.ErrTableBusy) {
+		t.Errorf("the failed run's Err is %v, want one wrapping transfer.ErrTableBusy", busyErr)
+	}
+	if got := publishErrors(t, reg, metrics.ReasonTableBusy); got != 1 {
+		t.Errorf("publish_errors_total{reason=table_busy} = %v after one busy publish, want 1", got)
+	}
 	waitFor(t, 5*time.Second, "no staging or swapped-out table on the primary", func() bool {
 		return tableCount(t, b.primary, b.db, "nqtmp\\_%") == 0 && tableCount(t, b.primary, b.db, "nqold\\_%") == 0
 	})
@@ -100,4 +130,27 @@ func TestBusyResultTable(t *testing.T) {
 	if n := b.count(t, "SELECT COUNT(*) FROM topic WHERE id = 1 AND running <> 0"); n != 0 {
 		t.Fatal("topic 1 left running")
 	}
+}
+
+// publishErrors reads nonqueue_publish_errors_total{reason} from reg.
+func publishErrors(t *testing.T, reg *prometheus.Registry, reason string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "nonqueue_publish_errors_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if lp.GetName() == "reason" && lp.GetValue() == reason {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatalf("nonqueue_publish_errors_total{reason=%q} not exported", reason)
+	return 0
 }

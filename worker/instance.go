@@ -280,7 +280,7 @@ func (in *Instance) process(hard context.Context, claim *queue.Claim, run *monit
 // left alone: it is someone else's now.
 func (in *Instance) giveUp(ctx context.Context, claim *queue.Claim, run *monitor.Run, log *slog.Logger, err error, notFault bool) {
 	if cause := context.Cause(ctx); errors.Is(cause, queue.ErrClaimLost) || errors.Is(err, queue.ErrClaimLost) || errors.Is(err, transfer.ErrFenced) {
-		run.Outcome, run.Error = monitor.OutcomeLost, err.Error()
+		run.Outcome, run.Error, run.Err = monitor.OutcomeLost, err.Error(), err
 		log.WarnContext(ctx, "claim lost during the run; nothing published", "err", err)
 		return
 	}
@@ -306,7 +306,7 @@ func (in *Instance) giveUp(ctx context.Context, claim *queue.Claim, run *monitor
 		p.Backoff = in.cfg.Backoff(claim.Attempts + 1)
 		run.Outcome = monitor.OutcomeFailed
 	}
-	run.Error = err.Error()
+	run.Error, run.Err = err.Error(), err
 	parked, rerr := in.deps.Queue.Release(cctx, claim, p)
 	if rerr != nil {
 		if errors.Is(rerr, queue.ErrClaimLost) {

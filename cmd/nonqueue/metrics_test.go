@@ -157,6 +157,7 @@ func promtoolCheck(t *testing.T, promtool, body string) {
 // topics, with their types.
 var workerFamilies = map[string]dto.MetricType{
 	"nonqueue_runs_total":                    dto.MetricType_COUNTER,
+	"nonqueue_publish_errors_total":          dto.MetricType_COUNTER,
 	"nonqueue_run_phase_duration_seconds":    dto.MetricType_HISTOGRAM,
 	"nonqueue_bytes_shipped_total":           dto.MetricType_COUNTER,
 	"nonqueue_claims_total":                  dto.MetricType_COUNTER,

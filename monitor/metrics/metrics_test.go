@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math"
 	"net/http"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/nonqueue/nonqueue/monitor"
 	"github.com/nonqueue/nonqueue/queue"
+	"github.com/nonqueue/nonqueue/transfer"
 )
 
 // fakeSources are the scrape-time sources a Worker reads, changeable by
@@ -145,6 +147,42 @@ func TestWorkerRuns(t *testing.T) {
 	}
 	if first := buckets[0]; first.GetUpperBound() != 0.001 {
 		t.Errorf("first bucket %v, want 0.001", first.GetUpperBound())
+	}
+}
+
+// TestWorkerPublishErrors: a run counts under the reason of the transfer
+// error it wraps, however deep (the worker wraps it again), a lost run
+// that was not fenced as claim_lost, and any other run not at all; every
+// reason is exported at zero from the start.
+func TestWorkerPublishErrors(t *testing.T) {
+	t.Parallel()
+	b := setupWorker(t)
+	wrap := func(err error) error { return fmt.Errorf("transfer: ship topic 7: %w", err) }
+	for _, r := range []*monitor.Run{
+		{Outcome: monitor.OutcomeFailed, Err: wrap(fmt.Errorf("%w: app.result: 14 tries", transfer.ErrTableBusy))},
+		{Outcome: monitor.OutcomeParked, Err: wrap(transfer.ErrTableBusy)},
+		{Outcome: monitor.OutcomeFailed, Err: wrap(transfer.ErrStalled)},
+		{Outcome: monitor.OutcomeReleased, Err: fmt.Errorf("replica: %w", transfer.ErrResultsBusy)},
+		{Outcome: monitor.OutcomeLost, Err: wrap(transfer.ErrFenced)},
+		{Outcome: monitor.OutcomeLost, Err: context.Canceled},
+		{Outcome: monitor.OutcomeFailed, Err: errors.New("procedure: Error 1644: no data")},
+		{Outcome: monitor.OutcomeDone},
+	} {
+		b.w.ObserveRun(r)
+	}
+	want := `# HELP nonqueue_publish_errors_total Runs of this process that published nothing because of a publish, lock or transfer error, by reason (table_busy, lock_timeout, results_busy, fenced, claim_lost, stalled, checksum, host_key); also counted in runs_total.
+# TYPE nonqueue_publish_errors_total counter
+nonqueue_publish_errors_total{reason="checksum"} 0
+nonqueue_publish_errors_total{reason="claim_lost"} 1
+nonqueue_publish_errors_total{reason="fenced"} 1
+nonqueue_publish_errors_total{reason="host_key"} 0
+nonqueue_publish_errors_total{reason="lock_timeout"} 0
+nonqueue_publish_errors_total{reason="results_busy"} 1
+nonqueue_publish_errors_total{reason="stalled"} 1
+nonqueue_publish_errors_total{reason="table_busy"} 2
+`
+	if err := testutil.GatherAndCompare(b.reg, strings.NewReader(want), "nonqueue_publish_errors_total"); err != nil {
+		t.Fatal(err)
 	}
 }
 

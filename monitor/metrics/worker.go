@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"cmp"
+	"errors"
 	"maps"
 	"slices"
 	"sync"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/nonqueue/nonqueue/monitor"
 	"github.com/nonqueue/nonqueue/queue"
+	"github.com/nonqueue/nonqueue/transfer"
 )
 
 // Phases of a run, the values of nonqueue_run_phase_duration_seconds'
@@ -22,6 +24,52 @@ const (
 	PhaseTransfer  = "transfer"  // export, SFTP and checksums
 	PhasePublish   = "publish"   // the fenced RENAME swap and finish on the primary
 )
+
+// Reasons of nonqueue_publish_errors_total: why a run got no result
+// published, for the causes an operator acts on outside the procedure
+// (docs/operations.md, NonqueuePublishErrors). A run counts once, under
+// the first reason that matches; other failures are only in runs_total.
+const (
+	ReasonTableBusy   = "table_busy"   // transfer.ErrTableBusy: a live result table stayed busy through every swap try
+	ReasonLockTimeout = "lock_timeout" // transfer.ErrLockTimeout: the topic's publish lock on the primary was held
+	ReasonResultsBusy = "results_busy" // transfer.ErrResultsBusy: the topic's replica lock was held by another session
+	ReasonFenced      = "fenced"       // transfer.ErrFenced: the fence under the publish lock found the claim gone
+	ReasonClaimLost   = "claim_lost"   // outcome lost otherwise: the lease ran out during the run
+	ReasonStalled     = "stalled"      // transfer.ErrStalled: the SSH transfer stopped moving
+	ReasonChecksum    = "checksum"     // transfer.ErrChecksumMismatch: shipped tables differ from the replica's
+	ReasonHostKey     = "host_key"     // transfer.ErrHostKey: the primary's SSH host key was not verified
+)
+
+// publishReasons maps the transfer errors to their reasons, in the order
+// they are tested.
+func publishReasons() []struct {
+	reason string
+	err    error
+} {
+	return []struct {
+		reason string
+		err    error
+	}{
+		{ReasonTableBusy, transfer.ErrTableBusy}, {ReasonLockTimeout, transfer.ErrLockTimeout},
+		{ReasonResultsBusy, transfer.ErrResultsBusy}, {ReasonFenced, transfer.ErrFenced},
+		{ReasonStalled, transfer.ErrStalled}, {ReasonChecksum, transfer.ErrChecksumMismatch},
+		{ReasonHostKey, transfer.ErrHostKey},
+	}
+}
+
+// publishReason is the reason r counts under, or "" when it is no
+// publish, lock or transfer error.
+func publishReason(r *monitor.Run) string {
+	for _, p := range publishReasons() {
+		if errors.Is(r.Err, p.err) {
+			return p.reason
+		}
+	}
+	if r.Outcome == monitor.OutcomeLost {
+		return ReasonClaimLost
+	}
+	return ""
+}
 
 // PhaseBuckets are the upper bounds, in seconds, of the phase histograms:
 // from 1 ms (a claim, a publish) to 10 minutes (a long procedure), 2 to
@@ -57,6 +105,7 @@ type WorkerConfig struct {
 // block on I/O, so a slow scrape cannot slow a run.
 type Worker struct {
 	runs   *prometheus.CounterVec
+	errs   *prometheus.CounterVec
 	phases *prometheus.HistogramVec
 	bytes  prometheus.Counter
 	reaped prometheus.Counter
@@ -64,7 +113,8 @@ type Worker struct {
 }
 
 // NewWorker creates a worker process's metrics and registers them in reg:
-// nonqueue_runs_total{outcome}, nonqueue_run_phase_duration_seconds{phase},
+// nonqueue_runs_total{outcome}, nonqueue_publish_errors_total{reason},
+// nonqueue_run_phase_duration_seconds{phase},
 // nonqueue_bytes_shipped_total, nonqueue_leases_reaped_total and
 // nonqueue_instances{state}, plus nonqueue_claims_total{result} and the
 // replication metrics when cfg has their source. It returns reg's error
@@ -76,6 +126,10 @@ func NewWorker(reg prometheus.Registerer, cfg WorkerConfig) (*Worker, error) {
 			Namespace: Namespace, Name: "runs_total",
 			Help: "Topic runs finished by this process, by outcome (done, failed, parked, released, lost).",
 		}, []string{"outcome"}),
+		errs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "publish_errors_total",
+			Help: "Runs of this process that published nothing because of a publish, lock or transfer error, by reason (table_busy, lock_timeout, results_busy, fenced, claim_lost, stalled, checksum, host_key); also counted in runs_total.",
+		}, []string{"reason"}),
 		phases: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: Namespace, Name: "run_phase_duration_seconds",
 			Help:    "Time a run spent in each phase (claim, lag_wait, procedure, transfer, publish); a phase the run never reached is not observed.",
@@ -96,10 +150,14 @@ func NewWorker(reg prometheus.Registerer, cfg WorkerConfig) (*Worker, error) {
 		monitor.OutcomeReleased, monitor.OutcomeLost} {
 		w.runs.WithLabelValues(o)
 	}
+	for _, r := range publishReasons() {
+		w.errs.WithLabelValues(r.reason)
+	}
+	w.errs.WithLabelValues(ReasonClaimLost)
 	for _, p := range []string{PhaseClaim, PhaseLagWait, PhaseProcedure, PhaseTransfer, PhasePublish} {
 		w.phases.WithLabelValues(p)
 	}
-	cs := []prometheus.Collector{w.runs, w.phases, w.bytes, w.reaped, w.states}
+	cs := []prometheus.Collector{w.runs, w.errs, w.phases, w.bytes, w.reaped, w.states}
 	if cfg.ClaimStatsFunc != nil {
 		cs = append(cs, newClaimCollector(cfg.ClaimStatsFunc))
 	}
@@ -117,15 +175,19 @@ func NewWorker(reg prometheus.Registerer, cfg WorkerConfig) (*Worker, error) {
 	return w, nil
 }
 
-// ObserveRun counts a finished run: its outcome, the duration of each
-// phase it reached (zero means not reached and is not observed) and the
-// bytes it shipped. It has worker.Deps.Observer's signature. A nil run is
+// ObserveRun counts a finished run: its outcome, its publish error reason
+// if it has one (see publishReason), the duration of each phase it
+// reached (zero means not reached and is not observed) and the bytes it
+// shipped. It has worker.Deps.Observer's signature. A nil run is
 // ignored; an empty outcome counts as "unknown".
 func (w *Worker) ObserveRun(r *monitor.Run) {
 	if r == nil {
 		return
 	}
 	w.runs.WithLabelValues(cmp.Or(r.Outcome, "unknown")).Inc()
+	if reason := publishReason(r); reason != "" {
+		w.errs.WithLabelValues(reason).Inc()
+	}
 	for _, p := range []struct {
 		name string
 		d    time.Duration
