@@ -273,7 +273,7 @@ func (s *Shipper) Ship(ctx context.Context, p *ShipParams) (*Shipment, error) {
 		// nothing else reaches them, and the DROP (a synced DDL) need not
 		// delay the reaper or the next publish.
 		dctx, cancel := cleanupContext(ctx)
-		s.dropSwappedOut(dctx, prim.conn, old, log)
+		_ = s.dropSwappedOut(dctx, prim.conn, old, log) // logged there; CleanupPrimary drops what is left
 		cancel()
 	}
 	if backup != "" {
@@ -759,7 +759,7 @@ func putSmall(ctx context.Context, p *putter, dst *sftp.File, src io.Reader, f *
 	// One byte more than expected tells a file that grew from one that
 	// did not (neither can happen under the export lock).
 	n, err := io.ReadFull(src, (*bp)[:f.size+1])
-	if err != io.ErrUnexpectedEOF && err != io.EOF {
+	if !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
 		if err == nil {
 			return 0, fmt.Errorf("the file has more than the %d bytes it had", f.size)
 		}
@@ -1153,10 +1153,6 @@ func (s *Shipper) qualifiedList(names []string) string {
 // unionAll repeats a one-table lookup n times in one statement.
 func unionAll(branch string, n int) string {
 	return strings.Repeat(branch+" UNION ALL ", n-1) + branch
-}
-
-func placeholders(n int) string {
-	return strings.TrimSuffix(strings.Repeat("?, ", n), ", ")
 }
 
 // cksumCmd is the command line that prints "CRC SIZE NAME" per file, the

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
-	"strconv"
 	"time"
 
 	"github.com/nonqueue/nonqueue/internal/flavor"
@@ -386,5 +385,3 @@ func sleep(ctx context.Context, d time.Duration) {
 	case <-t.C:
 	}
 }
-
-func itoa(n int64) string { return strconv.FormatInt(n, 10) }
