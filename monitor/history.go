@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nonqueue/nonqueue/internal/format"
 	"github.com/nonqueue/nonqueue/internal/ident"
 	"github.com/nonqueue/nonqueue/internal/meta"
 )
@@ -83,7 +84,7 @@ func (h *History) RecordRuns(ctx context.Context, runs []*Run) error {
 	for _, r := range runs {
 		var errText, logPath any
 		if r.Error != "" {
-			errText = truncate(r.Error, 4000)
+			errText = format.Truncate(r.Error, 4000)
 		}
 		if r.LogPath != "" {
 			logPath = r.LogPath
@@ -155,14 +156,4 @@ func (h *History) SetState(ctx context.Context, id int64, state string, topicID 
 		return fmt.Errorf("set state of instance %d: %w", id, err)
 	}
 	return nil
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	for n > 0 && s[n]&0xC0 == 0x80 {
-		n--
-	}
-	return s[:n]
 }

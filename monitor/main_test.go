@@ -110,16 +110,3 @@ func (b *bundle) restore(t *testing.T, root *sql.DB, stmts ...string) {
 		}
 	})
 }
-
-// poll calls cond every 20ms until it returns true or the deadline passes,
-// and reports whether it did.
-func poll(d time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(d)
-	for time.Now().Before(deadline) {
-		if cond() {
-			return true
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return cond()
-}

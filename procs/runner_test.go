@@ -14,6 +14,7 @@ import (
 
 	"github.com/go-sql-driver/mysql"
 
+	"github.com/nonqueue/nonqueue/internal/testdb"
 	"github.com/nonqueue/nonqueue/procs"
 )
 
@@ -267,7 +268,7 @@ func assertNotRunning(t *testing.T, b *bundle, proc string) {
 	t.Helper()
 	const q = "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() AND (INFO LIKE '%SLEEP(30)%' OR INFO LIKE CONCAT('%', ?, '%'))"
 	var n int
-	if !poll(5*time.Second, func() bool {
+	if !testdb.Poll(5*time.Second, func() bool {
 		if err := b.replica.QueryRowContext(b.ctx, q, proc).Scan(&n); err != nil {
 			t.Fatal(err)
 		}

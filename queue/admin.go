@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nonqueue/nonqueue/internal/format"
 	"github.com/nonqueue/nonqueue/internal/meta"
 )
 
@@ -60,7 +61,7 @@ func (q *Queue) SetPriority(ctx context.Context, id, priority int64) error {
 func (q *Queue) Park(ctx context.Context, id int64, reason string) error {
 	var msg any
 	if reason != "" {
-		msg = truncate(reason, 1000)
+		msg = format.Truncate(reason, 1000)
 	}
 	n, err := q.adminExec(ctx, parkSQL, msg, id)
 	if err != nil {
@@ -184,7 +185,7 @@ func (q *Queue) ReleaseClaim(ctx context.Context, p *AdminReleaseParams) error {
 	if p.Reason != "" {
 		msg += ": " + p.Reason
 	}
-	msg = truncate(msg, 1000)
+	msg = format.Truncate(msg, 1000)
 	res, err := tx.ExecContext(ctx, r.Replace(adminReleaseSQL), msg, p.TopicID, p.InstanceID, p.Token)
 	if err != nil {
 		return fmt.Errorf("release topic %d: %w", p.TopicID, err)

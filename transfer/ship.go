@@ -25,6 +25,7 @@ import (
 	"github.com/pkg/sftp"
 	"golang.org/x/crypto/ssh"
 
+	"github.com/nonqueue/nonqueue/internal/cleanup"
 	"github.com/nonqueue/nonqueue/internal/ident"
 )
 
@@ -239,7 +240,7 @@ func (s *Shipper) Ship(ctx context.Context, p *ShipParams) (*Shipment, error) {
 	if p.DropReplica {
 		go func() {
 			defer close(dropped)
-			dctx, cancel := cleanupContext(ctx)
+			dctx, cancel := cleanup.Context(ctx)
 			defer cancel()
 			var derr error
 			if rs := p.ReplicaSession; rs != nil {
@@ -272,7 +273,7 @@ func (s *Shipper) Ship(ctx context.Context, p *ShipParams) (*Shipment, error) {
 		// After the lock's release: the swapped-out tables carry our token,
 		// nothing else reaches them, and the DROP (a synced DDL) need not
 		// delay the reaper or the next publish.
-		dctx, cancel := cleanupContext(ctx)
+		dctx, cancel := cleanup.Context(ctx)
 		_ = s.dropSwappedOut(dctx, prim.conn, old, log) // logged there; CleanupPrimary drops what is left
 		cancel()
 	}
@@ -355,7 +356,7 @@ func (s *Shipper) export(ctx context.Context, p *ShipParams, tables []*stagedTab
 		if !locked {
 			return
 		}
-		cctx, cancel := cleanupContext(ctx)
+		cctx, cancel := cleanup.Context(ctx)
 		defer cancel()
 		if _, uerr := rep.conn.ExecContext(cctx, unlockSQL); uerr != nil {
 			rep.bad = true // closing the session releases the lock
@@ -882,7 +883,7 @@ func (s *Shipper) swap(ctx context.Context, prim *session, p *ShipParams, tables
 		return false, nil, false, fmt.Errorf("%w: %q is held by another session (the reaper or another publisher) after %v", ErrLockTimeout, p.LockName, timeout)
 	}
 	defer func() {
-		cctx, cancel := cleanupContext(ctx)
+		cctx, cancel := cleanup.Context(ctx)
 		defer cancel()
 		var rel sql.NullInt64
 		if rerr := prim.conn.QueryRowContext(cctx, releaseLockSQL, p.LockName).Scan(&rel); rerr != nil || rel.Int64 != 1 {
@@ -1102,7 +1103,7 @@ func (s *Shipper) existingTables(ctx context.Context, conn *sql.Conn, names []st
 // for itself) and a new one otherwise. Failures are logged: CleanupPrimary
 // catches what is left.
 func (s *Shipper) removeStaging(ctx context.Context, prim *session, primary *sql.DB, tables []*stagedTable, log *slog.Logger) {
-	cctx, cancel := cleanupContext(ctx)
+	cctx, cancel := cleanup.Context(ctx)
 	defer cancel()
 	tmp := make([]string, len(tables))
 	for i, t := range tables {
