@@ -171,11 +171,17 @@ const (
 //
 //  1. replica, binary logging off: each table must exist and be MyISAM;
 //     FLUSH TABLES … FOR EXPORT makes the files consistent and holds a read
-//     lock while CHECKSUM TABLE … EXTENDED runs and the files stream;
-//  2. files go to nqtmp_<token>_<table> over SFTP, sizes are checked, the
-//     replica is unlocked;
-//  3. primary, binary logging off: CHECKSUM TABLE of the staging tables
-//     must equal the replica's (ErrChecksumMismatch);
+//     lock while the files stream;
+//  2. files go to nqtmp_<token>_<table> over SFTP, sizes are checked, and
+//     the bytes are verified while the lock is held. With verify = "bytes"
+//     (the default) a file up to 64 KiB is read back over the handle that
+//     wrote it and compared, and a bigger one is compared by cksum on both
+//     hosts (read back too when cksum cannot run there); with verify =
+//     "checksum", CHECKSUM TABLE … EXTENDED runs on the replica instead.
+//     Then the replica is unlocked;
+//  3. primary, binary logging off: the server must open every staging
+//     table, and with verify = "checksum" its CHECKSUM TABLE must equal the
+//     replica's (ErrChecksumMismatch either way);
 //  4. GET_LOCK(LockName), Fence (ErrFenced), one RENAME TABLE moving every
 //     live table aside and every staging table in, Commit (ErrCommit),
 //     RELEASE_LOCK, then DROP of the swapped-out tables. The RENAME and the
@@ -188,9 +194,9 @@ const (
 // or a mix, and wait for a publish at most Config.LockWait, however long
 // another query holds the table. On any failure before the swap nothing is
 // published and the staging tables and files are removed (on a detached
-// context); the error says which step failed. After the swap, Ship returns its Shipment even
-// with an error (ErrCommit, or a failed drop of an old table, which is only
-// logged and left for CleanupPrimary). A transfer that fails because the
+// context); the error says which step failed. After the swap, Ship
+// returns its Shipment even with an error (ErrCommit, or a failed drop of
+// an old table, which is only logged and left for CleanupPrimary). A transfer that fails because the
 // SSH connection dropped is retried once on a new connection.
 func (s *Shipper) Ship(ctx context.Context, p *ShipParams) (*Shipment, error) {
 	if err := s.checkParams(p); err != nil {
