@@ -75,9 +75,8 @@ func (s *Shipper) export(ctx context.Context, p *ShipParams, tables []*stagedTab
 	}()
 
 	// The files are consistent and stay so while the lock is held.
+	v := s.verification()
 	var files []*stagedFile
-	byteSums := s.cfg.Verify == VerifyBytes
-	var cksummed []*stagedFile // with byteSums: files too big to read back in one go
 	remoteDir := path.Join(s.cfg.PrimaryDatadir, s.cfg.Schema)
 	for _, t := range tables {
 		for _, ext := range myisamExts {
@@ -92,25 +91,17 @@ func (s *Shipper) export(ctx context.Context, p *ShipParams, tables []*stagedTab
 				return "", explain(fmt.Errorf("stat table file on the replica host (is ReplicaDatadir %q this replica's?): %w", datadir, err))
 			}
 			f.size = st.Size()
-			f.readBack = byteSums && f.size <= smallFile
-			if byteSums && !f.readBack {
-				cksummed = append(cksummed, f)
-			}
 			ship.Bytes += f.size
 			t.files = append(t.files, f)
 			files = append(files, f)
 		}
 	}
 
-	if len(cksummed) > 0 && !s.cksumUsable(ctx) {
-		for _, f := range cksummed {
-			f.readBack = true
-		}
-		cksummed = nil
-	}
+	cksummed := v.plan(ctx, files)
 
-	// The replica's checksum runs in the locked session while the files
-	// stream: both only read.
+	// The replica's side of the verification (cksum of the big files on
+	// this host, or CHECKSUM TABLE in the locked session) runs while the
+	// files stream: both only read.
 	sumCtx, cancelSum := context.WithCancel(ctx)
 	defer cancelSum()
 	type sumResult struct {
@@ -119,21 +110,7 @@ func (s *Shipper) export(ctx context.Context, p *ShipParams, tables []*stagedTab
 	}
 	sumDone := make(chan sumResult, 1)
 	go func() {
-		if byteSums {
-			// The files do not change under the export lock: cksum on
-			// this host reads them (from the page cache, at memory speed)
-			// while they stream, and verifyRemote compares with cksum on
-			// the primary's host. Small files are read back as they are
-			// written (putSmall).
-			if len(cksummed) == 0 {
-				sumDone <- sumResult{}
-				return
-			}
-			sums, err := localCksums(sumCtx, cksummed)
-			sumDone <- sumResult{sums, err}
-			return
-		}
-		sums, err := checksums(sumCtx, rep.conn, s.cfg.Schema, live)
+		sums, err := v.replicaSums(sumCtx, rep, live, cksummed)
 		sumDone <- sumResult{sums, err}
 	}()
 	streamErr := s.stream(ctx, files, log)
@@ -145,7 +122,7 @@ func (s *Shipper) export(ctx context.Context, p *ShipParams, tables []*stagedTab
 	}
 	res := <-sumDone
 	if streamErr != nil {
-		if res.err != nil && !byteSums {
+		if res.err != nil && v.queriesReplica() {
 			rep.bad = true // cancelled mid-query
 		}
 		return "", streamErr
@@ -153,20 +130,8 @@ func (s *Shipper) export(ctx context.Context, p *ShipParams, tables []*stagedTab
 	if res.err != nil {
 		return "", fmt.Errorf("checksum result tables on the replica: %w", res.err)
 	}
-	if byteSums {
-		if len(cksummed) > 0 {
-			if err := s.verifyRemote(ctx, cksummed, res.sums); err != nil {
-				return "", err
-			}
-		}
-	} else {
-		for _, t := range tables {
-			sum, ok := res.sums[t.live]
-			if !ok {
-				return "", fmt.Errorf("checksum of %s on the replica: %w", t.live, ErrTableMissing)
-			}
-			t.sum = sum
-		}
+	if err := v.afterCopy(ctx, tables, cksummed, res.sums); err != nil {
+		return "", err
 	}
 
 	if s.cfg.BackupDir != "" {

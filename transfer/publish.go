@@ -37,7 +37,7 @@ func (s *Shipper) publish(ctx context.Context, prim *session, p *ShipParams, tab
 	for i, t := range tables {
 		tmp[i] = t.tmp
 	}
-	if err := s.verifyPrimary(ctx, prim, tables, tmp); err != nil {
+	if err := s.verification().primary(ctx, prim, tables, tmp); err != nil {
 		return false, nil, err
 	}
 	start := time.Now()

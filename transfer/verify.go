@@ -16,21 +16,131 @@ import (
 // primary's check of the staged tables before the swap, and what `nonqueue
 // check` reports about it (Config.Verify).
 
-// verifyPrimary checks the staged tables on the primary before the swap:
-// with VerifyBytes (the bytes are verified already) that the server opens
-// them; otherwise that CHECKSUM TABLE matches the replica's.
-func (s *Shipper) verifyPrimary(ctx context.Context, prim *session, tables []*stagedTable, tmp []string) error {
+// verification is how a shipment is checked, chosen from Config.Verify in
+// one place (Shipper.verification) so that Ship's phases call it instead of
+// each branching on the setting: byteVerification for verify = "bytes"
+// (the default), tableChecksum for verify = "checksum".
+type verification interface {
+	// plan marks the files to read back as they are written (putFile) and
+	// returns those to compare by cksum on both hosts instead.
+	plan(ctx context.Context, files []*stagedFile) (cksummed []*stagedFile)
+	// replicaSums runs under the export lock while the files stream.
+	replicaSums(ctx context.Context, rep *session, live []string, cksummed []*stagedFile) (map[string]string, error)
+	// queriesReplica says whether replicaSums queries the replica's locked
+	// session, which a cancelled query leaves unusable.
+	queriesReplica() bool
+	// afterCopy checks the copy against those sums, still under the lock.
+	afterCopy(ctx context.Context, tables []*stagedTable, cksummed []*stagedFile, sums map[string]string) error
+	// primary checks the staged tables on the primary before the swap.
+	primary(ctx context.Context, prim *session, tables []*stagedTable, tmp []string) error
+	// describe says how shipped files will be verified, for CheckVerify.
+	describe(ctx context.Context) (string, error)
+}
+
+// verification returns the Shipper's verification: byteVerification for
+// VerifyBytes (WithDefaults' default, and what it maps VerifyCksum to),
+// tableChecksum for anything else, as the branches it replaces did.
+func (s *Shipper) verification() verification {
 	if s.cfg.Verify == VerifyBytes {
-		var probes []string
-		for _, n := range tmp {
-			probes = append(probes, "(SELECT 1 FROM "+s.qualified(n)+" LIMIT 0)")
+		return byteVerification{s}
+	}
+	return tableChecksum{s}
+}
+
+// byteVerification (verify = "bytes") compares the bytes themselves: a
+// file up to smallFile is read back over the handle that wrote it, a bigger
+// one is compared by cksum on both hosts (read back too when cksum cannot
+// run there); the primary then only has to open the staged tables.
+type byteVerification struct{ s *Shipper }
+
+func (v byteVerification) plan(ctx context.Context, files []*stagedFile) []*stagedFile {
+	var cksummed []*stagedFile // files too big to read back in one go
+	for _, f := range files {
+		f.readBack = f.size <= smallFile
+		if !f.readBack {
+			cksummed = append(cksummed, f)
 		}
-		if _, err := prim.conn.ExecContext(ctx, "DO /* nonqueue */ "+strings.Join(probes, ", ")); err != nil {
-			return fmt.Errorf("%w: the primary cannot open the shipped tables: %w", ErrChecksumMismatch, err)
+	}
+	if len(cksummed) > 0 && !v.s.cksumUsable(ctx) {
+		for _, f := range cksummed {
+			f.readBack = true
 		}
+		cksummed = nil
+	}
+	return cksummed
+}
+
+// replicaSums: the files do not change under the export lock: cksum on
+// this host reads them (from the page cache, at memory speed) while they
+// stream, and afterCopy compares with cksum on the primary's host. Small
+// files are read back as they are written (putSmall).
+func (v byteVerification) replicaSums(ctx context.Context, _ *session, _ []string, cksummed []*stagedFile) (map[string]string, error) {
+	if len(cksummed) == 0 {
+		return nil, nil
+	}
+	return localCksums(ctx, cksummed)
+}
+
+func (byteVerification) queriesReplica() bool { return false }
+
+func (v byteVerification) afterCopy(ctx context.Context, _ []*stagedTable, cksummed []*stagedFile, sums map[string]string) error {
+	if len(cksummed) == 0 {
 		return nil
 	}
-	sums, err := checksums(ctx, prim.conn, s.cfg.Schema, tmp)
+	return v.s.verifyRemote(ctx, cksummed, sums)
+}
+
+// primary: the bytes are verified already; the server must open them.
+func (v byteVerification) primary(ctx context.Context, prim *session, _ []*stagedTable, tmp []string) error {
+	var probes []string
+	for _, n := range tmp {
+		probes = append(probes, "(SELECT 1 FROM "+v.s.qualified(n)+" LIMIT 0)")
+	}
+	if _, err := prim.conn.ExecContext(ctx, "DO /* nonqueue */ "+strings.Join(probes, ", ")); err != nil {
+		return fmt.Errorf("%w: the primary cannot open the shipped tables: %w", ErrChecksumMismatch, err)
+	}
+	return nil
+}
+
+// describe probes cksum on both hosts (one SSH exec): without it big files
+// are read back over SFTP instead, which works but sends each of them
+// twice; that is said, not returned as an error.
+func (v byteVerification) describe(ctx context.Context) (string, error) {
+	if err := v.s.probeCksum(ctx); err != nil {
+		if ctx.Err() != nil {
+			return "", err
+		}
+		return fmt.Sprintf("verify = %s: files read back over SFTP; files over %d KiB too, since %v", VerifyBytes, smallFile>>10, err), nil
+	}
+	return fmt.Sprintf("verify = %s: files up to %d KiB read back over SFTP, bigger ones compared by cksum on both hosts", VerifyBytes, smallFile>>10), nil
+}
+
+// tableChecksum (verify = "checksum") compares CHECKSUM TABLE … EXTENDED
+// of the replica's tables, taken under the export lock, with the staged
+// tables' on the primary.
+type tableChecksum struct{ s *Shipper }
+
+func (tableChecksum) plan(context.Context, []*stagedFile) []*stagedFile { return nil }
+
+func (v tableChecksum) replicaSums(ctx context.Context, rep *session, live []string, _ []*stagedFile) (map[string]string, error) {
+	return checksums(ctx, rep.conn, v.s.cfg.Schema, live)
+}
+
+func (tableChecksum) queriesReplica() bool { return true }
+
+func (tableChecksum) afterCopy(_ context.Context, tables []*stagedTable, _ []*stagedFile, sums map[string]string) error {
+	for _, t := range tables {
+		sum, ok := sums[t.live]
+		if !ok {
+			return fmt.Errorf("checksum of %s on the replica: %w", t.live, ErrTableMissing)
+		}
+		t.sum = sum
+	}
+	return nil
+}
+
+func (v tableChecksum) primary(ctx context.Context, prim *session, tables []*stagedTable, tmp []string) error {
+	sums, err := checksums(ctx, prim.conn, v.s.cfg.Schema, tmp)
 	if err != nil {
 		return fmt.Errorf("checksum shipped tables on the primary: %w", err)
 	}
@@ -44,6 +154,10 @@ func (s *Shipper) verifyPrimary(ctx context.Context, prim *session, tables []*st
 		}
 	}
 	return nil
+}
+
+func (v tableChecksum) describe(context.Context) (string, error) {
+	return "verify = " + v.s.cfg.Verify + ": CHECKSUM TABLE on both servers", nil
 }
 
 // cksumCmd is the command line that prints "CRC SIZE NAME" per file, the
@@ -119,16 +233,7 @@ func shellQuote(s string) string {
 // without it big files are read back over SFTP instead, which works but
 // sends each of them twice; that is said, not returned as an error.
 func (s *Shipper) CheckVerify(ctx context.Context) (string, error) {
-	if s.cfg.Verify != VerifyBytes {
-		return "verify = " + s.cfg.Verify + ": CHECKSUM TABLE on both servers", nil
-	}
-	if err := s.probeCksum(ctx); err != nil {
-		if ctx.Err() != nil {
-			return "", err
-		}
-		return fmt.Sprintf("verify = %s: files read back over SFTP; files over %d KiB too, since %v", VerifyBytes, smallFile>>10, err), nil
-	}
-	return fmt.Sprintf("verify = %s: files up to %d KiB read back over SFTP, bigger ones compared by cksum on both hosts", VerifyBytes, smallFile>>10), nil
+	return s.verification().describe(ctx)
 }
 
 // probeCksum runs cksum here and, over an SSH exec session, on the
