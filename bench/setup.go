@@ -390,24 +390,7 @@ port = {{.Replica.Port}}
 user = "{{.SB.User}}"
 password = "{{.SB.Password}}"
 
-# The original topic table, mapped as it is (the same rows the original loop uses).
-[topics]
-schema = "app"
-table = "TopicFilter"
-mapped = true
-active_values = [1, 2]
-meta_schema = "nonqueue"
-lease = "30s"
-max_attempts = 5
-
-[topics.columns]
-id = "topicFilterId"
-required = "influencerRecalcReqd"
-due = "influencerRecalcDate"
-priority = "influencerPriority"
-running = "influencerRunning"
-active = "active"
-
+` + sandbox.MappedTopicsTOML + `
 [procedure]
 name = "{{.Proc}}"
 marker = "SUMMARY"

@@ -1,6 +1,31 @@
-// Package monitor watches replication for the worker: it measures replica
-// lag precisely, keeps the lag gate of protocol 6, and waits for a replica
-// to reach the primary's GTID position before a topic's procedure runs.
+// Package monitor is what nonqueue knows about its replicas and its own
+// runs. It has three roles, all on tables and replication state rather than
+// on the topic table (which is queue's):
+//
+//  1. The lag gate (protocol 6): measure replica lag precisely, say whether
+//     a replica is healthy enough to claim at all (Heartbeat, Gate), and
+//     prove freshness for one topic (WaitForPrimary, WaitForPosition);
+//     CheckLocalDomain refuses a replica that shares the primary's GTID
+//     domain.
+//  2. The run history and the instance registry: History records every
+//     claim's outcome and where its time went (RecordRun, RecordRuns, and
+//     RunWriter, which batches them off the worker's path), and each
+//     instance's state (Register, SetState). These writes are best-effort
+//     records: a failure is returned for logging and never changes a topic.
+//  3. The read models over those tables and over replicas, for the ops
+//     dashboard, `nonqueue status` and the metrics: Run, TopicRuns,
+//     RecentRuns, LastRuns, Failures, Throughput, Phases, Instances,
+//     Writers and ReadReplica. The views themselves live in the
+//     subpackages monitor/dashboard and monitor/metrics, the only parts of
+//     monitor that also read queue; monitor/prometheus and monitor/grafana
+//     hold the alerting rules and the dashboard built on the metrics.
+//
+// The three tables (run, instance, heartbeat in the meta schema) are
+// defined once, with their outcome and state values, in internal/meta;
+// queue creates them with the rest of the schema and records reaped and
+// operator-released runs in the same history.
+//
+// # Lag gate
 //
 // Lag is measured the way gh-ost and pt-heartbeat do it, never from
 // Seconds_Behind_Master (whole seconds, 0 while the IO thread is behind,

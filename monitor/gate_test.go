@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/nonqueue/nonqueue/internal/flavor"
+	"github.com/nonqueue/nonqueue/internal/testdb"
 	"github.com/nonqueue/nonqueue/monitor"
 )
 
@@ -30,7 +31,7 @@ func sampleUntil(t *testing.T, b *bundle, g *monitor.Gate, ok func(error) bool) 
 	t.Helper()
 	var backoff time.Duration
 	var err error
-	poll(15*time.Second, func() bool {
+	testdb.Poll(15*time.Second, func() bool {
 		if rerr := g.RunOnce(b.ctx); rerr != nil {
 			t.Logf("sample: %v", rerr)
 		}
@@ -65,7 +66,7 @@ func TestGateOpensWithSmallLag(t *testing.T) {
 	}
 	t.Cleanup(func() { g.Stop(b.ctx) })
 	var err error
-	if !poll(10*time.Second, func() bool { _, err = g.Check(); return err == nil }) {
+	if !testdb.Poll(10*time.Second, func() bool { _, err = g.Check(); return err == nil }) {
 		t.Fatalf("gate never opened: %v (status %+v)", err, g.Status())
 	}
 	st := g.Status()
@@ -183,7 +184,7 @@ func TestReplicationDisrupted(t *testing.T) {
 		admin(t, b.ctx, root, "STOP SLAVE", "CHANGE MASTER TO MASTER_DELAY=3", "START SLAVE")
 		var backoff time.Duration
 		var err error
-		if !poll(15*time.Second, func() bool {
+		if !testdb.Poll(15*time.Second, func() bool {
 			backoff, err = g.Check()
 			return errors.Is(err, monitor.ErrReplicaBehind)
 		}) {
@@ -196,7 +197,7 @@ func TestReplicationDisrupted(t *testing.T) {
 		t.Logf("closed: %v (Seconds_Behind_Master %v)", err, st.SecondsBehind)
 
 		admin(t, b.ctx, root, "STOP SLAVE", "CHANGE MASTER TO MASTER_DELAY=0", "START SLAVE")
-		if !poll(15*time.Second, func() bool { _, err = g.Check(); return err == nil }) {
+		if !testdb.Poll(15*time.Second, func() bool { _, err = g.Check(); return err == nil }) {
 			t.Fatalf("gate did not reopen without the delay: %v", err)
 		}
 	})

@@ -9,14 +9,13 @@ import (
 	"time"
 
 	"github.com/nonqueue/nonqueue/internal/ident"
+	"github.com/nonqueue/nonqueue/internal/meta"
 	"github.com/nonqueue/nonqueue/internal/startstop"
 )
 
-// HeartbeatTable is the heartbeat table's name inside the meta schema. It
-// must equal queue.HeartbeatTable, whose DDL creates it:
-//
-//	CREATE TABLE heartbeat (id INT UNSIGNED NOT NULL PRIMARY KEY, ts_us BIGINT NOT NULL) ENGINE=InnoDB
-const HeartbeatTable = "heartbeat"
+// HeartbeatTable is the heartbeat table's name inside the meta schema;
+// internal/meta owns it and its DDL (meta.DDL, applied by queue's schema).
+const HeartbeatTable = meta.HeartbeatTable
 
 // DefaultHeartbeatInterval is Heartbeat.Interval when left zero.
 const DefaultHeartbeatInterval = 250 * time.Millisecond

@@ -7,16 +7,19 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nonqueue/nonqueue/internal/format"
 	"github.com/nonqueue/nonqueue/internal/ident"
+	"github.com/nonqueue/nonqueue/internal/meta"
 )
 
-// Outcomes of a run, as recorded in the run history.
+// Outcomes of a run, as recorded in the run history (internal/meta owns
+// the values).
 const (
-	OutcomeDone     = "done"     // published and finished
-	OutcomeFailed   = "failed"   // procedure or transfer failed; released with a back-off
-	OutcomeParked   = "parked"   // failed and reached the attempt limit
-	OutcomeReleased = "released" // given back for no fault of the topic (replica behind, shutdown)
-	OutcomeLost     = "lost"     // the claim was taken back during the run; nothing published
+	OutcomeDone     = string(meta.OutcomeDone)     // published and finished
+	OutcomeFailed   = string(meta.OutcomeFailed)   // procedure or transfer failed; released with a back-off
+	OutcomeParked   = string(meta.OutcomeParked)   // failed and reached the attempt limit
+	OutcomeReleased = string(meta.OutcomeReleased) // given back for no fault of the topic (replica behind, shutdown)
+	OutcomeLost     = string(meta.OutcomeLost)     // the claim was taken back during the run; nothing published
 )
 
 // Run is one row of the run history: what one claim of one topic did and
@@ -81,7 +84,7 @@ func (h *History) RecordRuns(ctx context.Context, runs []*Run) error {
 	for _, r := range runs {
 		var errText, logPath any
 		if r.Error != "" {
-			errText = truncate(r.Error, 4000)
+			errText = format.Truncate(r.Error, 4000)
 		}
 		if r.LogPath != "" {
 			logPath = r.LogPath
@@ -95,7 +98,7 @@ func (h *History) RecordRuns(ctx context.Context, runs []*Run) error {
 			r.Claim.Microseconds(), r.LagWait.Microseconds(), r.Proc.Microseconds(), r.Transfer.Microseconds(),
 			r.Publish.Microseconds(), logPath)
 	}
-	stmt := `INSERT /* nonqueue run */ INTO ` + ident.Qualified(h.Schema, "run") + " " + runColumns + " VALUES " +
+	stmt := `INSERT /* nonqueue run */ INTO ` + ident.Qualified(h.Schema, meta.RunTable) + " " + runColumns + " VALUES " +
 		strings.Repeat(runRow+", ", len(runs)-1) + runRow
 	if _, err := h.Primary.ExecContext(ctx, stmt, args...); err != nil {
 		if len(runs) == 1 {
@@ -106,15 +109,15 @@ func (h *History) RecordRuns(ctx context.Context, runs []*Run) error {
 	return nil
 }
 
-// Instance states shown in the registry.
+// Instance states shown in the registry (internal/meta owns the values).
 const (
-	StateStarting = "starting"
-	StateIdle     = "idle"
-	StateLagWait  = "waiting for lag"
-	StateStopped  = "replica stopped"
-	StateRunning  = "running"
-	StateStopping = "stopping"
-	StateExited   = "exited"
+	StateStarting = string(meta.StateStarting)
+	StateIdle     = string(meta.StateIdle)
+	StateLagWait  = string(meta.StateLagWait)
+	StateStopped  = string(meta.StateStopped)
+	StateRunning  = string(meta.StateRunning)
+	StateStopping = string(meta.StateStopping)
+	StateExited   = string(meta.StateExited)
 )
 
 // InstanceInfo identifies an instance in the registry.
@@ -128,7 +131,7 @@ type InstanceInfo struct {
 
 // Register inserts or refreshes the instance's registry row at start.
 func (h *History) Register(ctx context.Context, in InstanceInfo) error {
-	stmt := `INSERT /* nonqueue registry */ INTO ` + ident.Qualified(h.Schema, "instance") + ` (id, host, pid, version, replica_server_id, state, topic_id, state_since, started_at, heartbeat_at)
+	stmt := `INSERT /* nonqueue registry */ INTO ` + ident.Qualified(h.Schema, meta.InstanceTable) + ` (id, host, pid, version, replica_server_id, state, topic_id, state_since, started_at, heartbeat_at)
  VALUES (?, ?, ?, ?, ?, ?, NULL, NOW(6), NOW(6), NOW(6))
  ON DUPLICATE KEY UPDATE host = VALUES(host), pid = VALUES(pid), version = VALUES(version), replica_server_id = VALUES(replica_server_id),
  state = VALUES(state), topic_id = NULL, state_since = NOW(6), started_at = NOW(6), heartbeat_at = NOW(6)`
@@ -146,21 +149,11 @@ func (h *History) SetState(ctx context.Context, id int64, state string, topicID 
 	if topicID != 0 {
 		topic = topicID
 	}
-	stmt := `UPDATE /* nonqueue registry */ ` + ident.Qualified(h.Schema, "instance") + ` SET
+	stmt := `UPDATE /* nonqueue registry */ ` + ident.Qualified(h.Schema, meta.InstanceTable) + ` SET
  state_since = IF(state = ? AND topic_id <=> ?, state_since, NOW(6)), state = ?, topic_id = ?, heartbeat_at = NOW(6),
  runs = runs + ?, failures = failures + ? WHERE id = ?`
 	if _, err := h.Primary.ExecContext(ctx, stmt, state, topic, state, topic, ran, failed, id); err != nil {
 		return fmt.Errorf("set state of instance %d: %w", id, err)
 	}
 	return nil
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	for n > 0 && s[n]&0xC0 == 0x80 {
-		n--
-	}
-	return s[:n]
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/go-sql-driver/mysql"
 
 	"github.com/nonqueue/nonqueue/internal/flavor"
+	"github.com/nonqueue/nonqueue/internal/meta"
 	"github.com/nonqueue/nonqueue/internal/testdb"
 )
 
@@ -60,9 +61,11 @@ func setup(t *testing.T, exclusive bool) *bundle {
 		t.Fatal(err)
 	}
 	b.flavor = f
-	// The DDL queue.Config.DDL creates in the meta schema.
-	if _, err := b.primary.ExecContext(ctx, "CREATE TABLE heartbeat (id INT UNSIGNED NOT NULL PRIMARY KEY, ts_us BIGINT NOT NULL) ENGINE=InnoDB"); err != nil {
-		t.Fatalf("create heartbeat table: %v", err)
+	// The meta tables, as queue.Config.DDL creates them in the meta schema.
+	for _, s := range meta.DDL(name) {
+		if _, err := b.primary.ExecContext(ctx, s); err != nil {
+			t.Fatalf("create meta tables: %s: %v", s, err)
+		}
 	}
 	if err := env.WaitReplicas(ctx, b.primary); err != nil {
 		t.Fatal(err)
@@ -106,17 +109,4 @@ func (b *bundle) restore(t *testing.T, root *sql.DB, stmts ...string) {
 			t.Errorf("restore replication: %v", err)
 		}
 	})
-}
-
-// poll calls cond every 20ms until it returns true or the deadline passes,
-// and reports whether it did.
-func poll(d time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(d)
-	for time.Now().Before(deadline) {
-		if cond() {
-			return true
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return cond()
 }

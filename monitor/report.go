@@ -11,6 +11,7 @@ import (
 
 	"github.com/nonqueue/nonqueue/internal/flavor"
 	"github.com/nonqueue/nonqueue/internal/ident"
+	"github.com/nonqueue/nonqueue/internal/meta"
 )
 
 // Reads of the run history, the instance registry and the lag heartbeat
@@ -20,7 +21,7 @@ import (
 
 // OutcomeReaped is the outcome the reaper records (queue.Reap) when it
 // takes back a claim whose lease expired.
-const OutcomeReaped = "reaped"
+const OutcomeReaped = string(meta.OutcomeReaped)
 
 // ErrRunNotFound: no run has this id.
 var ErrRunNotFound = errors.New("run not found")
@@ -118,7 +119,7 @@ func clampLimit(n, def, maxN int) int {
 
 // Run reads one run by id; ErrRunNotFound when there is none.
 func (h *History) Run(ctx context.Context, id int64) (*RunRecord, error) {
-	t, err := h.table("run")
+	t, err := h.table(meta.RunTable)
 	if err != nil {
 		return nil, err
 	}
@@ -135,7 +136,7 @@ func (h *History) Run(ctx context.Context, id int64) (*RunRecord, error) {
 // TopicRuns returns a topic's newest runs first, at most limit (default
 // 50, at most 1000), through the run table's (topic_id, id) index.
 func (h *History) TopicRuns(ctx context.Context, topicID int64, limit int) ([]RunRecord, error) {
-	t, err := h.table("run")
+	t, err := h.table(meta.RunTable)
 	if err != nil {
 		return nil, err
 	}
@@ -147,7 +148,7 @@ func (h *History) TopicRuns(ctx context.Context, topicID int64, limit int) ([]Ru
 // RecentRuns returns the newest runs first, at most limit (default 100, at
 // most 10,000), through the primary key.
 func (h *History) RecentRuns(ctx context.Context, limit int) ([]RunRecord, error) {
-	t, err := h.table("run")
+	t, err := h.table(meta.RunTable)
 	if err != nil {
 		return nil, err
 	}
@@ -165,7 +166,7 @@ func (h *History) LastRuns(ctx context.Context, topicIDs []int64) (map[int64]Run
 	if len(topicIDs) > 1000 {
 		return nil, fmt.Errorf("read last runs: %d topics, at most 1000", len(topicIDs))
 	}
-	t, err := h.table("run")
+	t, err := h.table(meta.RunTable)
 	if err != nil {
 		return nil, err
 	}
@@ -191,7 +192,7 @@ func (h *History) LastRuns(ctx context.Context, topicIDs []int64) (map[int64]Run
 // reaped, lost) that finished within window, at most limit (default 500,
 // at most 10,000), through the (outcome, finished_at) index.
 func (h *History) Failures(ctx context.Context, window time.Duration, limit int) ([]RunRecord, error) {
-	t, err := h.table("run")
+	t, err := h.table(meta.RunTable)
 	if err != nil {
 		return nil, err
 	}
@@ -248,7 +249,7 @@ func (h *History) Throughput(ctx context.Context, window, bucket time.Duration) 
 	if bucket < time.Second || window < bucket || window/bucket > 2000 {
 		return nil, fmt.Errorf("throughput: window %v in buckets of %v: want 1s <= bucket <= window, at most 2000 buckets", window, bucket)
 	}
-	t, err := h.table("run")
+	t, err := h.table(meta.RunTable)
 	if err != nil {
 		return nil, err
 	}
@@ -332,7 +333,7 @@ type PhaseStats struct {
 // percentiles are computed here, not in SQL: MySQL 8 has no
 // PERCENTILE_CONT.
 func (h *History) Phases(ctx context.Context, window time.Duration, limit int) (*PhaseStats, error) {
-	t, err := h.table("run")
+	t, err := h.table(meta.RunTable)
 	if err != nil {
 		return nil, err
 	}
@@ -397,7 +398,7 @@ type InstanceRecord struct {
 // Instances reads the whole instance registry (one row per instance ever
 // registered), ordered by replica server id and instance id.
 func (h *History) Instances(ctx context.Context) ([]InstanceRecord, error) {
-	t, err := h.table("instance")
+	t, err := h.table(meta.InstanceTable)
 	if err != nil {
 		return nil, err
 	}

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nonqueue/nonqueue/internal/testdb"
 	"github.com/nonqueue/nonqueue/monitor"
 	"github.com/nonqueue/nonqueue/queue"
 )
@@ -166,7 +167,7 @@ func TestRunWriterFlushesAfterDelay(t *testing.T) {
 	})
 	t0 := time.Now()
 	w.Record(&monitor.Run{TopicID: 7, InstanceID: 1101, Outcome: monitor.OutcomeDone, StartedAt: t0.Add(-time.Second)})
-	if !poll(5*time.Second, func() bool { return b.runCount(t) == 1 }) {
+	if !testdb.Poll(5*time.Second, func() bool { return b.runCount(t) == 1 }) {
 		t.Fatalf("the run was not written within 5s of Record (%d rows)", b.runCount(t))
 	}
 	t.Logf("written %v after Record", time.Since(t0))

@@ -119,9 +119,9 @@ func (l *runLog) row(cells []string) {
 	}
 	for i, c := range cells {
 		if i > 0 {
-			l.w.WriteByte('\t')
+			_ = l.w.WriteByte('\t') // bufio's error is sticky: the last write returns it
 		}
-		l.w.WriteString(escapeCell(c))
+		_, _ = l.w.WriteString(escapeCell(c))
 	}
 	_, l.err = l.w.WriteString("\n")
 }

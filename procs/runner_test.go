@@ -14,6 +14,7 @@ import (
 
 	"github.com/go-sql-driver/mysql"
 
+	"github.com/nonqueue/nonqueue/internal/testdb"
 	"github.com/nonqueue/nonqueue/procs"
 )
 
@@ -110,14 +111,14 @@ func TestRunSuccess(t *testing.T) {
 	}
 
 	// The run's session (sql_log_bin=0) never went back to the pool.
-	var conns []*sql.Conn
+	// Three sessions held open at once (deferred Close), so the pool must
+	// hand out every idle one.
 	for range 3 {
 		c, err := b.replica.Conn(b.ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer c.Close()
-		conns = append(conns, c)
 		var logBin int
 		if err := c.QueryRowContext(b.ctx, "SELECT @@SESSION.sql_log_bin").Scan(&logBin); err != nil || logBin != 1 {
 			t.Fatalf("pooled session has sql_log_bin=%d (%v)", logBin, err)
@@ -267,7 +268,7 @@ func assertNotRunning(t *testing.T, b *bundle, proc string) {
 	t.Helper()
 	const q = "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() AND (INFO LIKE '%SLEEP(30)%' OR INFO LIKE CONCAT('%', ?, '%'))"
 	var n int
-	if !poll(5*time.Second, func() bool {
+	if !testdb.Poll(5*time.Second, func() bool {
 		if err := b.replica.QueryRowContext(b.ctx, q, proc).Scan(&n); err != nil {
 			t.Fatal(err)
 		}

@@ -7,6 +7,9 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/nonqueue/nonqueue/internal/format"
+	"github.com/nonqueue/nonqueue/internal/meta"
 )
 
 // Operator actions on the topic table, for the ops dashboard. Each is one
@@ -31,7 +34,7 @@ const (
 	adminReleaseSQL = `UPDATE /* nonqueue admin */ {t} SET {running} = 0, {hb} = NULL, {lease} = NULL, {lasterr} = ?
  WHERE {id} = ? AND {running} = ? AND {token} = ?`
 	adminRecordSQL = `INSERT /* nonqueue admin */ INTO {run} (topic_id, instance_id, claim_token, scope, outcome, error, finished_at)
- VALUES (?, ?, ?, ?, 'released', ?, NOW(6))`
+ VALUES (?, ?, ?, ?, ?, ?, NOW(6))`
 	adminScopeSQL = `SELECT /* nonqueue admin */ {required} FROM {t} WHERE {id} = ?`
 	existsSQL     = `SELECT /* nonqueue admin */ {running}, {parked} IS NOT NULL FROM {t} WHERE {id} = ?`
 	matchIDsSQL   = `SELECT /* nonqueue admin */ {id} FROM {t} WHERE %s ORDER BY {id} LIMIT ?`
@@ -58,7 +61,7 @@ func (q *Queue) SetPriority(ctx context.Context, id, priority int64) error {
 func (q *Queue) Park(ctx context.Context, id int64, reason string) error {
 	var msg any
 	if reason != "" {
-		msg = truncate(reason, 1000)
+		msg = format.Truncate(reason, 1000)
 	}
 	n, err := q.adminExec(ctx, parkSQL, msg, id)
 	if err != nil {
@@ -170,7 +173,7 @@ func (q *Queue) ReleaseClaim(ctx context.Context, p *AdminReleaseParams) error {
 	defer func() {
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
-		conn.ExecContext(rctx, "DO RELEASE_LOCK(?)", lock)
+		_, _ = conn.ExecContext(rctx, "DO RELEASE_LOCK(?)", lock) // best effort: the session's end frees it too
 	}()
 
 	tx, err := conn.BeginTx(ctx, nil)
@@ -182,7 +185,7 @@ func (q *Queue) ReleaseClaim(ctx context.Context, p *AdminReleaseParams) error {
 	if p.Reason != "" {
 		msg += ": " + p.Reason
 	}
-	msg = truncate(msg, 1000)
+	msg = format.Truncate(msg, 1000)
 	res, err := tx.ExecContext(ctx, r.Replace(adminReleaseSQL), msg, p.TopicID, p.InstanceID, p.Token)
 	if err != nil {
 		return fmt.Errorf("release topic %d: %w", p.TopicID, err)
@@ -198,7 +201,7 @@ func (q *Queue) ReleaseClaim(ctx context.Context, p *AdminReleaseParams) error {
 	if err := tx.QueryRowContext(ctx, r.Replace(adminScopeSQL), p.TopicID).Scan(&scope); err != nil {
 		return fmt.Errorf("release topic %d: read scope: %w", p.TopicID, err)
 	}
-	if _, err := tx.ExecContext(ctx, r.Replace(adminRecordSQL), p.TopicID, p.InstanceID, p.Token, scope, msg); err != nil {
+	if _, err := tx.ExecContext(ctx, r.Replace(adminRecordSQL), p.TopicID, p.InstanceID, p.Token, scope, string(meta.OutcomeReleased), msg); err != nil {
 		return fmt.Errorf("release topic %d: record: %w", p.TopicID, err)
 	}
 	if err := tx.Commit(); err != nil {

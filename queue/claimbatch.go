@@ -183,7 +183,7 @@ func (q *Queue) releaseUnread(claims []*Claim) {
 	ctx, cancel := context.WithTimeout(context.Background(), claimTimeout)
 	defer cancel()
 	for _, c := range claims {
-		q.Release(ctx, c, &ReleaseParams{})
+		_, _ = q.Release(ctx, c, &ReleaseParams{}) // best effort: else the lease expires and the reaper takes it back
 	}
 }
 

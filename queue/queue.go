@@ -14,6 +14,7 @@ import (
 	"github.com/go-sql-driver/mysql"
 
 	"github.com/nonqueue/nonqueue/internal/flavor"
+	"github.com/nonqueue/nonqueue/internal/format"
 	"github.com/nonqueue/nonqueue/internal/ident"
 )
 
@@ -476,7 +477,7 @@ type ReleaseParams struct {
 func (q *Queue) Release(ctx context.Context, c *Claim, p *ReleaseParams) (parked bool, err error) {
 	var msg any
 	if p.Error != "" {
-		msg = truncate(p.Error, 1000)
+		msg = format.Truncate(p.Error, 1000)
 	}
 	count := 0
 	if p.CountAttempt {
@@ -521,17 +522,6 @@ func (q *Queue) fenced(ctx context.Context, op string, c *Claim, st *sql.Stmt, t
 		return fmt.Errorf("%s topic %d (instance %d, token %d): %w", op, c.TopicID, c.InstanceID, c.Token, ErrClaimLost)
 	}
 	return nil
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	// Cut on a rune boundary.
-	for n > 0 && n < len(s) && s[n]&0xC0 == 0x80 {
-		n--
-	}
-	return s[:n]
 }
 
 var sqlReadOnly = sql.TxOptions{ReadOnly: true}

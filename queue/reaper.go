@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/nonqueue/nonqueue/internal/meta"
 	"github.com/nonqueue/nonqueue/internal/startstop"
 )
 
@@ -104,7 +105,7 @@ func (q *Queue) reapOne(ctx context.Context, reaperID int64, r Reaped, scope int
 	defer func() {
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
-		conn.ExecContext(rctx, "DO RELEASE_LOCK(?)", lock)
+		_, _ = conn.ExecContext(rctx, "DO RELEASE_LOCK(?)", lock) // best effort: the session's end frees it too
 	}()
 
 	tx, err := conn.BeginTx(ctx, nil)
@@ -121,7 +122,7 @@ func (q *Queue) reapOne(ctx context.Context, reaperID int64, r Reaped, scope int
 	if n, err := res.RowsAffected(); err != nil || n == 0 {
 		return false, err // heartbeat arrived or someone else reaped it
 	}
-	if _, err := tx.ExecContext(ctx, q.sql.reapRecord, r.TopicID, reaperID, r.Token, scope, "reaped", msg); err != nil {
+	if _, err := tx.ExecContext(ctx, q.sql.reapRecord, r.TopicID, reaperID, r.Token, scope, string(meta.OutcomeReaped), msg); err != nil {
 		return false, fmt.Errorf("reap topic %d: record: %w", r.TopicID, err)
 	}
 	if err := tx.Commit(); err != nil {

@@ -7,13 +7,15 @@ import (
 	"strings"
 
 	"github.com/nonqueue/nonqueue/internal/ident"
+	"github.com/nonqueue/nonqueue/internal/meta"
 )
 
-// Names of nonqueue's own tables in Config.MetaSchema.
+// Names of nonqueue's own tables in Config.MetaSchema (owned by
+// internal/meta, which holds their DDL).
 const (
-	RunTable       = "run"
-	InstanceTable  = "instance"
-	HeartbeatTable = "heartbeat"
+	RunTable       = meta.RunTable
+	InstanceTable  = meta.InstanceTable
+	HeartbeatTable = meta.HeartbeatTable
 )
 
 // DDL returns the statements that make the configured tables ready:
@@ -94,55 +96,10 @@ func (c Config) DDL() []string {
 		stmts = append(stmts, "CREATE TABLE IF NOT EXISTS "+topic+" (\n  "+strings.Join(defs, ",\n  ")+"\n) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4")
 	}
 
-	meta := func(t string) string { return ident.Qualified(c.MetaSchema, t) }
 	if c.Mapped || c.MetaSchema != c.Schema {
 		stmts = append(stmts, "CREATE DATABASE IF NOT EXISTS "+q(c.MetaSchema))
 	}
-	stmts = append(stmts,
-		"CREATE TABLE IF NOT EXISTS "+meta(RunTable)+` (
-  id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
-  topic_id BIGINT NOT NULL,
-  instance_id BIGINT NOT NULL COMMENT 'the instance that ran it, or that reaped it',
-  replica VARCHAR(255) NOT NULL DEFAULT '',
-  claim_token BIGINT UNSIGNED NOT NULL,
-  scope TINYINT NOT NULL DEFAULT 0,
-  outcome VARCHAR(16) NOT NULL COMMENT 'done, failed, released, reaped, lost, parked',
-  error VARCHAR(4000) NULL,
-  bytes_shipped BIGINT UNSIGNED NOT NULL DEFAULT 0,
-  started_at DATETIME(6) NULL,
-  finished_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
-  claim_us BIGINT UNSIGNED NOT NULL DEFAULT 0,
-  lag_wait_us BIGINT UNSIGNED NOT NULL DEFAULT 0,
-  proc_us BIGINT UNSIGNED NOT NULL DEFAULT 0,
-  transfer_us BIGINT UNSIGNED NOT NULL DEFAULT 0,
-  publish_us BIGINT UNSIGNED NOT NULL DEFAULT 0,
-  log_path VARCHAR(1000) NULL,
-  PRIMARY KEY (id),
-  KEY topic (topic_id, id),
-  KEY finished (finished_at),
-  KEY outcome (outcome, finished_at)
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4`,
-		"CREATE TABLE IF NOT EXISTS "+meta(InstanceTable)+` (
-  id BIGINT NOT NULL,
-  host VARCHAR(255) NOT NULL,
-  pid INT NOT NULL,
-  version VARCHAR(64) NOT NULL,
-  replica_server_id INT UNSIGNED NOT NULL,
-  state VARCHAR(32) NOT NULL,
-  topic_id BIGINT NULL,
-  state_since DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
-  started_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
-  heartbeat_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
-  runs BIGINT UNSIGNED NOT NULL DEFAULT 0,
-  failures BIGINT UNSIGNED NOT NULL DEFAULT 0,
-  PRIMARY KEY (id)
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4`,
-		"CREATE TABLE IF NOT EXISTS "+meta(HeartbeatTable)+` (
-  id INT UNSIGNED NOT NULL COMMENT 'writer: one row per writing process',
-  ts_us BIGINT NOT NULL COMMENT 'writer clock, microseconds since the epoch',
-  PRIMARY KEY (id)
-) ENGINE=InnoDB`,
-	)
+	stmts = append(stmts, meta.DDL(c.MetaSchema)...)
 	stmts = append(stmts, c.RequestTrigger().Create())
 	return stmts
 }
@@ -160,12 +117,11 @@ func (c Config) Script() string {
 
 // checkStatements touch each of nonqueue's own tables.
 func (c Config) checkStatements() []string {
-	meta := func(t string) string { return ident.Qualified(c.MetaSchema, t) }
-	return []string{
-		"SELECT id FROM " + meta(RunTable) + " LIMIT 0",
-		"SELECT id FROM " + meta(InstanceTable) + " LIMIT 0",
-		"SELECT id FROM " + meta(HeartbeatTable) + " LIMIT 0",
+	var stmts []string
+	for _, t := range meta.Tables {
+		stmts = append(stmts, "SELECT id FROM "+ident.Qualified(c.MetaSchema, t)+" LIMIT 0")
 	}
+	return stmts
 }
 
 // Trigger is one trigger of the schema: where it lives and its body, so

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nonqueue/nonqueue/internal/cleanup"
 	"github.com/nonqueue/nonqueue/internal/ident"
 )
 
@@ -43,7 +44,7 @@ func (s *Shipper) DropReplicaTables(ctx context.Context, replica *sql.DB, topicI
 		return fmt.Errorf("drop result tables of topic %d: %w: a run holds lock %q", topicID, ErrResultsBusy, lock)
 	}
 	defer func() {
-		cctx, cancel := cleanupContext(ctx)
+		cctx, cancel := cleanup.Context(ctx)
 		defer cancel()
 		if _, err := sess.conn.ExecContext(cctx, releaseDoSQL, lock); err != nil {
 			sess.bad = true

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/nonqueue/nonqueue/internal/batch"
+	"github.com/nonqueue/nonqueue/internal/cleanup"
 )
 
 // Dropper drops the tables publishes swapped out, on the primary, in the
@@ -49,7 +50,7 @@ func (d *Dropper) Close(ctx context.Context) error {
 }
 
 func (d *Dropper) drop(names []string) {
-	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), cleanup.Timeout)
 	defer cancel()
 	log := d.s.logger
 	sess, err := openSession(ctx, d.db, "primary", d.s.cfg.NoBinlogPools)

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/go-sql-driver/mysql"
+
+	"github.com/nonqueue/nonqueue/internal/cleanup"
 )
 
 // One run per topic per replica (docs/design.md). Result tables on a replica
@@ -279,7 +281,7 @@ func (s *Shipper) evict(ctx context.Context, p *ReplicaLockParams, conn *sql.Con
 		return fmt.Errorf("%w: %q after %v", ErrLockTimeout, p.LockName, timeout)
 	}
 	defer func() {
-		cctx, cancel := cleanupContext(ctx)
+		cctx, cancel := cleanup.Context(ctx)
 		defer cancel()
 		if _, err := prim.ExecContext(cctx, releaseDoSQL, p.LockName); err != nil {
 			bad = true

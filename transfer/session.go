@@ -5,18 +5,9 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"fmt"
-	"time"
+
+	"github.com/nonqueue/nonqueue/internal/cleanup"
 )
-
-// cleanupTimeout bounds every cleanup step (unlock, release the lock, drop
-// staging tables, restore the session) run after the caller's context may
-// have ended.
-const cleanupTimeout = 10 * time.Second
-
-// cleanupContext survives the caller's cancellation, but not for long.
-func cleanupContext(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
-}
 
 // Session SQL. The previous sql_log_bin is saved in a user variable and
 // restored before the connection goes back to the caller's pool, so a pool
@@ -63,7 +54,7 @@ func openSession(ctx context.Context, db *sql.DB, role string, noBinlogPool bool
 // close restores the session and returns it to the pool, or discards it
 // when it is bad or cannot be restored. It runs on a cleanup context.
 func (s *session) close(ctx context.Context) {
-	cctx, cancel := cleanupContext(ctx)
+	cctx, cancel := cleanup.Context(ctx)
 	defer cancel()
 	if !s.bad && !s.pooled {
 		if _, err := s.conn.ExecContext(cctx, restoreBinlogSQL); err != nil {

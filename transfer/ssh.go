@@ -202,7 +202,7 @@ func (l *link) keepalive(interval, timeout time.Duration) {
 			}
 		case <-wait.C:
 			l.abandon(fmt.Errorf("%w: no reply to an ssh keepalive within %v (ssh.keepalive_timeout)", ErrStalled, timeout))
-			<-reply // the closed socket ends the request
+			<-reply //nolint:errcheck // the closed socket ends the request; abandon holds the cause
 			return
 		case <-l.dead:
 			wait.Stop()

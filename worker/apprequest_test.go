@@ -50,7 +50,7 @@ func TestAppRequestDuringRun(t *testing.T) {
 
 			// The procedure is running: its call is logged on the replica.
 			rdb := testdb.Open(t, env.Replica(0, b.db))
-			waitFor(t, 30*time.Second, "topic 7's procedure running", func() bool {
+			testdb.WaitFor(t, 30*time.Second, "topic 7's procedure running", func() bool {
 				var n int
 				rdb.QueryRowContext(b.ctx, "SELECT COUNT(*) FROM calls WHERE topic_id = 7").Scan(&n)
 				return n == 1
@@ -94,7 +94,7 @@ func TestAppRequestDuringRun(t *testing.T) {
 					}
 				}
 			}()
-			waitFor(t, 60*time.Second, "topic 7's second run (the application's re-request kept)", func() bool {
+			testdb.WaitFor(t, 60*time.Second, "topic 7's second run (the application's re-request kept)", func() bool {
 				return early.Load() != nil || b.count(t, "SELECT COUNT(*) FROM run WHERE topic_id = 7 AND outcome = 'done'") >= 2
 			})
 			close(stop)
@@ -102,7 +102,7 @@ func TestAppRequestDuringRun(t *testing.T) {
 			if e := early.Load(); e != nil {
 				t.Fatalf("the request was cleared before the second run: %s", e)
 			}
-			waitFor(t, 10*time.Second, "topic 7 not running", func() bool {
+			testdb.WaitFor(t, 10*time.Second, "topic 7 not running", func() bool {
 				return b.count(t, fmt.Sprintf("SELECT COUNT(*) FROM %s WHERE `%s` = 7 AND `%s` = 0", table, cols.ID, cols.Running)) == 1
 			})
 			p.stop(t)

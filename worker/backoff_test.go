@@ -35,7 +35,7 @@ func TestGTIDTimeoutBacksOffReplica(t *testing.T) {
 	p1 := b.startPool(t, 0, 2, tweak)
 	// Its gate open (its heartbeat read back on the replica) before the
 	// replica gets stuck.
-	waitFor(t, 30*time.Second, "replica 1's instances idle", func() bool {
+	testdb.WaitFor(t, 30*time.Second, "replica 1's instances idle", func() bool {
 		return b.count(t, "SELECT COUNT(*) FROM instance WHERE id IN (101, 102) AND state = ?", monitor.StateIdle) == 2
 	})
 
@@ -65,7 +65,7 @@ func TestGTIDTimeoutBacksOffReplica(t *testing.T) {
 		return b.count(t, "SELECT COUNT(*) FROM run WHERE topic_id = 1 AND replica = 'replica1'")
 	}
 	var first *monitor.Run
-	waitFor(t, 30*time.Second, "replica 1 to claim topic 1 and release it after its GTID wait", func() bool {
+	testdb.WaitFor(t, 30*time.Second, "replica 1 to claim topic 1 and release it after its GTID wait", func() bool {
 		select {
 		case r := <-p1.runs:
 			if r.TopicID == 1 {
@@ -84,7 +84,7 @@ func TestGTIDTimeoutBacksOffReplica(t *testing.T) {
 	// claim, a 1s wait and a release each).
 	time.Sleep(4 * time.Second)
 	p2 := b.startPool(t, 1, 1, tweak)
-	waitFor(t, 30*time.Second, "replica 2 to finish topic 1", func() bool {
+	testdb.WaitFor(t, 30*time.Second, "replica 2 to finish topic 1", func() bool {
 		return b.count(t, "SELECT COUNT(*) FROM run WHERE topic_id = 1 AND outcome = 'done' AND replica = 'replica2'") == 1
 	})
 	within := time.Since(released)

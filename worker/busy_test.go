@@ -8,6 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/nonqueue/nonqueue/internal/testdb"
 	"github.com/nonqueue/nonqueue/monitor"
 	"github.com/nonqueue/nonqueue/monitor/metrics"
 	"github.com/nonqueue/nonqueue/queue"
@@ -29,7 +30,7 @@ func TestBusyResultTable(t *testing.T) {
 	b.transferTweak = func(c *transfer.Config) { c.SwapTries, c.SwapBackoff = 4, time.Second }
 	b.addTopics(t, 1, 1)
 	p := b.startPool(t, 0, 1, func(c *worker.Config, _ *monitor.GateConfig) { c.BackoffBase = time.Second })
-	waitFor(t, 30*time.Second, "the first publish of topic 1", func() bool {
+	testdb.WaitFor(t, 30*time.Second, "the first publish of topic 1", func() bool {
 		return b.count(t, "SELECT COUNT(*) FROM run WHERE topic_id = 1 AND outcome = 'done'") == 1
 	})
 	v1 := checksum(t, b.primary, "R_1")
@@ -49,7 +50,7 @@ func TestBusyResultTable(t *testing.T) {
 		var s, n int64
 		held <- holder.QueryRowContext(b.ctx, "SELECT SLEEP(60), COUNT(*) FROM R_1").Scan(&s, &n)
 	}()
-	waitFor(t, 10*time.Second, "the long query to hold R_1", func() bool {
+	testdb.WaitFor(t, 10*time.Second, "the long query to hold R_1", func() bool {
 		return b.count(t, "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = ? AND STATE = 'User sleep'", holderID) == 1
 	})
 
@@ -61,7 +62,7 @@ func TestBusyResultTable(t *testing.T) {
 	if _, err := b.q.Request(b.ctx, &queue.RequestParams{IDs: []int64{1}, Scope: queue.ScopeFull}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 40*time.Second, "a run released with \"result table busy\"", func() bool {
+	testdb.WaitFor(t, 40*time.Second, "a run released with \"result table busy\"", func() bool {
 		return b.count(t, "SELECT COUNT(*) FROM run WHERE topic_id = 1 AND outcome = 'failed' AND error LIKE '%result table busy: %R\\_1%'") == 1
 	})
 	// The procedure and the transfer take well under a second here: the
@@ -93,7 +94,7 @@ func TestBusyResultTable(t *testing.T) {
 		t.Fatal(err)
 	}
 	var busyErr error
-	waitFor(t, 5*time.Second, "the observer to hear the failed run", func() bool {
+	testdb.WaitFor(t, 5*time.Second, "the observer to hear the failed run", func() bool {
 		select {
 		case r := <-p.runs:
 			m.ObserveRun(r)
@@ -111,7 +112,7 @@ func TestBusyResultTable(t *testing.T) {
 	if got := publishErrors(t, reg, metrics.ReasonTableBusy); got != 1 {
 		t.Errorf("publish_errors_total{reason=table_busy} = %v after one busy publish, want 1", got)
 	}
-	waitFor(t, 5*time.Second, "no staging or swapped-out table on the primary", func() bool {
+	testdb.WaitFor(t, 5*time.Second, "no staging or swapped-out table on the primary", func() bool {
 		return tableCount(t, b.primary, b.db, "nqtmp\\_%") == 0 && tableCount(t, b.primary, b.db, "nqold\\_%") == 0
 	})
 
@@ -120,7 +121,7 @@ func TestBusyResultTable(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-held
-	waitFor(t, 30*time.Second, "topic 1 published once R_1 is free", func() bool {
+	testdb.WaitFor(t, 30*time.Second, "topic 1 published once R_1 is free", func() bool {
 		return b.count(t, "SELECT COUNT(*) FROM run WHERE topic_id = 1 AND outcome = 'done'") == 2
 	})
 	if got := checksum(t, b.primary, "R_1"); got == v1 {

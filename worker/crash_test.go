@@ -71,13 +71,13 @@ func faultMidRun(t *testing.T, server string, fault func(*testing.T)) {
 	// A run cut short counts as a failed attempt (a topic that brings its
 	// server down each time must end parked); here it is retried soon.
 	p := b.startPool(t, 0, 4, func(wc *worker.Config, _ *monitor.GateConfig) { wc.BackoffBase = 200 * time.Millisecond })
-	waitFor(t, 60*time.Second, "a quarter of the topics done", func() bool {
+	testdb.WaitFor(t, 60*time.Second, "a quarter of the topics done", func() bool {
 		return b.count(t, "SELECT COUNT(*) FROM topic WHERE required = 0") >= 20
 	})
 	inFlight := b.count(t, "SELECT COUNT(*) FROM topic WHERE running <> 0")
 	fault(t)
 	t.Logf("fault on the %s with %d topics claimed; over", server, inFlight)
-	waitFor(t, 2*time.Minute, "every topic done (or parked) after the fault", func() bool {
+	testdb.WaitFor(t, 2*time.Minute, "every topic done (or parked) after the fault", func() bool {
 		return b.count(t, "SELECT COUNT(*) FROM topic WHERE (required > 0 AND parked_at IS NULL) OR running <> 0") == 0
 	})
 	p.stop(t)

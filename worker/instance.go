@@ -7,9 +7,9 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
-	"strconv"
 	"time"
 
+	"github.com/nonqueue/nonqueue/internal/cleanup"
 	"github.com/nonqueue/nonqueue/internal/flavor"
 	"github.com/nonqueue/nonqueue/monitor"
 	"github.com/nonqueue/nonqueue/procs"
@@ -93,12 +93,12 @@ func (in *Instance) RunOnce(soft, hard context.Context) (bool, error) {
 	// The claim runs on a context a shutdown does not cancel: a claim
 	// UPDATE that commits on the server while the client gives up would
 	// leave the topic marked running until its lease ran out.
-	cctx, cancel := cleanupContext(soft)
+	cctx, cancel := cleanup.Context(soft)
 	claim, err := in.deps.Queue.Claim(cctx, &queue.ClaimParams{InstanceID: in.ID, MinPriority: in.cfg.MinPriority})
 	cancel()
 	if err == nil && soft.Err() != nil {
 		// Stopping: give it straight back, not counted as an attempt.
-		rctx, cancel := cleanupContext(soft)
+		rctx, cancel := cleanup.Context(soft)
 		defer cancel()
 		if _, rerr := in.deps.Queue.Release(rctx, claim, &queue.ReleaseParams{}); rerr != nil {
 			in.log.ErrorContext(rctx, "release claim at shutdown", "topic_id", claim.TopicID, "err", rerr)
@@ -127,7 +127,7 @@ func (in *Instance) RunOnce(soft, hard context.Context) (bool, error) {
 		// instance here found the replica behind (a GTID wait timed out,
 		// Gate.Hold) or the lag rose. Give the topic straight back, not
 		// counted, for a fresher replica; nothing was started.
-		rctx, cancel := cleanupContext(soft)
+		rctx, cancel := cleanup.Context(soft)
 		defer cancel()
 		if _, rerr := in.deps.Queue.Release(rctx, claim, &queue.ReleaseParams{}); rerr != nil {
 			in.log.ErrorContext(rctx, "give back a claim made as the lag gate closed", "topic_id", claim.TopicID, "err", rerr)
@@ -284,7 +284,7 @@ func (in *Instance) giveUp(ctx context.Context, claim *queue.Claim, run *monitor
 		log.WarnContext(ctx, "claim lost during the run; nothing published", "err", err)
 		return
 	}
-	cctx, cancel := cleanupContext(ctx)
+	cctx, cancel := cleanup.Context(ctx)
 	defer cancel()
 	shutdown := ctx.Err() != nil
 	p := &queue.ReleaseParams{Error: err.Error()}
@@ -326,7 +326,7 @@ func (in *Instance) giveUp(ctx context.Context, claim *queue.Claim, run *monitor
 // the session is gone (a newer claim's run killed it), the tables are that
 // run's and stay.
 func (in *Instance) dropLocal(rs *transfer.ReplicaSession, log *slog.Logger) {
-	ctx, cancel := cleanupContext(context.Background())
+	ctx, cancel := cleanup.Context(context.Background())
 	defer cancel()
 	if err := rs.Drop(ctx); err != nil {
 		log.WarnContext(ctx, "drop result tables on the replica", "err", err)
@@ -338,7 +338,7 @@ func (in *Instance) record(run *monitor.Run) {
 	if in.runs != nil {
 		in.runs.Record(run)
 	} else {
-		ctx, cancel := cleanupContext(context.Background())
+		ctx, cancel := cleanup.Context(context.Background())
 		defer cancel()
 		if err := in.deps.History.RecordRun(ctx, run); err != nil {
 			in.log.WarnContext(ctx, "record run", "err", err)
@@ -362,7 +362,7 @@ func (in *Instance) setState(ctx context.Context, state string, topicID int64, r
 	if in.deps.StateFunc != nil && state != in.lastState {
 		in.deps.StateFunc(in.ID, state)
 	}
-	ctx, cancel := cleanupContext(ctx)
+	ctx, cancel := cleanup.Context(ctx)
 	defer cancel()
 	if err := in.deps.History.SetState(ctx, in.ID, state, topicID, ran, failed); err != nil {
 		in.log.DebugContext(ctx, "registry", "err", err)
@@ -370,11 +370,6 @@ func (in *Instance) setState(ctx context.Context, state string, topicID int64, r
 	}
 	in.lastState, in.lastWrite = state, time.Now()
 	in.pendingRan, in.pendingFailed = 0, 0
-}
-
-// cleanupContext survives the caller's cancellation but not forever.
-func cleanupContext(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 }
 
 // sleep waits d or until ctx is done.
@@ -386,5 +381,3 @@ func sleep(ctx context.Context, d time.Duration) {
 	case <-t.C:
 	}
 }
-
-func itoa(n int64) string { return strconv.FormatInt(n, 10) }

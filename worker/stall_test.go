@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nonqueue/nonqueue/internal/testdb"
 	"github.com/nonqueue/nonqueue/monitor"
 	"github.com/nonqueue/nonqueue/worker"
 )
@@ -102,7 +103,7 @@ func TestSSHStall(t *testing.T) {
 	if run.Outcome != monitor.OutcomeFailed || !strings.Contains(run.Error, "stalled") {
 		t.Errorf("run outcome %s, error %q; want failed with a stalled transfer", run.Outcome, run.Error)
 	}
-	waitFor(t, 10*time.Second, "the failed run in the run history", func() bool {
+	testdb.WaitFor(t, 10*time.Second, "the failed run in the run history", func() bool {
 		return b.count(t, "SELECT COUNT(*) FROM run WHERE topic_id = 1 AND outcome = 'failed' AND error LIKE '%stalled%'") == 1
 	})
 	if n := b.count(t, "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = 'R_1'", b.db); n != 0 {
@@ -110,7 +111,7 @@ func TestSSHStall(t *testing.T) {
 	}
 	resume()
 
-	waitFor(t, 2*time.Minute, "topic 1 done after sshd resumed", func() bool {
+	testdb.WaitFor(t, 2*time.Minute, "topic 1 done after sshd resumed", func() bool {
 		return b.count(t, "SELECT COUNT(*) FROM run WHERE topic_id = 1 AND outcome = 'done'") == 1
 	})
 	if n := b.count(t, "SELECT COUNT(*) FROM topic WHERE running <> 0 OR required > 0"); n != 0 {

@@ -23,7 +23,7 @@ func TestTopicsAcrossTwoReplicas(t *testing.T) {
 	ids := b.addTopics(t, 1, 40)
 	p1 := b.startPool(t, 0, 2, nil)
 	p2 := b.startPool(t, 1, 2, nil)
-	waitFor(t, 90*time.Second, "all topics done", func() bool {
+	testdb.WaitFor(t, 90*time.Second, "all topics done", func() bool {
 		return b.count(t, "SELECT COUNT(*) FROM topic WHERE required > 0 OR running <> 0") == 0
 	})
 
@@ -57,7 +57,7 @@ func TestTopicsAcrossTwoReplicas(t *testing.T) {
 		if _, err := b.q.Request(b.ctx, &queueRequestFull1); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, 30*time.Second, "republish of topic 1", func() bool {
+		testdb.WaitFor(t, 30*time.Second, "republish of topic 1", func() bool {
 			return b.count(t, "SELECT COUNT(*) FROM run WHERE topic_id = 1 AND outcome = 'done'") > before
 		})
 	}
@@ -180,7 +180,7 @@ func TestStoppedReplicaClaimsNothing(t *testing.T) {
 	b.addTopics(t, 1, 5)
 	p := b.startPool(t, 1, 2, nil)
 	// The gate reports stopped: the instances say so in the registry.
-	waitFor(t, 10*time.Second, "instances in state replica stopped", func() bool {
+	testdb.WaitFor(t, 10*time.Second, "instances in state replica stopped", func() bool {
 		return b.count(t, "SELECT COUNT(*) FROM instance WHERE state = ?", monitor.StateStopped) == 2
 	})
 	time.Sleep(time.Second) // and they keep claiming nothing for a while
@@ -190,7 +190,7 @@ func TestStoppedReplicaClaimsNothing(t *testing.T) {
 	if _, err := root.ExecContext(b.ctx, "START SLAVE SQL_THREAD"); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 30*time.Second, "topics done after restart", func() bool {
+	testdb.WaitFor(t, 30*time.Second, "topics done after restart", func() bool {
 		return b.count(t, "SELECT COUNT(*) FROM topic WHERE required > 0 OR running <> 0") == 0
 	})
 	p.stop(t)
@@ -225,7 +225,7 @@ func TestCausalWait(t *testing.T) {
 	if err := tx.Commit(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 30*time.Second, "topic 7 done", func() bool {
+	testdb.WaitFor(t, 30*time.Second, "topic 7 done", func() bool {
 		return b.count(t, "SELECT COUNT(*) FROM run WHERE topic_id = 7 AND outcome = 'done'") == 1
 	})
 	if n := b.count(t, "SELECT n FROM S_7"); n != 20 {
@@ -245,7 +245,7 @@ func TestFailingProcedureBacksOff(t *testing.T) {
 	b.primary.ExecContext(b.ctx, "INSERT INTO fail VALUES (3)")
 	b.addTopics(t, 1, 4)
 	p := b.startPool(t, 0, 2, nil)
-	waitFor(t, 30*time.Second, "three topics done and one failed", func() bool {
+	testdb.WaitFor(t, 30*time.Second, "three topics done and one failed", func() bool {
 		return b.count(t, "SELECT COUNT(*) FROM run WHERE outcome = 'done'") == 3 &&
 			b.count(t, "SELECT COUNT(*) FROM run WHERE outcome = 'failed'") == 1
 	})
@@ -270,7 +270,7 @@ func TestStopReleasesNothingRunning(t *testing.T) {
 	b.primary.ExecContext(b.ctx, "INSERT INTO slow VALUES (1, 60)")
 	b.addTopics(t, 1, 1)
 	p := b.startPool(t, 0, 1, func(w *worker.Config, _ *monitor.GateConfig) { w.GracePeriod = time.Second })
-	waitFor(t, 20*time.Second, "topic 1 running", func() bool {
+	testdb.WaitFor(t, 20*time.Second, "topic 1 running", func() bool {
 		return b.count(t, "SELECT COUNT(*) FROM topic WHERE running <> 0") == 1
 	})
 	start := time.Now()

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+
+	"github.com/nonqueue/nonqueue/internal/testdb"
 )
 
 // TestBrowserWithRealWorkers drives `nonqueue dashboard` in real headless
@@ -52,7 +54,7 @@ func TestBrowserWithRealWorkers(t *testing.T) {
 		t.Fatalf("actions %s", actions)
 	}
 	base := strings.TrimSuffix(url, "/")
-	waitUntil(t, 60*time.Second, "20 runs by the workers", func() bool {
+	testdb.WaitFor(t, 60*time.Second, "20 runs by the workers", func() bool {
 		return b.count(t, "SELECT COUNT(*) FROM run") >= 20
 	})
 

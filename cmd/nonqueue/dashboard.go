@@ -121,7 +121,7 @@ func dashboardReplicas(ctx context.Context, c *Config, d *DashboardConfig, log *
 	return reps, close
 }
 
-func runDashboard(ctx context.Context, args []string, stdout, stderr io.Writer, logger *slog.Logger) error {
+func runDashboard(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("dashboard", stderr)
 	path := fs.String("config", "", "configuration file (TOML)")
 	listen := fs.String("listen", "", "address to serve on (default [dashboard] listen, else "+dashboard.DefaultListen+")")

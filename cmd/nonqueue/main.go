@@ -67,13 +67,13 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "request":
 		return runRequest(ctx, args[1:], stdout, stderr)
 	case "work":
-		return runWork(ctx, args[1:], stdout, stderr, logger)
+		return runWork(ctx, args[1:], stdout, stderr)
 	case "check":
 		return runCheck(ctx, args[1:], stdout, stderr, logger)
 	case "status":
 		return runStatus(ctx, args[1:], stdout, stderr)
 	case "dashboard":
-		return runDashboard(ctx, args[1:], stdout, stderr, logger)
+		return runDashboard(ctx, args[1:], stdout, stderr)
 	case "demo":
 		return runDemo(ctx, args[1:], stdout, stderr, logger)
 	case "sandbox":

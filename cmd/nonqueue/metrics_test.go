@@ -26,6 +26,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/nonqueue/nonqueue/internal/testdb"
 	"github.com/nonqueue/nonqueue/monitor"
 	"github.com/nonqueue/nonqueue/monitor/metrics"
 	"github.com/nonqueue/nonqueue/queue"
@@ -311,7 +312,7 @@ func TestMetricsEndToEnd(t *testing.T) {
 		}
 	}()
 	var addr string
-	waitUntil(t, 60*time.Second, "the worker's metrics address in its log", func() bool {
+	testdb.WaitFor(t, 60*time.Second, "the worker's metrics address in its log", func() bool {
 		if m := listenRe.FindStringSubmatch(logs.String()); m != nil {
 			addr = m[1]
 			return true
@@ -324,12 +325,12 @@ func TestMetricsEndToEnd(t *testing.T) {
 		}
 		return false
 	})
-	waitUntil(t, 90*time.Second, "all topics done", func() bool {
+	testdb.WaitFor(t, 90*time.Second, "all topics done", func() bool {
 		return b.count(t, "SELECT COUNT(*) FROM topic WHERE required > 0 OR running <> 0") == 0
 	})
 	// A run is recorded, then observed, just after its topic finishes.
 	var runsDone int
-	waitUntil(t, 30*time.Second, "every done run recorded", func() bool {
+	testdb.WaitFor(t, 30*time.Second, "every done run recorded", func() bool {
 		runsDone = b.count(t, "SELECT COUNT(*) FROM run WHERE outcome = 'done'")
 		return runsDone >= topics
 	})
@@ -348,7 +349,7 @@ func TestMetricsEndToEnd(t *testing.T) {
 	}
 	// The gate samples every 100ms; the last run is observed right after
 	// it is recorded: wait for both.
-	waitUntil(t, 30*time.Second, "a replication lag sample and every done run counted", func() bool {
+	testdb.WaitFor(t, 30*time.Second, "a replication lag sample and every done run counted", func() bool {
 		body, fams = scrape(t, workerURL)
 		done := metricWith(fams["nonqueue_runs_total"], map[string]string{"outcome": "done"})
 		return fams["nonqueue_replication_lag_seconds"] != nil && done != nil && done.GetCounter().GetValue() >= float64(runsDone)

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/nonqueue/nonqueue/internal/testdb"
 )
 
 // The alerting rules and the dashboard shipped with nonqueue (and in the
@@ -121,7 +123,7 @@ func startWorkerProcess(t *testing.T, cfg string) string {
 		}
 	})
 	var addr string
-	waitUntil(t, 60*time.Second, "the worker's metrics address in its log", func() bool {
+	testdb.WaitFor(t, 60*time.Second, "the worker's metrics address in its log", func() bool {
 		select {
 		case err := <-exited:
 			exited <- err
@@ -152,7 +154,7 @@ func TestMonitoringMetricNames(t *testing.T) {
 
 	workerAddr := startWorkerProcess(t, cfg)
 	var wfams map[string]*dto.MetricFamily
-	waitUntil(t, 60*time.Second, "the worker's replication metrics (the lag gate's first sample)", func() bool {
+	testdb.WaitFor(t, 60*time.Second, "the worker's replication metrics (the lag gate's first sample)", func() bool {
 		_, wfams = scrape(t, "http://"+workerAddr+"/metrics")
 		return wfams["nonqueue_replication_lag_seconds"] != nil && wfams["nonqueue_replication_running"] != nil
 	})

@@ -169,7 +169,7 @@ func TestSIGSTOPSameReplicaNewerClaimWins(t *testing.T) {
 	b, cfg := setupTagged(t, 3)
 	w := map[int64]*proc{101: startWorker(t, cfg, "--instance", "1"), 102: startWorker(t, cfg, "--instance", "2")}
 	var holder int64
-	waitUntil(t, 30*time.Second, "a worker on replica 1 inside the procedure for topic 1", func() bool {
+	testdb.WaitFor(t, 30*time.Second, "a worker on replica 1 inside the procedure for topic 1", func() bool {
 		holder, _ = b.runningHolder(t)
 		return w[holder] != nil && b.tagCalls(t) == 1
 	})
@@ -177,17 +177,17 @@ func TestSIGSTOPSameReplicaNewerClaimWins(t *testing.T) {
 	if err := paused.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 40*time.Second, "the other worker to claim topic 1 again and call the procedure", func() bool {
+	testdb.WaitFor(t, 40*time.Second, "the other worker to claim topic 1 again and call the procedure", func() bool {
 		inst, _ := b.runningHolder(t)
 		return inst != 0 && inst != holder && b.tagCalls(t) == 2
 	})
 	if err := paused.cmd.Process.Signal(syscall.SIGCONT); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 40*time.Second, "topic 1 done", func() bool {
+	testdb.WaitFor(t, 40*time.Second, "topic 1 done", func() bool {
 		return b.count(t, "SELECT COUNT(*) FROM run WHERE topic_id = 1 AND outcome = 'done'") >= 1
 	})
-	waitUntil(t, 20*time.Second, "the resumed worker to record its lost claim", func() bool {
+	testdb.WaitFor(t, 20*time.Second, "the resumed worker to record its lost claim", func() bool {
 		return b.count(t, "SELECT COUNT(*) FROM run WHERE topic_id = 1 AND instance_id = ? AND outcome = 'lost'", holder) == 1
 	})
 	for _, p := range w {
@@ -216,14 +216,14 @@ func TestOperatorReleaseSameReplica(t *testing.T) {
 	w := startWorker(t, cfg, "--instances", "2")
 	var inst int64
 	var token uint64
-	waitUntil(t, 30*time.Second, "an instance on replica 1 inside the procedure for topic 1", func() bool {
+	testdb.WaitFor(t, 30*time.Second, "an instance on replica 1 inside the procedure for topic 1", func() bool {
 		inst, token = b.runningHolder(t)
 		return inst != 0 && b.tagCalls(t) == 1
 	})
 	if err := b.q.ReleaseClaim(b.ctx, &queue.AdminReleaseParams{TopicID: 1, InstanceID: inst, Token: token, Operator: "test"}); err != nil {
 		t.Fatalf("release topic 1: %v", err)
 	}
-	waitUntil(t, 40*time.Second, "topic 1 done", func() bool {
+	testdb.WaitFor(t, 40*time.Second, "topic 1 done", func() bool {
 		return b.count(t, "SELECT COUNT(*) FROM run WHERE topic_id = 1 AND outcome = 'done'") >= 1
 	})
 	w.cmd.Process.Signal(syscall.SIGTERM)
@@ -259,7 +259,7 @@ func TestSweepSparesLiveRun(t *testing.T) {
 	}
 	defer sh.Close()
 	w := startWorker(t, cfg, "--instances", "1")
-	waitUntil(t, 30*time.Second, "the procedure for topic 1 between its two tables", func() bool {
+	testdb.WaitFor(t, 30*time.Second, "the procedure for topic 1 between its two tables", func() bool {
 		var n int
 		if err := b.replica[0].QueryRowContext(b.ctx, "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = 'R_1'", b.db).Scan(&n); err != nil {
 			t.Fatal(err)
@@ -270,7 +270,7 @@ func TestSweepSparesLiveRun(t *testing.T) {
 	if err != nil || len(swept) != 0 {
 		t.Errorf("CleanupReplica during the run = %v, %v; want nothing dropped, no error", swept, err)
 	}
-	waitUntil(t, 40*time.Second, "topic 1 done", func() bool {
+	testdb.WaitFor(t, 40*time.Second, "topic 1 done", func() bool {
 		return b.count(t, "SELECT COUNT(*) FROM run WHERE topic_id = 1 AND outcome = 'done'") >= 1
 	})
 	w.cmd.Process.Signal(syscall.SIGTERM)

@@ -84,24 +84,7 @@ port = {{.Replica.Port}}
 user = "{{.SB.User}}"
 password = "{{.SB.Password}}"
 {{if .Demo}}
-# The original topic table, mapped as it is.
-[topics]
-schema = "app"
-table = "TopicFilter"
-mapped = true
-active_values = [1, 2]
-meta_schema = "nonqueue"
-lease = "30s"
-max_attempts = 5
-
-[topics.columns]
-id = "topicFilterId"
-required = "influencerRecalcReqd"
-due = "influencerRecalcDate"
-priority = "influencerPriority"
-running = "influencerRunning"
-active = "active"
-
+` + sandbox.MappedTopicsTOML + `
 [procedure]
 name = "influencer.proc"
 marker = "SUMMARY"

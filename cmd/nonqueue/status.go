@@ -11,6 +11,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/nonqueue/nonqueue/internal/format"
 	"github.com/nonqueue/nonqueue/monitor"
 	"github.com/nonqueue/nonqueue/monitor/dashboard"
 	"github.com/nonqueue/nonqueue/queue"
@@ -53,11 +54,11 @@ func writeStatus(w io.Writer, s *dashboard.Summary) error {
 	t := s.Topics
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	p := func(format string, a ...any) { fmt.Fprintf(tw, format, a...) }
-	p("topics %s, required %s; counted in %s at %s (primary's clock)\n\n", num(t.Total), num(t.Required),
+	p("topics %s, required %s; counted in %s at %s (primary's clock)\n\n", format.Thousands(t.Total), format.Thousands(t.Required),
 		short(t.Elapsed), t.At.Format("2006-01-02 15:04:05"))
 	p("STATE\tTOPICS\n")
 	for _, st := range queue.TopicStates() {
-		p("%s\t%s\n", st, num(t.States[st]))
+		p("%s\t%s\n", st, format.Thousands(t.States[st]))
 	}
 	if t.OldestDue.IsZero() {
 		p("\nnothing is due\n")
@@ -67,7 +68,7 @@ func writeStatus(w io.Writer, s *dashboard.Summary) error {
 	if len(t.Backlog) > 0 {
 		p("\nPRIORITY\tSCOPE\tDUE\tBACKOFF\tSCHEDULED\n")
 		for _, b := range t.Backlog {
-			p("%d\t%s\t%s\t%s\t%s\n", b.Priority, scopeWord(b.Scope), num(b.Due), num(b.Backoff), num(b.Scheduled))
+			p("%d\t%s\t%s\t%s\t%s\n", b.Priority, scopeWord(b.Scope), format.Thousands(b.Due), format.Thousands(b.Backoff), format.Thousands(b.Scheduled))
 		}
 	}
 	p("\nRUNS\tDONE\tFAILED\tOTHER\tFAILURE RATE\tSHIPPED\n")
@@ -75,7 +76,7 @@ func writeStatus(w io.Writer, s *dashboard.Summary) error {
 		name string
 		tp   *monitor.Throughput
 	}{{"last hour", s.Hour}, {"last 24h", s.Day}} {
-		p("%s\t%s\t%s\t%s\t%.1f%%\t%s\n", r.name, num(r.tp.Done), num(r.tp.Failed), num(r.tp.Other), 100*r.tp.FailureRate(), size(r.tp.Bytes))
+		p("%s\t%s\t%s\t%s\t%.1f%%\t%s\n", r.name, format.Thousands(r.tp.Done), format.Thousands(r.tp.Failed), format.Thousands(r.tp.Other), 100*r.tp.FailureRate(), format.Bytes(r.tp.Bytes))
 	}
 	if ph := s.Phases; ph.Runs > 0 {
 		p("\nPHASE\tP50\tP95\tMAX\t(newest %d successful runs of the last hour)\n", ph.Runs)
@@ -108,7 +109,7 @@ func writeStatus(w io.Writer, s *dashboard.Summary) error {
 				stale = " (silent past the lease)"
 			}
 			p("%d\t%d\t%s\t%s%s\t%s\t%s\t%s\t%s\t%s\t\n", in.ID, in.ReplicaServerID, in.Host, in.State, stale, topic,
-				short(in.StateAge), short(in.LastSeen), num(in.Runs), num(in.Failures))
+				short(in.StateAge), short(in.LastSeen), format.Thousands(in.Runs), format.Thousands(in.Failures))
 		}
 	} else {
 		p("\nno instance has registered\n")
@@ -126,19 +127,6 @@ func scopeWord(s int) string {
 	return strconv.Itoa(s)
 }
 
-// num groups thousands: 1,000,000.
-func num(n int64) string {
-	s := strconv.FormatInt(n, 10)
-	start := 0
-	if n < 0 {
-		start = 1
-	}
-	for i := len(s) - 3; i > start; i -= 3 {
-		s = s[:i] + "," + s[i:]
-	}
-	return s
-}
-
 // short rounds a duration for reading: 850ms, 12.3s, 4m5s.
 func short(d time.Duration) string {
 	switch {
@@ -150,17 +138,4 @@ func short(d time.Duration) string {
 		return d.Round(100 * time.Millisecond).String()
 	}
 	return d.Round(time.Second).String()
-}
-
-func size(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return strconv.FormatInt(n, 10) + " B"
-	}
-	f, i := float64(n), 0
-	for f >= unit && i < 4 {
-		f /= unit
-		i++
-	}
-	return strconv.FormatFloat(f, 'f', 1, 64) + " " + [...]string{"B", "KiB", "MiB", "GiB", "TiB"}[i]
 }

@@ -203,7 +203,7 @@ func (n *node) close() {
 	}
 }
 
-func runWork(ctx context.Context, args []string, stdout, stderr io.Writer, logger *slog.Logger) error {
+func runWork(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("work", stderr)
 	path := fs.String("config", "", "configuration file (TOML)")
 	count := fs.Int("instances", 0, "run instances 1..N in this process")

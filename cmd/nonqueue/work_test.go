@@ -157,17 +157,6 @@ func (b *workBundle) count(t *testing.T, q string, args ...any) int {
 	return int(n.Int64)
 }
 
-func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 func (b *workBundle) calls(t *testing.T, replica int, topic int64) int {
 	t.Helper()
 	var n int
@@ -188,7 +177,7 @@ func TestSIGKILLMidProcedure(t *testing.T) {
 	b.primary.ExecContext(b.ctx, "INSERT INTO slow VALUES (1, 2)")
 	b.addTopics(t, 1)
 	a := startWorker(t, b.config(t, 0, ""), "--instances", "1")
-	waitUntil(t, 30*time.Second, "replica 1's worker inside the procedure for topic 1", func() bool {
+	testdb.WaitFor(t, 30*time.Second, "replica 1's worker inside the procedure for topic 1", func() bool {
 		return b.count(t, "SELECT COUNT(*) FROM topic WHERE id = 1 AND running BETWEEN 100 AND 199") == 1 &&
 			b.calls(t, 0, 1) == 1
 	})
@@ -197,7 +186,7 @@ func TestSIGKILLMidProcedure(t *testing.T) {
 	// The other replica's worker may claim it only after the lease.
 	b.primary.ExecContext(b.ctx, "DELETE FROM slow")
 	startWorker(t, b.config(t, 1, ""), "--instances", "1")
-	waitUntil(t, 30*time.Second, "topic 1 done", func() bool {
+	testdb.WaitFor(t, 30*time.Second, "topic 1 done", func() bool {
 		return b.count(t, "SELECT COUNT(*) FROM run WHERE topic_id = 1 AND outcome = 'done'") == 1
 	})
 	if n := b.count(t, "SELECT COUNT(*) FROM run WHERE topic_id = 1 AND outcome = 'reaped'"); n != 1 {
@@ -222,13 +211,13 @@ func TestSIGSTOPPastLeasePublishesNothing(t *testing.T) {
 	b.primary.ExecContext(b.ctx, "INSERT INTO slow VALUES (1, 1)")
 	b.addTopics(t, 1)
 	a := startWorker(t, b.config(t, 0, ""), "--instances", "1")
-	waitUntil(t, 30*time.Second, "replica 1's worker inside the procedure for topic 1", func() bool {
+	testdb.WaitFor(t, 30*time.Second, "replica 1's worker inside the procedure for topic 1", func() bool {
 		return b.count(t, "SELECT COUNT(*) FROM topic WHERE id = 1 AND running BETWEEN 100 AND 199") == 1 &&
 			b.calls(t, 0, 1) == 1
 	})
 	a.cmd.Process.Signal(syscall.SIGSTOP)
 	bw := startWorker(t, b.config(t, 1, ""), "--instances", "1")
-	waitUntil(t, 30*time.Second, "topic 1 done by replica 2", func() bool {
+	testdb.WaitFor(t, 30*time.Second, "topic 1 done by replica 2", func() bool {
 		return b.count(t, "SELECT COUNT(*) FROM run WHERE topic_id = 1 AND outcome = 'done'") == 1
 	})
 	bw.cmd.Process.Signal(syscall.SIGTERM)
@@ -236,7 +225,7 @@ func TestSIGSTOPPastLeasePublishesNothing(t *testing.T) {
 		t.Fatalf("worker 2: %v", err)
 	}
 	a.cmd.Process.Signal(syscall.SIGCONT)
-	waitUntil(t, 30*time.Second, "the resumed worker to record its lost claim", func() bool {
+	testdb.WaitFor(t, 30*time.Second, "the resumed worker to record its lost claim", func() bool {
 		return b.count(t, "SELECT COUNT(*) FROM run WHERE topic_id = 1 AND outcome = 'lost'") == 1
 	})
 	if srv := b.count(t, "SELECT srv FROM S_1"); srv != int(env.SB.Replicas[1].ServerID) {
@@ -260,7 +249,7 @@ func TestSIGTERMLeavesNothingRunning(t *testing.T) {
 	}
 	b.addTopics(t, 1, 2, 3, 4, 5, 6)
 	w := startWorker(t, b.config(t, 0, ""), "--instances", "2")
-	waitUntil(t, 30*time.Second, "two topics running", func() bool {
+	testdb.WaitFor(t, 30*time.Second, "two topics running", func() bool {
 		return b.count(t, "SELECT COUNT(*) FROM topic WHERE running <> 0") == 2
 	})
 	start := time.Now()

@@ -210,3 +210,31 @@ func (e *Env) dropStale(ctx context.Context) error {
 	}
 	return nil
 }
+
+// Poll calls cond every 20ms until it returns true or d passes, and
+// reports whether it did (cond is tried once more at the deadline). For
+// tests that assert on the outcome themselves, including that something
+// did not happen.
+func Poll(d time.Duration, cond func() bool) bool {
+	return poll(d, 20*time.Millisecond, cond)
+}
+
+// WaitFor polls cond every 50ms until it holds, and fails the test naming
+// what it waited for when d passes first.
+func WaitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	if !poll(d, 50*time.Millisecond, cond) {
+		t.Fatalf("timed out after %v waiting for %s", d, what)
+	}
+}
+
+func poll(d, every time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		if cond() {
+			return true
+		}
+		time.Sleep(every)
+	}
+	return cond()
+}

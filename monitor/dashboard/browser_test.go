@@ -14,6 +14,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/nonqueue/nonqueue/internal/testdb"
 	"github.com/nonqueue/nonqueue/monitor"
 	"github.com/nonqueue/nonqueue/monitor/dashboard"
 	"github.com/nonqueue/nonqueue/queue"
@@ -145,18 +146,6 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 	}
 }
 
-// waitUntil polls cond every 50ms for at most d.
-func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // TestBrowser drives the dashboard in real headless Chromium while
 // simulated instances work the queue: the overview renders and refreshes
 // itself, a screenshot is kept, the counts it shows equal SQL's, and an
@@ -183,7 +172,7 @@ func TestBrowser(t *testing.T) {
 	b.exec(t, "UPDATE topic SET active = 0 WHERE id BETWEEN 1791 AND 1795")
 	b.exec(t, "UPDATE topic SET due = NOW(6) + INTERVAL 2 HOUR WHERE id BETWEEN 1781 AND 1790")
 	w := startWorkers(t, b, 4)
-	waitUntil(t, time.Minute, "40 runs by the workers", func() bool { return w.runs.Load() >= 40 })
+	testdb.WaitFor(t, time.Minute, "40 runs by the workers", func() bool { return w.runs.Load() >= 40 })
 
 	opts := []chromedp.ExecAllocatorOption{
 		chromedp.ExecPath(chromiumPath),
@@ -263,7 +252,7 @@ func TestBrowser(t *testing.T) {
 		chromedp.WaitVisible(chromedp.CSS("#states")),
 		chromedp.WaitVisible(chromedp.CSS("svg.chart")),
 	)
-	waitUntil(t, 20*time.Second, "the page to refresh itself", func() bool {
+	testdb.WaitFor(t, 20*time.Second, "the page to refresh itself", func() bool {
 		return strings.HasPrefix(text("#updated"), "updated ")
 	})
 	t.Logf("screenshot of the overview with %d runs done: %s", w.runs.Load(), screenshot("dashboard-overview.png"))

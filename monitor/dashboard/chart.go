@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/nonqueue/nonqueue/internal/format"
 	"github.com/nonqueue/nonqueue/monitor"
 )
 
@@ -65,7 +66,7 @@ func throughputChart(t *monitor.Throughput, title string) template.HTML {
 		}
 		// A transparent full-height bar carries the tooltip.
 		fmt.Fprintf(&sb, `<rect class="hit" x="%s" y="%s" width="%s" height="%s"><title>%s: %d done, %d failed, %d other, %s</title></rect>`,
-			f(x), f(padT), f(bw), f(plotH), html.EscapeString(b.Start.Format("01-02 15:04")), b.Done, b.Failed, b.Other, html.EscapeString(fmtBytes(b.Bytes)))
+			f(x), f(padT), f(bw), f(plotH), html.EscapeString(b.Start.Format("01-02 15:04")), b.Done, b.Failed, b.Other, html.EscapeString(format.Bytes(b.Bytes)))
 		if b.Done+b.Failed > 0 {
 			rate := float64(b.Failed) / float64(b.Done+b.Failed)
 			line = append(line, f(x+bw/2)+","+f(padT+plotH-rate*plotH))

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nonqueue/nonqueue/internal/format"
 	"github.com/nonqueue/nonqueue/monitor"
 	"github.com/nonqueue/nonqueue/queue"
 )
@@ -296,8 +297,8 @@ func parsePages() (map[string]*template.Template, error) {
 	funcs := template.FuncMap{
 		"dur":       fmtDuration,
 		"ago":       func(d time.Duration) string { return fmtDuration(d) + " ago" },
-		"num":       fmtNum,
-		"bytes":     fmtBytes,
+		"num":       format.Thousands,
+		"bytes":     format.Bytes,
 		"pct":       func(f float64) string { return strconv.FormatFloat(100*f, 'f', 1, 64) + "%" },
 		"scope":     scopeName,
 		"clock":     func(t time.Time) string { return fmtClock(t) },
@@ -369,37 +370,6 @@ func fmtDuration(d time.Duration) string {
 		return fmt.Sprintf("%s%dh%02dm", neg, int(d.Hours()), int(d.Minutes())%60)
 	}
 	return fmt.Sprintf("%s%dd%dh", neg, int(d.Hours())/24, int(d.Hours())%24)
-}
-
-// fmtNum groups thousands: 1,000,000.
-func fmtNum(n int64) string {
-	s := strconv.FormatInt(n, 10)
-	neg := strings.HasPrefix(s, "-")
-	s = strings.TrimPrefix(s, "-")
-	var b strings.Builder
-	for i, c := range s {
-		if i > 0 && (len(s)-i)%3 == 0 {
-			b.WriteByte(',')
-		}
-		b.WriteRune(c)
-	}
-	if neg {
-		return "-" + b.String()
-	}
-	return b.String()
-}
-
-func fmtBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return strconv.FormatInt(n, 10) + " B"
-	}
-	f, i := float64(n), 0
-	for f >= unit && i < 5 {
-		f /= unit
-		i++
-	}
-	return strconv.FormatFloat(f, 'f', 1, 64) + " " + [...]string{"B", "KiB", "MiB", "GiB", "TiB", "PiB"}[i]
 }
 
 // fmtClock shows a primary-clock instant as the primary wrote it (the

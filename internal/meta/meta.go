@@ -1,0 +1,98 @@
+// Package meta owns nonqueue's own tables in the meta schema: the run
+// history, the instance registry and the lag heartbeat. queue creates them
+// (its DDL) and records reaped and released runs; monitor writes and reads
+// them (History, Heartbeat, Gate, the reports). Their names, the values of
+// their outcome and state columns and their DDL live here, once, so the two
+// packages (which do not import each other) and the tests cannot drift apart.
+package meta
+
+import "github.com/nonqueue/nonqueue/internal/ident"
+
+// Names of nonqueue's own tables inside the meta schema.
+const (
+	RunTable       = "run"
+	InstanceTable  = "instance"
+	HeartbeatTable = "heartbeat"
+)
+
+// Tables lists the meta tables in creation order.
+var Tables = [...]string{RunTable, InstanceTable, HeartbeatTable}
+
+// Outcome is the run history's outcome column: how one claim of one topic
+// ended.
+type Outcome string
+
+// Outcomes of a run, as recorded in the run history.
+const (
+	OutcomeDone     Outcome = "done"     // published and finished
+	OutcomeFailed   Outcome = "failed"   // procedure or transfer failed; released with a back-off
+	OutcomeParked   Outcome = "parked"   // failed and reached the attempt limit
+	OutcomeReleased Outcome = "released" // given back for no fault of the topic (replica behind, shutdown, operator)
+	OutcomeLost     Outcome = "lost"     // the claim was taken back during the run; nothing published
+	OutcomeReaped   Outcome = "reaped"   // the lease expired and the reaper took the claim back
+)
+
+// State is the instance registry's state column: what an instance is doing.
+type State string
+
+// Instance states shown in the registry.
+const (
+	StateStarting State = "starting"
+	StateIdle     State = "idle"
+	StateLagWait  State = "waiting for lag"
+	StateStopped  State = "replica stopped"
+	StateRunning  State = "running"
+	StateStopping State = "stopping"
+	StateExited   State = "exited"
+)
+
+// DDL returns the CREATE TABLE IF NOT EXISTS statements of the meta tables
+// in schema (which must exist). Each is idempotent.
+func DDL(schema string) []string {
+	q := func(t string) string { return ident.Qualified(schema, t) }
+	return []string{
+		"CREATE TABLE IF NOT EXISTS " + q(RunTable) + ` (
+  id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
+  topic_id BIGINT NOT NULL,
+  instance_id BIGINT NOT NULL COMMENT 'the instance that ran it, or that reaped it',
+  replica VARCHAR(255) NOT NULL DEFAULT '',
+  claim_token BIGINT UNSIGNED NOT NULL,
+  scope TINYINT NOT NULL DEFAULT 0,
+  outcome VARCHAR(16) NOT NULL COMMENT 'done, failed, released, reaped, lost, parked',
+  error VARCHAR(4000) NULL,
+  bytes_shipped BIGINT UNSIGNED NOT NULL DEFAULT 0,
+  started_at DATETIME(6) NULL,
+  finished_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+  claim_us BIGINT UNSIGNED NOT NULL DEFAULT 0,
+  lag_wait_us BIGINT UNSIGNED NOT NULL DEFAULT 0,
+  proc_us BIGINT UNSIGNED NOT NULL DEFAULT 0,
+  transfer_us BIGINT UNSIGNED NOT NULL DEFAULT 0,
+  publish_us BIGINT UNSIGNED NOT NULL DEFAULT 0,
+  log_path VARCHAR(1000) NULL,
+  PRIMARY KEY (id),
+  KEY topic (topic_id, id),
+  KEY finished (finished_at),
+  KEY outcome (outcome, finished_at)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4`,
+		"CREATE TABLE IF NOT EXISTS " + q(InstanceTable) + ` (
+  id BIGINT NOT NULL,
+  host VARCHAR(255) NOT NULL,
+  pid INT NOT NULL,
+  version VARCHAR(64) NOT NULL,
+  replica_server_id INT UNSIGNED NOT NULL,
+  state VARCHAR(32) NOT NULL,
+  topic_id BIGINT NULL,
+  state_since DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+  started_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+  heartbeat_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+  runs BIGINT UNSIGNED NOT NULL DEFAULT 0,
+  failures BIGINT UNSIGNED NOT NULL DEFAULT 0,
+  PRIMARY KEY (id)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4`,
+		"CREATE TABLE IF NOT EXISTS " + q(HeartbeatTable) + ` (
+  id INT UNSIGNED NOT NULL COMMENT 'writer: one row per writing process',
+  ts_us BIGINT NOT NULL COMMENT 'writer clock, microseconds since the epoch',
+  PRIMARY KEY (id)
+) ENGINE=InnoDB`,
+	}
+}
