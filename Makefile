@@ -4,7 +4,7 @@ GO ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build deps test vet lint bench bench-claim schema demo clean
+.PHONY: all build deps test vet lint bench bench-claim schema demo package clean
 
 all: build
 
@@ -29,8 +29,9 @@ lint: $(GOLANGCI_LINT)
 	$(GOLANGCI_LINT) run ./...
 
 # -p 2: each integration package starts its own topology; two at a time
-# fit a 2-core machine.
-test: vet
+# fit a 2-core machine. deps first: on a fresh machine the servers, the
+# browser and Prometheus the tests use are installed, not skipped.
+test: deps vet
 	$(GO) test -race -p 2 -timeout 30m -count=1 ./...
 
 # The benchmark (bench/README.md): its own sandbox (primary, 2 replicas,
@@ -55,8 +56,37 @@ demo: build
 	bash .ci/deps runtime
 	bin/nonqueue demo $(DEMO_ARGS)
 
+# The Debian package (dist/nonqueue_VERSION_ARCH.deb), built by nfpm at a
+# pinned version run with `go run pkg@version`, so nfpm and its dependencies
+# stay out of go.mod. The version comes from git (debversion.sh); the binary
+# is static (CGO_ENABLED=0) so the package depends on nothing. Contents:
+# cmd/nonqueue/package/nfpm.yaml. The monitoring files are shipped, so a
+# missing one stops the build with its name.
+NFPM_VERSION := v2.48.0
+PKG_MONITORING := monitor/prometheus/alerts.yml monitor/grafana/nonqueue.json
+
+package:
+	@for f in $(PKG_MONITORING); do \
+	  if [ ! -f "$$f" ]; then \
+	    if git ls-files --error-unmatch "$$f" >/dev/null 2>&1; then \
+	      echo "make package: $$f is tracked in git but missing from the work tree" >&2; \
+	    else \
+	      echo "make package: $$f is missing (and not in git): the package ships it" >&2; \
+	    fi; \
+	    exit 1; \
+	  fi; \
+	done
+	rm -rf dist && mkdir -p dist
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS) -s -w" -o dist/nonqueue ./cmd/nonqueue
+	v=$$(sh cmd/nonqueue/package/debversion.sh) && \
+	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct) \
+	NONQUEUE_DEB_VERSION="$$v" NONQUEUE_BIN=dist/nonqueue NONQUEUE_ARCH=$$($(GO) env GOARCH) \
+	  $(GO) run github.com/goreleaser/nfpm/v2/cmd/nfpm@$(NFPM_VERSION) pkg \
+	    --config cmd/nonqueue/package/nfpm.yaml --packager deb --target dist/
+	@ls -l dist/*.deb
+
 schema:
 	$(GO) run ./cmd/nonqueue schema print > sql/schema.sql
 
 clean:
-	rm -rf bin
+	rm -rf bin dist
