@@ -35,7 +35,7 @@ test: deps vet
 	$(GO) test -race -p 2 -timeout 30m -count=1 ./...
 
 # The benchmark (bench/README.md): its own sandbox (primary, 2 replicas,
-# sshd), the original loop (../shared/bench/seed-worker.sh) against nonqueue
+# sshd), the original loop (bench/seed/seed-worker.sh) against nonqueue
 # on the same topology, a table, bench/results.json, and a one-line JSON
 # summary last. BENCH_QUICK=1 runs the small version (under 2 minutes).
 bench: build

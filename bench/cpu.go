@@ -5,6 +5,8 @@ import (
 	"strings"
 
 	"github.com/prometheus/procfs"
+
+	"github.com/nonqueue/nonqueue/internal/child"
 )
 
 // cpuSample is the CPU time (user + system, seconds) used so far by each
@@ -22,7 +24,7 @@ var cpuParts = []string{"primary", "replica1", "replica2", "workers", "sshd", "o
 // sampleCPU reads the CPU time of the sandbox's servers, of sshd with all
 // its descendants (session processes, sftp-server), of the workers with
 // their descendants, and of the whole machine.
-func (b *bench) sampleCPU(workers []*child) (cpuSample, error) {
+func (b *bench) sampleCPU(workers []*child.Process) (cpuSample, error) {
 	fs, err := procfs.NewDefaultFS()
 	if err != nil {
 		return nil, err
@@ -48,7 +50,7 @@ func (b *bench) sampleCPU(workers []*child) (cpuSample, error) {
 		roots[r.PID] = fmt.Sprintf("replica%d", k+1)
 	}
 	for _, w := range workers {
-		roots[w.pid()] = "workers"
+		roots[w.Pid()] = "workers"
 	}
 	// part finds the listed ancestor of pid, if any (bounded: pid 1 or a
 	// cycle-free depth of 64).

@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nonqueue/nonqueue/internal/child"
 	"github.com/nonqueue/nonqueue/queue"
 )
 
@@ -215,13 +216,13 @@ func (b *bench) scenarioSeed(ctx context.Context) (*scenario, error) {
 func (b *bench) seedRound(ctx context.Context, conf string, runNo, n, inst int) (*runResult, error) {
 	// Bound: far above the loop's ~5 topics/s.
 	limit := time.Minute + time.Duration(n)*time.Second
-	var procs []*child
+	var procs []*child.Process
 	t0 := time.Now()
 	for k := 1; k <= inst; k++ {
-		c, err := b.kids.start(fmt.Sprintf("seed-worker.sh instance %d", k),
+		c, err := b.kids.Start(fmt.Sprintf("seed-worker.sh instance %d", k),
 			filepath.Join(b.dir, "seed", fmt.Sprintf("run%d-instance%d.out", runNo, k)), true, b.seed, conf, itoa(k))
 		if err != nil {
-			stopList(procs, seedStopGrace)
+			child.StopAll(procs, seedStopGrace)
 			return nil, err
 		}
 		procs = append(procs, c)
@@ -230,19 +231,19 @@ func (b *bench) seedRound(ctx context.Context, conf string, runNo, n, inst int) 
 	defer deadline.Stop()
 	for _, c := range procs {
 		select {
-		case <-c.done:
+		case <-c.Done():
 		case <-ctx.Done():
-			return nil, errors.Join(ctx.Err(), stopList(procs, seedStopGrace))
+			return nil, errors.Join(ctx.Err(), child.StopAll(procs, seedStopGrace))
 		case <-deadline.C:
-			return nil, errors.Join(fmt.Errorf("the original loop did not finish %d topics within %v", n, limit), stopList(procs, seedStopGrace))
+			return nil, errors.Join(fmt.Errorf("the original loop did not finish %d topics within %v", n, limit), child.StopAll(procs, seedStopGrace))
 		}
 	}
 	elapsed := time.Since(t0)
-	b.kids.forget()
+	b.kids.Forget()
 	var errs []error
 	for _, c := range procs {
-		if c.waitErr != nil {
-			errs = append(errs, fmt.Errorf("%s: %v (log %s)%s", c.name, c.waitErr, c.logPath, logTail(c.logPath)))
+		if c.Err() != nil {
+			errs = append(errs, fmt.Errorf("%s: %v (log %s)%s", c.Name, c.Err(), c.LogPath, child.LogTail(c.LogPath)))
 		}
 	}
 	if len(errs) > 0 {
@@ -257,7 +258,7 @@ func (b *bench) seedRound(ctx context.Context, conf string, runNo, n, inst int) 
 		return nil, err
 	}
 	for _, c := range procs {
-		out, _ := os.ReadFile(c.logPath)
+		out, _ := os.ReadFile(c.LogPath)
 		r.LoopErrors += strings.Count(string(out), "proc failed") + strings.Count(string(out), "copy failed")
 	}
 	return r, nil
@@ -393,10 +394,10 @@ func callProc(ctx context.Context, c *sql.Conn, id int64) error {
 // workers starts `nonqueue work` on the first topo.Replicas replicas and
 // waits until every instance has looked for work once (registry state
 // idle), so the clock starts with a ready pool as in production.
-func (b *bench) startWorkers(ctx context.Context, key string, topo topology, proc string, noSync bool) ([]*child, error) {
-	var ws []*child
+func (b *bench) startWorkers(ctx context.Context, key string, topo topology, proc string, noSync bool) ([]*child.Process, error) {
+	var ws []*child.Process
 	for k := range topo.Replicas {
-		c, err := b.kids.start(fmt.Sprintf("nonqueue work (%s, replica%d)", key, k+1),
+		c, err := b.kids.Start(fmt.Sprintf("nonqueue work (%s, replica%d)", key, k+1),
 			filepath.Join(b.dir, "bench", fmt.Sprintf("worker-%s-replica%d.log", key, k+1)), false,
 			b.nonqueue, "work", "--config", b.configPath(k, proc, noSync), "--instances", itoa(topo.Instances))
 		if err != nil {
@@ -408,18 +409,18 @@ func (b *bench) startWorkers(ctx context.Context, key string, topo topology, pro
 	for _, w := range ws {
 		for {
 			var idle int
-			err := b.primary.QueryRowContext(ctx, "SELECT COUNT(*) FROM nonqueue.instance WHERE pid = ? AND state = 'idle'", w.pid()).Scan(&idle)
+			err := b.primary.QueryRowContext(ctx, "SELECT COUNT(*) FROM nonqueue.instance WHERE pid = ? AND state = 'idle'", w.Pid()).Scan(&idle)
 			if err != nil {
 				return ws, fmt.Errorf("read the instance registry: %w", err)
 			}
 			if idle >= topo.Instances {
 				break
 			}
-			if w.exited() {
-				return ws, fmt.Errorf("%s exited at start: %v%s", w.name, w.waitErr, logTail(w.logPath))
+			if w.Exited() {
+				return ws, fmt.Errorf("%s exited at start: %v%s", w.Name, w.Err(), child.LogTail(w.LogPath))
 			}
 			if time.Now().After(deadline) {
-				return ws, fmt.Errorf("%s: %d of %d instances ready after %v (log %s)", w.name, idle, topo.Instances, workerReadyTimeout, w.logPath)
+				return ws, fmt.Errorf("%s: %d of %d instances ready after %v (log %s)", w.Name, idle, topo.Instances, workerReadyTimeout, w.LogPath)
 			}
 			if err := sleepCtx(ctx, 50*time.Millisecond); err != nil {
 				return ws, err
@@ -431,17 +432,17 @@ func (b *bench) startWorkers(ctx context.Context, key string, topo topology, pro
 
 // stopWorkers reads each worker's peak RSS, then stops it (SIGTERM, then
 // SIGKILL after the grace).
-func (b *bench) stopWorkers(ws []*child, sc *scenario) error {
+func (b *bench) stopWorkers(ws []*child.Process, sc *scenario) error {
 	for _, w := range ws {
-		if w.exited() {
+		if w.Exited() {
 			continue
 		}
-		if mb, err := vmHWM(w.pid()); err == nil {
+		if mb, err := vmHWM(w.Pid()); err == nil {
 			sc.MaxRSSMB = max(sc.MaxRSSMB, mb)
 		}
 	}
-	err := stopList(ws, workerStopGrace)
-	b.kids.forget()
+	err := child.StopAll(ws, workerStopGrace)
+	b.kids.Forget()
 	return err
 }
 
@@ -490,7 +491,7 @@ func (b *bench) nonqueueScenario(ctx context.Context, sc *scenario, topo topolog
 // nqRound requests topics lo..hi (scope full) and waits until every one
 // is done. Its time runs from the request to the last done run's
 // finished_at in the run history, both read on the primary's clock.
-func (b *bench) nqRound(ctx context.Context, ws []*child, lo, hi int, topo topology, budget time.Duration) (*runResult, error) {
+func (b *bench) nqRound(ctx context.Context, ws []*child.Process, lo, hi int, topo topology, budget time.Duration) (*runResult, error) {
 	n := hi - lo + 1
 	limit := time.Minute + time.Duration(n)*budget/time.Duration(max(1, topo.total()))
 	if err := b.clearCalls(ctx); err != nil {
@@ -533,8 +534,8 @@ func (b *bench) nqRound(ctx context.Context, ws []*child, lo, hi int, topo topol
 		if time.Since(lastCheck) > time.Second {
 			lastCheck = time.Now()
 			for _, w := range ws {
-				if w.exited() {
-					return nil, fmt.Errorf("%s exited during the run: %v%s", w.name, w.waitErr, logTail(w.logPath))
+				if w.Exited() {
+					return nil, fmt.Errorf("%s exited during the run: %v%s", w.Name, w.Err(), child.LogTail(w.LogPath))
 				}
 			}
 			var parked int

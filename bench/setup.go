@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"database/sql"
+	"embed"
 	"errors"
 	"fmt"
 	"io"
@@ -20,15 +21,17 @@ import (
 	"github.com/BurntSushi/toml"
 	"github.com/go-sql-driver/mysql"
 
+	"github.com/nonqueue/nonqueue/internal/child"
 	"github.com/nonqueue/nonqueue/internal/sandbox"
 	"github.com/nonqueue/nonqueue/queue"
+	sqlfiles "github.com/nonqueue/nonqueue/sql"
 	"github.com/nonqueue/nonqueue/transfer"
 )
 
 // bigID is the topic whose result tables are big (scenario 5).
 const bigID = 1000001
 
-// Procedures of bench/sql/primary.sql.
+// Procedures of sql/demo/proc.sql and bench/sql/primary.sql.
 const (
 	procSmall = "influencer.proc"
 	procSlow  = "influencer.proc_slow"
@@ -59,7 +62,7 @@ type bench struct {
 	primaryNoBin *sql.DB
 	replicas     []*sql.DB
 	q            *queue.Queue
-	kids         children
+	kids         child.Set
 
 	machine   machineInfo
 	scenarios []*scenario
@@ -114,7 +117,7 @@ func (b *bench) runAll(ctx context.Context, dir string) (err error) {
 	b.sb = sb
 	b.setupS = map[string]float64{"sandbox_up": time.Since(t0).Seconds()}
 	defer func() {
-		if serr := b.kids.stopAll(workerStopGrace); serr != nil {
+		if serr := b.kids.StopAll(workerStopGrace); serr != nil {
 			err = errors.Join(err, serr)
 		}
 		b.closeDBs()
@@ -184,7 +187,7 @@ func (b *bench) runAll(ctx context.Context, dir string) (err error) {
 				b.info("FAILED: %v", err)
 			}
 			// Leave a clean queue for the next scenario.
-			if rerr := b.kids.stopAll(workerStopGrace); rerr != nil {
+			if rerr := b.kids.StopAll(workerStopGrace); rerr != nil {
 				b.info("stopping children: %v", rerr)
 			}
 			if ctx.Err() == nil {
@@ -227,6 +230,39 @@ func openDB(mc *mysql.Config, params map[string]string, multi bool) (*sql.DB, er
 	return db, nil
 }
 
+// benchSQL is bench/sql, carried in the harness so it runs from any
+// directory.
+//
+//go:embed sql/*.sql
+var benchSQL embed.FS
+
+// countCall is what replaces sqlfiles.CountCallMarker in the shared
+// procedure: the bench counts every call on the replica that runs it.
+const countCall = "INSERT INTO influencer.calls (topic_id) VALUES (p_topic);"
+
+// primaryScript is what the harness loads on the primary: the example's
+// tables and procedure shared with the demo (sql/demo), the procedure
+// counting its calls, then the bench's own settings and procedures.
+func primaryScript() (string, error) {
+	var parts []string
+	for _, f := range []string{"demo/tables.sql", "demo/proc.sql"} {
+		b, err := sqlfiles.Demo.ReadFile(f)
+		if err != nil {
+			return "", fmt.Errorf("read sql/%s: %w", f, err)
+		}
+		parts = append(parts, string(b))
+	}
+	if n := strings.Count(parts[1], sqlfiles.CountCallMarker); n != 1 {
+		return "", fmt.Errorf("sql/demo/proc.sql has %d lines %q, want 1: the bench could not count calls", n, sqlfiles.CountCallMarker)
+	}
+	parts[1] = strings.Replace(parts[1], sqlfiles.CountCallMarker, countCall, 1)
+	b, err := benchSQL.ReadFile("sql/primary.sql")
+	if err != nil {
+		return "", err
+	}
+	return strings.Join(append(parts, string(b)), "\n"), nil
+}
+
 // setup loads the schema, the procedures and the data, writes the worker
 // configurations and applies nonqueue's schema to the mapped table.
 func (b *bench) setup(ctx context.Context) error {
@@ -251,17 +287,17 @@ func (b *bench) setup(ctx context.Context) error {
 	}
 
 	t0 := time.Now()
-	b.say("loading bench/sql: topic table, source rows, procedures (primary); call counters (replicas)")
-	primarySQL, err := os.ReadFile(filepath.Join(b.root, "bench", "sql", "primary.sql"))
+	b.say("loading sql/demo/tables.sql, sql/demo/proc.sql and bench/sql: topic table, source rows, procedures (primary); call counters (replicas)")
+	primarySQL, err := primaryScript()
 	if err != nil {
 		return err
 	}
-	replicaSQL, err := os.ReadFile(filepath.Join(b.root, "bench", "sql", "replica.sql"))
+	replicaSQL, err := benchSQL.ReadFile("sql/replica.sql")
 	if err != nil {
 		return err
 	}
-	if err := mariadbClient(ctx, sb.Primary.Socket, string(primarySQL)); err != nil {
-		return fmt.Errorf("load primary.sql: %w", err)
+	if err := mariadbClient(ctx, sb.Primary.Socket, primarySQL); err != nil {
+		return fmt.Errorf("load the bench's SQL on the primary: %w", err)
 	}
 	if err := b.waitReplicas(ctx, time.Minute); err != nil {
 		return err

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	iofs "io/fs"
 	"log/slog"
 	"math/rand/v2"
 	"os"
@@ -14,12 +15,13 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"syscall"
 	"text/template"
 	"time"
 
+	"github.com/nonqueue/nonqueue/internal/child"
 	"github.com/nonqueue/nonqueue/internal/sandbox"
 	"github.com/nonqueue/nonqueue/queue"
+	sqlfiles "github.com/nonqueue/nonqueue/sql"
 )
 
 var hexOnly = regexp.MustCompile(`^[0-9a-f]+$`)
@@ -31,7 +33,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer, logge
 	topics := fs.Int("topics", 300, "number of topics to request")
 	instances := fs.Int("instances", 4, "instances per replica")
 	replicas := fs.Int("replicas", 2, "replicas")
-	sqlDir := fs.String("sql-dir", "sql/demo", "directory with primary.sql and replica.sql")
+	sqlDir := fs.String("sql-dir", "", "directory with tables.sql, primary.sql, proc.sql and replica.sql (default: the copy of sql/demo built into the binary)")
 	timeout := fs.Duration("timeout", 10*time.Minute, "give up if the topics are not done by then")
 	if _, err := parseInterleaved(fs, args); err != nil {
 		return err
@@ -77,7 +79,13 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer, logge
 	}
 
 	say("loading the example: blog posts and topics on the primary; Blackhole + trigger and FederatedX on the replicas")
-	if err := loadDemoSQL(ctx, sb, *sqlDir); err != nil {
+	var files iofs.FS = sqlfiles.Demo
+	if *sqlDir != "" {
+		files = os.DirFS(*sqlDir)
+	} else if files, err = iofs.Sub(sqlfiles.Demo, "demo"); err != nil {
+		return err
+	}
+	if err := loadDemoSQL(ctx, sb, files); err != nil {
 		return err
 	}
 	logDir := filepath.Join(sb.Dir, "runs")
@@ -112,28 +120,21 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer, logge
 	if err != nil {
 		return err
 	}
-	var workers []*exec.Cmd
+	var kids child.Set
+	var workers []*child.Process
 	defer func() {
-		if serr := stopWorkers(workers, 30*time.Second); serr != nil {
+		if serr := kids.StopAll(workerStopGrace); serr != nil {
 			err = errors.Join(err, serr)
 		}
 	}()
 	for i, cfg := range configs {
 		logPath := filepath.Join(sb.Dir, fmt.Sprintf("worker-%d.log", i+1))
-		f, err := os.Create(logPath)
+		w, err := kids.Start(fmt.Sprintf("worker %d", i+1), logPath, false, exe, "work", "--config", cfg, "--instances", strconv.Itoa(*instances))
 		if err != nil {
 			return err
 		}
-		cmd := exec.Command(exe, "work", "--config", cfg, "--instances", strconv.Itoa(*instances))
-		cmd.Stdout, cmd.Stderr = f, f
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-		if err := cmd.Start(); err != nil {
-			f.Close()
-			return fmt.Errorf("start worker: %w", err)
-		}
-		f.Close()
-		workers = append(workers, cmd)
-		fmt.Fprintf(stdout, "    nonqueue work --config %s --instances %d   (pid %d, log %s)\n", cfg, *instances, cmd.Process.Pid, logPath)
+		workers = append(workers, w)
+		fmt.Fprintf(stdout, "    nonqueue work --config %s --instances %d   (pid %d, log %s)\n", cfg, *instances, w.Pid(), logPath)
 	}
 
 	say("requesting recalc of %d topics with mixed priorities and scopes", *topics)
@@ -172,7 +173,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer, logge
 			return fmt.Errorf("demo: topics not done after %v (see %s/worker-*.log)", *timeout, sb.Dir)
 		}
 		for i, w := range workers {
-			if w.ProcessState != nil || syscall.Kill(w.Process.Pid, 0) != nil {
+			if w.Exited() {
 				return fmt.Errorf("demo: worker %d exited (see %s/worker-%d.log)", i+1, sb.Dir, i+1)
 			}
 		}
@@ -185,30 +186,43 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer, logge
 	elapsed := time.Since(start)
 
 	say("stopping the workers (SIGTERM)")
-	if err := stopWorkers(workers, 30*time.Second); err != nil {
+	if err := kids.StopAll(workerStopGrace); err != nil {
 		return err
 	}
-	workers = nil
 	return demoSummary(ctx, stdout, q.DB(), sb, *topics, elapsed, configs[0])
 }
 
+// workerStopGrace bounds the wait for a worker after SIGTERM; the
+// worker's own grace period for a run in flight is 20s.
+const workerStopGrace = 30 * time.Second
+
 // loadDemoSQL runs the example's SQL with the mariadb client as root over
 // each server's socket (the files use DELIMITER, which only the client
-// understands).
-func loadDemoSQL(ctx context.Context, sb *sandbox.Sandbox, dir string) error {
-	primary, err := os.ReadFile(filepath.Join(dir, "primary.sql"))
-	if err != nil {
-		return fmt.Errorf("demo SQL (run from the repository root or give --sql-dir): %w", err)
-	}
-	replica, err := os.ReadFile(filepath.Join(dir, "replica.sql"))
-	if err != nil {
-		return err
+// understands): tables.sql, primary.sql and proc.sql on the primary, then
+// replica.sql on each replica. files holds them at its top level.
+func loadDemoSQL(ctx context.Context, sb *sandbox.Sandbox, files iofs.FS) error {
+	read := func(name string) (string, error) {
+		b, err := iofs.ReadFile(files, name)
+		if err != nil {
+			return "", fmt.Errorf("demo SQL: %w", err)
+		}
+		return string(b), nil
 	}
 	if !hexOnly.MatchString(sb.Password) || !strings.HasPrefix(sb.User, "nonqueue") {
 		return errors.New("demo: unexpected sandbox credentials")
 	}
-	if err := mariadbClient(ctx, sb.Primary.Socket, string(primary)); err != nil {
-		return fmt.Errorf("load primary.sql: %w", err)
+	for _, name := range []string{"tables.sql", "primary.sql", "proc.sql"} {
+		script, err := read(name)
+		if err != nil {
+			return err
+		}
+		if err := mariadbClient(ctx, sb.Primary.Socket, script); err != nil {
+			return fmt.Errorf("load %s on the primary: %w", name, err)
+		}
+	}
+	replica, err := read("replica.sql")
+	if err != nil {
+		return err
 	}
 	r := strings.NewReplacer("{{PRIMARY_HOST}}", sb.Primary.Host, "{{PRIMARY_PORT}}", strconv.Itoa(sb.Primary.Port),
 		"{{USER}}", sb.User, "{{PASSWORD}}", sb.Password)
@@ -217,7 +231,7 @@ func loadDemoSQL(ctx context.Context, sb *sandbox.Sandbox, dir string) error {
 		if err := mariadbClient(ctx, rep.Socket, "SELECT MASTER_GTID_WAIT('"+primaryPos(ctx, sb)+"', 30)"); err != nil {
 			return err
 		}
-		if err := mariadbClient(ctx, rep.Socket, r.Replace(string(replica))); err != nil {
+		if err := mariadbClient(ctx, rep.Socket, r.Replace(replica)); err != nil {
 			return fmt.Errorf("load replica.sql on %s: %w", rep.Name, err)
 		}
 	}
@@ -287,35 +301,6 @@ func seedDemo(ctx context.Context, db *sql.DB, topics int) (int, error) {
 		return 0, fmt.Errorf("seed posts: %w", err)
 	}
 	return posts, nil
-}
-
-// stopWorkers sends SIGTERM and waits; a worker that does not exit in time
-// is killed and reported.
-func stopWorkers(workers []*exec.Cmd, grace time.Duration) error {
-	var errs []error
-	for _, w := range workers {
-		if w.ProcessState == nil {
-			w.Process.Signal(syscall.SIGTERM)
-		}
-	}
-	for i, w := range workers {
-		if w.ProcessState != nil {
-			continue
-		}
-		done := make(chan error, 1)
-		go func() { done <- w.Wait() }()
-		select {
-		case err := <-done:
-			if err != nil {
-				errs = append(errs, fmt.Errorf("worker %d: %w", i+1, err))
-			}
-		case <-time.After(grace):
-			w.Process.Kill()
-			<-done
-			errs = append(errs, fmt.Errorf("worker %d did not stop within %v", i+1, grace))
-		}
-	}
-	return errors.Join(errs...)
 }
 
 func demoSummary(ctx context.Context, w io.Writer, db *sql.DB, sb *sandbox.Sandbox, topics int, elapsed time.Duration, cfg string) error {

@@ -336,15 +336,28 @@ func TestCheck(t *testing.T) {
 	}
 }
 
-// TestDemo runs `nonqueue demo` small: the example loads (Blackhole and
-// trigger, FederatedX, the influencer procedure), worker processes on two
-// replicas do every topic, and the summary reports them.
+// TestDemo runs `nonqueue demo` small, as a user would: the binary (this
+// test executable acting as nonqueue) started in an empty directory
+// outside the repository, so the example SQL must come from the binary.
+// The example loads (Blackhole and trigger, FederatedX, the influencer
+// procedure), worker processes on two replicas do every topic, and the
+// summary reports them.
 func TestDemo(t *testing.T) {
 	requireSandbox(t)
-	t.Setenv("NQ_TEST_AS_NONQUEUE", "1") // the demo's worker processes are this binary
-	out, err := run(t, "demo", "--dir", t.TempDir(), "--topics", "40", "--instances", "2", "--sql-dir", "../../sql/demo", "--timeout", "2m")
+	exe, err := os.Executable()
 	if err != nil {
-		t.Fatalf("demo: %v\n%s", err, out)
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, exe, "demo", "--dir", t.TempDir(), "--topics", "40", "--instances", "2", "--timeout", "2m")
+	cmd.Dir = t.TempDir()
+	cmd.Env = append(os.Environ(), "NQ_TEST_AS_NONQUEUE=1") // the demo and its worker processes are this binary
+	cmd.WaitDelay = 10 * time.Second
+	b, err := cmd.CombinedOutput()
+	out := string(b)
+	if err != nil {
+		t.Fatalf("demo from %s: %v\n%s", cmd.Dir, err, out)
 	}
 	for _, want := range []string{"40 topics, ", "done   40  running  0  pending    0", "40 topics in", "0 parked as failed", "sandbox stopped"} {
 		if !strings.Contains(out, want) {

@@ -5,18 +5,9 @@
 SET SESSION sql_log_bin = 0;
 
 -- The Blackhole trick: rows replicated into BlogPost are not stored; the
--- trigger keeps only the subset the procedure needs in PostAuthor.
+-- trigger keeps only the subset the procedure needs in PostAuthor (created
+-- by tables.sql, empty on the primary).
 -- (Row-based replication fires replica triggers with slave_run_triggers_for_rbr=YES.)
-CREATE TABLE IF NOT EXISTS app.PostAuthor (
-  blogPostId BIGINT NOT NULL PRIMARY KEY,
-  topicFilterId INT NOT NULL,
-  author VARCHAR(189) NOT NULL,
-  reach INT NOT NULL,
-  engagement INT NOT NULL,
-  createdAt DATETIME NOT NULL,
-  KEY (topicFilterId)
-) ENGINE=InnoDB;
-
 CREATE TABLE IF NOT EXISTS app.BlogPost (
   blogPostId BIGINT NOT NULL PRIMARY KEY,
   topicFilterId INT NOT NULL,
