@@ -72,7 +72,7 @@ func (s *Shipper) putter(l *link) *putter {
 }
 
 // putAll copies files, the data and index files first and the .frm
-// files last, then syncs them all.
+// files last; putFile syncs each one on the handle that wrote it.
 func putAll(ctx context.Context, p *putter, files []*stagedFile) error {
 	var data, frm []*stagedFile
 	for _, f := range files {
@@ -85,13 +85,7 @@ func putAll(ctx context.Context, p *putter, files []*stagedFile) error {
 	if err := putParallel(ctx, p, data); err != nil {
 		return err
 	}
-	if err := putParallel(ctx, p, frm); err != nil {
-		return err
-	}
-	if !p.sync {
-		return nil
-	}
-	return syncAll(ctx, p, files)
+	return putParallel(ctx, p, frm)
 }
 
 // putParallel copies files, fileParallelism at a time; the first failure
@@ -130,9 +124,12 @@ func putParallel(ctx context.Context, p *putter, files []*stagedFile) error {
 
 // putFile streams one local file to its remote path (never buffering it
 // whole) and checks that every byte was written and acknowledged and that
-// Close succeeded: with the SSH transport's integrity that is the copy
-// (putAll syncs it afterwards). A readBack file is then read back over the
-// same handle and compared; the others are verified after the transfer
+// Close succeeded: with the SSH transport's integrity that is the copy.
+// When p.sync, the file is fsynced on the same handle once every byte is
+// written (and read back) and before the close: opening it again to sync
+// it cost two more requests per file through the link's one sftp-server,
+// which handles requests one at a time. A readBack file is read back over
+// the same handle and compared; the others are verified after the transfer
 // (cksum or CHECKSUM TABLE). A chmod, when configured, runs concurrently
 // with the writes. Every SFTP call runs under a watchdog (putter.stall
 // without progress; a stream makes progress with every chunk) that
@@ -175,6 +172,11 @@ func putFile(ctx context.Context, p *putter, f *stagedFile) error {
 			err = compareStreams(ctx, p, dst, src, f.size)
 		}
 	}
+	if err == nil && p.sync {
+		if err = p.l.step("fsync "+f.remote, p.bulk(f.size), dst.Sync); err != nil {
+			err = fmt.Errorf("fsync on the primary's host: %w", err)
+		}
+	}
 	if cerr := p.l.step("close "+f.remote, p.stall, dst.Close); err == nil && cerr != nil {
 		err = fmt.Errorf("close: %w", cerr)
 	}
@@ -188,38 +190,6 @@ func putFile(ctx context.Context, p *putter, f *stagedFile) error {
 		return fmt.Errorf("copy %s to %s: wrote %d bytes, the file has %d", f.local, f.remote, n, f.size)
 	}
 	return nil
-}
-
-// syncAll syncs the written files on the primary's host
-// (fsync@openssh.com), all at once: a journalling filesystem commits
-// concurrent fsyncs together, so a topic's files cost about one commit
-// instead of one per round of putParallel (measured with BenchmarkShip:
-// see Config.NoSync). Each file is opened again read-only for it: fsync
-// flushes the file, whichever descriptor asks. Every call has the bulk
-// bound of the file's size.
-func syncAll(ctx context.Context, p *putter, files []*stagedFile) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	errs := make([]error, len(files))
-	var wg sync.WaitGroup
-	for i, f := range files {
-		wg.Go(func() {
-			var h *sftp.File
-			err := p.l.step("open "+f.remote+" to fsync it", p.stall, func() (err error) { h, err = p.l.sftp.Open(f.remote); return err })
-			if err == nil {
-				err = p.l.step("fsync "+f.remote, p.bulk(f.size), h.Sync)
-				if cerr := p.l.step("close "+f.remote, p.stall, h.Close); err == nil {
-					err = cerr
-				}
-			}
-			if err != nil {
-				errs[i] = fmt.Errorf("fsync %s on the primary's host: %w", f.remote, err)
-			}
-		})
-	}
-	wg.Wait()
-	return errors.Join(errs...)
 }
 
 // smallFile is the size up to which a file goes in one write from a pooled
