@@ -79,7 +79,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer, logge
 	}
 
 	say("loading the example: blog posts and topics on the primary; Blackhole + trigger and FederatedX on the replicas")
-	var files iofs.FS = sqlfiles.Demo
+	var files iofs.FS
 	if *sqlDir != "" {
 		files = os.DirFS(*sqlDir)
 	} else if files, err = iofs.Sub(sqlfiles.Demo, "demo"); err != nil {
