@@ -57,8 +57,9 @@ func (m *machineInfo) collect(ctx context.Context, b *bench) error {
 	}
 	if out, err := os.ReadFile("/proc/meminfo"); err == nil {
 		var kb int
-		fmt.Sscanf(string(out), "MemTotal: %d kB", &kb)
-		m.MemMB = kb / 1024
+		if _, err := fmt.Sscanf(string(out), "MemTotal: %d kB", &kb); err == nil {
+			m.MemMB = kb / 1024
+		}
 	}
 	if out, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		m.Kernel = strings.TrimSpace(string(out))

@@ -222,7 +222,9 @@ func (b *bench) seedRound(ctx context.Context, conf string, runNo, n, inst int) 
 		c, err := b.kids.Start(fmt.Sprintf("seed-worker.sh instance %d", k),
 			filepath.Join(b.dir, "seed", fmt.Sprintf("run%d-instance%d.out", runNo, k)), true, b.seed, conf, itoa(k))
 		if err != nil {
-			child.StopAll(procs, seedStopGrace)
+			if serr := child.StopAll(procs, seedStopGrace); serr != nil {
+				return nil, errors.Join(err, serr)
+			}
 			return nil, err
 		}
 		procs = append(procs, c)

@@ -331,12 +331,17 @@ func demoSummary(ctx context.Context, w io.Writer, db *sql.DB, sb *sandbox.Sandb
 	for rows.Next() {
 		var rep string
 		var n int
-		rows.Scan(&rep, &n)
+		if err := rows.Scan(&rep, &n); err != nil {
+			rows.Close()
+			return fmt.Errorf("demo summary: %w", err)
+		}
 		fmt.Fprintf(w, "    replica %s did %d topics\n", rep, n)
 	}
 	rows.Close()
 	var parked int
-	db.QueryRowContext(ctx, "SELECT COUNT(*) FROM app.TopicFilter WHERE parked_at IS NOT NULL").Scan(&parked)
+	if err := db.QueryRowContext(ctx, "SELECT COUNT(*) FROM app.TopicFilter WHERE parked_at IS NOT NULL").Scan(&parked); err != nil {
+		return fmt.Errorf("demo summary: count parked topics: %w", err)
+	}
 	fmt.Fprintf(w, "    %d topics in %.1fs: %.1f topics/s; %d parked as failed\n", topics, elapsed.Seconds(), float64(topics)/elapsed.Seconds(), parked)
 	fmt.Fprintf(w, "    look at a result on the primary (with --keep):\n")
 	fmt.Fprintf(w, "      mariadb -S %s -uroot -e 'SELECT * FROM influencer.Dynamics_1 ORDER BY influence_rank LIMIT 5'\n", sb.Primary.Socket)
