@@ -414,18 +414,7 @@ var safePath = regexp.MustCompile(`^[A-Za-z0-9_./-]+$`)
 // workerConfig is demo.go's configuration with the bench's procedure and
 // a short idle wait, so idle polling does not dominate the figures.
 var workerConfig = template.Must(template.New("bench").Parse(`# nonqueue bench configuration for {{.Replica.Name}}, procedure {{.Proc}}; written by nqbench.
-[primary]
-host = "{{.SB.Primary.Host}}"
-port = {{.SB.Primary.Port}}
-user = "{{.SB.User}}"
-password = "{{.SB.Password}}"
-
-[replica]
-host = "{{.Replica.Host}}"
-port = {{.Replica.Port}}
-user = "{{.SB.User}}"
-password = "{{.SB.Password}}"
-
+` + sandbox.ConnectionsTOML + `
 ` + sandbox.MappedTopicsTOML + `
 [procedure]
 name = "{{.Proc}}"
@@ -442,14 +431,7 @@ sync = {{.Sync}}
 log_dir = "{{.LogDir}}"
 idle_wait = "{{.IdleWait}}"
 
-[ssh]
-host = "{{.SB.SSH.Host}}"
-port = {{.SB.SSH.Port}}
-user = "{{.SB.SSH.User}}"
-key_file = "{{.SB.SSH.KeyFile}}"
-known_hosts = "{{.SB.SSH.KnownHosts}}"
-datadir = "{{.SB.Primary.Datadir}}"
-`))
+` + sandbox.SSHTOML))
 
 // configPath is the worker configuration for replica k (0-based) and a
 // procedure; noSync: with [results] sync = false (scenario 7).

@@ -72,18 +72,7 @@ func runSandbox(ctx context.Context, args []string, stdout, stderr io.Writer, lo
 var sandboxConfig = template.Must(template.New("cfg").Parse(`# nonqueue configuration for {{.Replica.Name}}, written by "nonqueue {{if .Demo}}demo{{else}}sandbox up{{end}}".
 # It holds the sandbox's generated passwords: keep it private (mode 0600).
 
-[primary]
-host = "{{.SB.Primary.Host}}"
-port = {{.SB.Primary.Port}}
-user = "{{.SB.User}}"
-password = "{{.SB.Password}}"
-
-[replica]
-host = "{{.Replica.Host}}"
-port = {{.Replica.Port}}
-user = "{{.SB.User}}"
-password = "{{.SB.Password}}"
-{{if .Demo}}
+` + sandbox.ConnectionsTOML + `{{if .Demo}}
 ` + sandbox.MappedTopicsTOML + `
 [procedure]
 name = "influencer.proc"
@@ -105,14 +94,7 @@ active_values = [1]
 lease = "30s"
 max_attempts = 5
 {{end}}
-[ssh]
-host = "{{.SB.SSH.Host}}"
-port = {{.SB.SSH.Port}}
-user = "{{.SB.SSH.User}}"
-key_file = "{{.SB.SSH.KeyFile}}"
-known_hosts = "{{.SB.SSH.KnownHosts}}"
-datadir = "{{.SB.Primary.Datadir}}"
-`))
+` + sandbox.SSHTOML))
 
 // writeSandboxConfigs writes DIR/nonqueue.toml for the first replica (or
 // the primary when there is none) and DIR/nonqueue-replicaK.toml for the

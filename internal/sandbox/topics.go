@@ -23,3 +23,31 @@ priority = "influencerPriority"
 running = "influencerRunning"
 active = "active"
 `
+
+// ConnectionsTOML is the [primary] and [replica] configuration of one
+// replica's worker, as a text/template fragment over .SB (the *Sandbox)
+// and .Replica (one of its servers). `sandbox up`, `nonqueue demo` and the
+// benchmark all write it, so they connect the same way.
+const ConnectionsTOML = `[primary]
+host = "{{.SB.Primary.Host}}"
+port = {{.SB.Primary.Port}}
+user = "{{.SB.User}}"
+password = "{{.SB.Password}}"
+
+[replica]
+host = "{{.Replica.Host}}"
+port = {{.Replica.Port}}
+user = "{{.SB.User}}"
+password = "{{.SB.Password}}"
+`
+
+// SSHTOML is the [ssh] configuration of a worker shipping to the sandbox's
+// primary, as a text/template fragment over .SB, written by the same three.
+const SSHTOML = `[ssh]
+host = "{{.SB.SSH.Host}}"
+port = {{.SB.SSH.Port}}
+user = "{{.SB.SSH.User}}"
+key_file = "{{.SB.SSH.KeyFile}}"
+known_hosts = "{{.SB.SSH.KnownHosts}}"
+datadir = "{{.SB.Primary.Datadir}}"
+`
