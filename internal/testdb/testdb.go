@@ -18,6 +18,7 @@ import (
 	"database/sql"
 	"fmt"
 	"os"
+	"os/exec"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -237,4 +238,20 @@ func poll(d, every time.Duration, cond func() bool) bool {
 		time.Sleep(every)
 	}
 	return cond()
+}
+
+// Tool finds a command tests need (promtool, …), skipping without it with
+// the install hint and failing under CI, where a skipped check must not look
+// green.
+func Tool(t testing.TB, name, debianPackage string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		msg := fmt.Sprintf("%s not installed (%v): run `bash .ci/deps` or `apt-get install %s`", name, err, debianPackage)
+		if os.Getenv("CI") != "" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	return p
 }

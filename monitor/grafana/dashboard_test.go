@@ -16,6 +16,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nonqueue/nonqueue/internal/testdb"
 )
 
 // datasource is the reference every panel and query must use: the
@@ -135,14 +137,7 @@ var grafanaVars = strings.NewReplacer("$__rate_interval", "5m", "$job", ".*", "$
 // the expressions of recording rules (promtool parses them with
 // Prometheus' own parser), after the Grafana variables are filled in.
 func TestDashboardPromQL(t *testing.T) {
-	promtool, err := exec.LookPath("promtool")
-	if err != nil {
-		msg := fmt.Sprintf("promtool not installed (%v): run `bash .ci/deps` or `apt-get install prometheus`", err)
-		if os.Getenv("CI") != "" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
+	promtool := testdb.Tool(t, "promtool", "prometheus")
 	var rules strings.Builder
 	rules.WriteString("groups:\n  - name: dashboard\n    rules:\n")
 	n := 0

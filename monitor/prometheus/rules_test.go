@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nonqueue/nonqueue/internal/testdb"
 )
 
 // alertNames are the alerts the runbook (docs/operations.md) has a section
@@ -22,20 +24,8 @@ var alertNames = []string{
 	"NonqueueNoLiveInstances", "NonqueueFailureRateHigh", "NonqueuePublishErrors",
 }
 
-// promtool finds promtool, skipping without it (naming the fix) and
-// failing under CI, where a skipped check must not look green.
-func promtool(t *testing.T) string {
-	t.Helper()
-	p, err := exec.LookPath("promtool")
-	if err != nil {
-		msg := fmt.Sprintf("promtool not installed (%v): run `bash .ci/deps` or `apt-get install prometheus`", err)
-		if os.Getenv("CI") != "" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-	return p
-}
+// promtool finds promtool (testdb.Tool: skipped without it, failing under CI).
+func promtool(t *testing.T) string { return testdb.Tool(t, "promtool", "prometheus") }
 
 // runPromtool runs promtool with args in this directory and fails the test
 // with its output when it exits non-zero.
