@@ -207,15 +207,6 @@ type inflight struct {
 	stop  func()
 }
 
-// process runs one claimed topic to an outcome, recorded in run. It never
-// returns with the claim still held: it finishes, releases, or finds the
-// claim lost.
-func (in *Instance) process(hard context.Context, claim *queue.Claim, run *monitor.Run) {
-	if f := in.compute(hard, claim, run); f != nil {
-		in.ship(f)
-	}
-}
-
 // compute takes a claimed topic through the GTID wait and the procedure.
 // It returns the run, still holding its claim, its heartbeat and its
 // replica session, for ship; or nil when the run already reached its
