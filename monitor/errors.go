@@ -40,6 +40,9 @@ var (
 	// ErrBadPause: a pause or resume was asked with an invalid value (a
 	// reason too long, a negative duration, a priority out of range).
 	ErrBadPause = errors.New("invalid pause")
+	// ErrNoPauseTable: the pause table does not exist on the primary
+	// (schema apply has not run since the upgrade); nobody can have paused.
+	ErrNoPauseTable = errors.New("no pause table on the primary: run nonqueue schema apply")
 	// ErrPauseNotFound: no pause in force has this id.
 	ErrPauseNotFound = errors.New("no such pause in force")
 	// ErrConfig is wrapped by every *ConfigError.

@@ -11,6 +11,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/go-sql-driver/mysql"
+
 	"github.com/nonqueue/nonqueue/internal/ident"
 	"github.com/nonqueue/nonqueue/internal/meta"
 )
@@ -226,7 +228,7 @@ func (ps *Pauses) Add(ctx context.Context, p *PauseParams) (*Pause, error) {
 		" (replica_server_id, below_priority, paused_by, reason, created_at, expires_at) VALUES (?, ?, ?, ?, NOW(6), IF(? = 0, NULL, NOW(6) + INTERVAL ? MICROSECOND))",
 		replica, prio, p.By, p.Reason, p.For.Microseconds(), p.For.Microseconds())
 	if err != nil {
-		return nil, fmt.Errorf("record pause of %s: %w", p.Scope, err)
+		return nil, fmt.Errorf("record pause of %s: %w", p.Scope, noTable(err))
 	}
 	id, err := res.LastInsertId()
 	if err != nil {
@@ -300,7 +302,7 @@ func (ps *Pauses) Resume(ctx context.Context, p *ResumeParams) ([]Pause, error) 
 func (ps *Pauses) query(ctx context.Context, stmt string, args ...any) ([]Pause, error) {
 	rows, err := ps.Primary.QueryContext(ctx, stmt, args...)
 	if err != nil {
-		return nil, fmt.Errorf("read pauses: %w", err)
+		return nil, fmt.Errorf("read pauses: %w", noTable(err))
 	}
 	defer rows.Close()
 	var out []Pause
@@ -315,6 +317,14 @@ func (ps *Pauses) query(ctx context.Context, stmt string, args ...any) ([]Pause,
 		return nil, fmt.Errorf("read pauses: %w", err)
 	}
 	return out, nil
+}
+
+// noTable adds ErrNoPauseTable to a "table doesn't exist" error (1146).
+func noTable(err error) error {
+	if me := (*mysql.MySQLError)(nil); errors.As(err, &me) && me.Number == 1146 {
+		return fmt.Errorf("%w: %w", ErrNoPauseTable, err)
+	}
+	return err
 }
 
 func scanPause(rows *sql.Rows) (Pause, error) {

@@ -9,8 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/go-sql-driver/mysql"
-
 	"github.com/nonqueue/nonqueue/internal/startstop"
 )
 
@@ -147,7 +145,7 @@ func (w *PauseWatch) runOnce(ctx context.Context, cfg GateConfig) error {
 	start := time.Now()
 	pauses, err := w.Pauses.query(sctx, fmt.Sprintf(pauseSelect, t)+pauseCoverSQL, w.ServerID)
 	missing := false
-	if me := (*mysql.MySQLError)(nil); errors.As(err, &me) && me.Number == 1146 {
+	if errors.Is(err, ErrNoPauseTable) {
 		// No pause table: schema apply has not run since the upgrade, and
 		// nobody can have paused.
 		pauses, err, missing = nil, nil, true

@@ -12,8 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/go-sql-driver/mysql"
-
 	"github.com/nonqueue/nonqueue/monitor"
 )
 
@@ -70,8 +68,8 @@ func osActor() string {
 
 // pauseTableHint explains an error reading or writing the pause table.
 func pauseTableHint(err error, path string) error {
-	if me := (*mysql.MySQLError)(nil); errors.As(err, &me) && me.Number == 1146 {
-		return fmt.Errorf("%w (the pause table is missing: run nonqueue schema apply --config %s)", err, path)
+	if errors.Is(err, monitor.ErrNoPauseTable) {
+		return fmt.Errorf("%w (nonqueue schema apply --config %s creates it)", err, path)
 	}
 	return err
 }

@@ -168,6 +168,8 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("POST /actions/release", s.action(s.actRelease))
 	mux.HandleFunc("POST /actions/park", s.action(s.actPark))
 	mux.HandleFunc("POST /actions/unpark", s.action(s.actUnpark))
+	mux.HandleFunc("POST /actions/pause", s.action(s.actPause))
+	mux.HandleFunc("POST /actions/resume", s.action(s.actResume))
 	// The catch-all answers 404, or 405 when the path exists for another
 	// method (the mux would route a wrong method here, not to its 405).
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
@@ -299,6 +301,14 @@ type cache[T any] struct {
 	val T
 	at  time.Time
 	ok  bool
+}
+
+// invalidate makes the next get compute afresh (after an action that
+// changes what the value shows).
+func (c *cache[T]) invalidate() {
+	c.mu.Lock()
+	c.ok = false
+	c.mu.Unlock()
 }
 
 // get returns the cached value when fresh, else computes it. The
