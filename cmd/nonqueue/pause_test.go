@@ -348,3 +348,31 @@ func TestPauseFlags(t *testing.T) {
 		}
 	}
 }
+
+// TestPauseTableUpgrade: an install from before pauses (no pause table)
+// is told to run schema apply by pause; schema print shows the table;
+// schema apply adds it to the existing schema, and pause then works.
+func TestPauseTableUpgrade(t *testing.T) {
+	b := setupWork(t)
+	cfg := b.config(t, 0, "")
+	if _, err := b.primary.ExecContext(b.ctx, "DROP TABLE pause"); err != nil {
+		t.Fatal(err)
+	}
+	out, err := run(t, "pause", "--config", cfg)
+	if err == nil || !strings.Contains(err.Error(), "schema apply") {
+		t.Fatalf("pause without the table: %v\n%s", err, out)
+	}
+	out, err = run(t, "schema", "print", "--config", cfg)
+	if err != nil || !strings.Contains(out, fmt.Sprintf("CREATE TABLE IF NOT EXISTS `%s`.`pause`", b.db)) {
+		t.Fatalf("schema print shows no pause table: %v\n%s", err, out)
+	}
+	if out, err := run(t, "schema", "apply", "--config", cfg); err != nil {
+		t.Fatalf("schema apply: %v\n%s", err, out)
+	}
+	if out, err := run(t, "pause", "--config", cfg, "--below-priority", "3", "--reason", "after the upgrade"); err != nil || !strings.Contains(out, "priority below 3") {
+		t.Fatalf("pause after schema apply: %v\n%s", err, out)
+	}
+	if n := b.count(t, "SELECT COUNT(*) FROM pause WHERE below_priority = 3 AND expires_at IS NULL"); n != 1 {
+		t.Fatalf("%d pause rows", n)
+	}
+}
