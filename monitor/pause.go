@@ -110,7 +110,7 @@ type Pause struct {
 	// CreatedAt and ExpiresAt are on the primary's clock; a zero
 	// ExpiresAt means until resumed.
 	CreatedAt time.Time `json:"created_at"`
-	ExpiresAt time.Time `json:"expires_at"`
+	ExpiresAt time.Time `json:"expires_at,omitzero"`
 	// Age is how long ago it was created, Left how long it still runs
 	// (0 when it runs until resumed), both measured on the primary when
 	// read.
