@@ -137,3 +137,63 @@ func TestPauseWatchFailsClosed(t *testing.T) {
 		t.Fatal("a stale read reported fresh")
 	}
 }
+
+// TestPauseWatchCollects: with its collector running, a watch sees a new
+// pause within about one sample interval and a resume as fast, while
+// callers Check concurrently; Stop ends the collector.
+func TestPauseWatchCollects(t *testing.T) {
+	b := setup(t, false)
+	ps := &monitor.Pauses{Primary: b.primary, Schema: b.name}
+	const interval = 100 * time.Millisecond
+	w := &monitor.PauseWatch{Pauses: ps, ServerID: 7, Config: monitor.GateConfig{SampleInterval: interval}}
+	if err := w.Start(b.ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.Stop(b.ctx) })
+	if _, _, err := w.Check(0); err != nil {
+		t.Fatalf("after Start (first read synchronous): %v", err)
+	}
+	// Concurrent readers, as instances are.
+	done := make(chan struct{})
+	defer close(done)
+	for range 4 {
+		go func() {
+			for i := 0; i < 1_000_000; i++ {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				w.Check(0)
+				w.InForce()
+				time.Sleep(time.Millisecond)
+			}
+		}()
+	}
+	start := time.Now()
+	p, err := ps.Add(b.ctx, &monitor.PauseParams{By: "ops@h"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	testdb.WaitFor(t, 5*time.Second, "the watch to see the pause", func() bool {
+		_, _, err := w.Check(0)
+		return errors.Is(err, monitor.ErrPaused)
+	})
+	seen := time.Since(start)
+	if _, err := ps.Resume(b.ctx, &monitor.ResumeParams{ID: p.ID, By: "ops@h"}); err != nil {
+		t.Fatal(err)
+	}
+	start = time.Now()
+	testdb.WaitFor(t, 5*time.Second, "the watch to see the resume", func() bool {
+		_, _, err := w.Check(0)
+		return err == nil
+	})
+	t.Logf("pause seen after %v, resume after %v (sample interval %v)", seen.Round(time.Millisecond), time.Since(start).Round(time.Millisecond), interval)
+	// One interval plus the read, with room for a loaded machine.
+	if seen > 10*interval {
+		t.Errorf("the pause took %v to be seen (sample interval %v)", seen, interval)
+	}
+	if err := w.Stop(b.ctx); err != nil {
+		t.Fatal(err)
+	}
+}

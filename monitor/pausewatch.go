@@ -156,7 +156,10 @@ func (w *PauseWatch) runOnce(ctx context.Context, cfg GateConfig) error {
 	w.mu.Lock()
 	if err != nil {
 		if w.last != nil {
-			w.last.err = err
+			// A new sample value: Check reads the old one unlocked.
+			failed := *w.last
+			failed.err = err
+			w.last = &failed
 		}
 		w.mu.Unlock()
 		return err
