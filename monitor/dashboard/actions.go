@@ -396,6 +396,7 @@ func (s *Server) actPause(w http.ResponseWriter, r *http.Request, a *actor) {
 		return
 	}
 	s.summary.invalidate()
+	s.paused.invalidate()
 	s.succeeded(w, r, a, "pause", s.cfg.Prefix+"/", "paused", 0, "pause_id", got.ID, "scope", got.Scope.String(), "for", p.For, "reason", p.Reason)
 }
 
@@ -412,6 +413,7 @@ func (s *Server) actResume(w http.ResponseWriter, r *http.Request, a *actor) {
 		return
 	}
 	s.summary.invalidate()
+	s.paused.invalidate()
 	code := "resumed"
 	if len(ended) == 0 {
 		code = "not-paused"

@@ -61,6 +61,7 @@ func TestPauseActions(t *testing.T) {
 	page := c.get("/?msg=paused")
 	expect(t, "overview while paused", page, 200, `id="pause-banner"`, "PAUSED.", "topics with priority below 4 on every replica",
 		"INC-7 &lt;b&gt;hot&lt;/b&gt;", "erin", "left)", `id="resume-`, "Paused: workers claim nothing")
+	expect(t, "another page while paused", c.get("/topics"), 200, `id="pause-banner-page"`, "1 pause in force")
 	var sum struct {
 		Pauses []struct {
 			ID     int64  `json:"id"`
@@ -82,6 +83,9 @@ func TestPauseActions(t *testing.T) {
 	}
 	if r := c.get("/"); strings.Contains(r.body, `id="pause-banner"`) {
 		t.Error("the banner is still shown after the resume")
+	}
+	if r := c.get("/failures"); strings.Contains(r.body, `id="pause-banner-page"`) {
+		t.Error("the pages' banner is still shown after the resume")
 	}
 	r = c.post("/actions/resume", url.Values{"csrf": {csrf}, "id": {itoa(id)}}, "")
 	if r.location != "/?msg=not-paused" {
