@@ -58,8 +58,12 @@ func writeStatus(w io.Writer, s *dashboard.Summary) error {
 		// First: a paused fleet must read as paused.
 		p("PAUSED\tSCOPE\tBY\tSINCE\tUNTIL\tREASON\n")
 		for _, ps := range s.Pauses {
+			reason := "-"
+			if ps.Reason != "" {
+				reason = strconv.Quote(ps.Reason)
+			}
 			p("pause %d\t%s\t%s\t%s (%s ago)\t%s\t%s\n", ps.ID, ps.Scope, ps.By, ps.CreatedAt.Format("2006-01-02 15:04:05"),
-				short(ps.Age), ps.Until(), strconv.Quote(ps.Reason))
+				short(ps.Age), ps.Until(), reason)
 		}
 		p("(nonqueue resume --config FILE --id ID ends one; runs in flight finish meanwhile)\n\n")
 	}
