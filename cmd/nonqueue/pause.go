@@ -135,6 +135,13 @@ func runPause(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return pauseTableHint(err, *path)
 	}
 	fmt.Fprintf(stdout, "paused: %s\n", added)
+	if others, err := ps.Active(ctx); err == nil {
+		for _, o := range others {
+			if o.ID != added.ID {
+				fmt.Fprintf(stdout, "also in force: %s\n", o)
+			}
+		}
+	}
 	fmt.Fprintf(stdout, "Workers it covers claim nothing it covers within %v; runs in flight finish (nonqueue status shows them).\n",
 		c.gateConfig().SampleInterval)
 	if scope.ReplicaServerID != 0 {
