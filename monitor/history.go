@@ -115,6 +115,7 @@ const (
 	StateIdle     = string(meta.StateIdle)
 	StateLagWait  = string(meta.StateLagWait)
 	StateStopped  = string(meta.StateStopped)
+	StatePaused   = string(meta.StatePaused)
 	StateRunning  = string(meta.StateRunning)
 	StateStopping = string(meta.StateStopping)
 	StateExited   = string(meta.StateExited)

@@ -70,5 +70,18 @@ CREATE TABLE IF NOT EXISTS `nonqueue`.`heartbeat` (
   PRIMARY KEY (id)
 ) ENGINE=InnoDB;
 
+CREATE TABLE IF NOT EXISTS `nonqueue`.`pause` (
+  id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
+  replica_server_id INT UNSIGNED NULL COMMENT 'NULL: every replica; else only workers on this replica',
+  below_priority INT NULL COMMENT 'NULL: every topic; else only topics with a lower priority',
+  paused_by VARCHAR(255) NOT NULL COMMENT 'user@host, or the dashboard operator',
+  reason VARCHAR(500) NOT NULL DEFAULT '',
+  created_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+  expires_at DATETIME(6) NULL COMMENT 'NULL: until resumed',
+  resumed_by VARCHAR(255) NULL,
+  PRIMARY KEY (id),
+  KEY expires (expires_at)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
 CREATE OR REPLACE TRIGGER `nonqueue`.`nq_request_topic` BEFORE UPDATE ON `nonqueue`.`topic` FOR EACH ROW
 SET NEW.`request_version` = NEW.`request_version` + IF(NEW.`request_version` <=> OLD.`request_version` AND NEW.`running` <=> OLD.`running` AND NEW.`required` > 0 AND NOT (NEW.`required` <=> OLD.`required` AND NEW.`due` <=> OLD.`due`), 1, 0);

@@ -25,6 +25,9 @@ type Deps struct {
 	Queue   *queue.Queue
 	History *monitor.History
 	Gate    *monitor.Gate
+	// Pause, if set, is the operators' pauses as last read on the
+	// primary: consulted before each claim, never queried per claim.
+	Pause   *monitor.PauseWatch
 	Flavor  flavor.Flavor
 	Primary *sql.DB // publish, GTID position
 	Replica *sql.DB // the local replica: procedure, export, GTID wait
@@ -105,12 +108,25 @@ func (in *Instance) runOnce(soft, hard context.Context, pipeline bool) (bool, er
 		sleep(soft, backoff)
 		return false, nil
 	}
+	minPriority := in.cfg.MinPriority
+	if pw := in.deps.Pause; pw != nil {
+		// A pause of everything here: claim nothing (runs in flight go
+		// on). A pause below a priority raises the claim's minimum.
+		var backoff time.Duration
+		var err error
+		if minPriority, backoff, err = pw.Check(minPriority); err != nil {
+			in.setState(soft, monitor.StatePaused, 0, 0, 0)
+			in.log.DebugContext(soft, "paused", "err", err, "backoff", backoff)
+			sleep(soft, backoff)
+			return false, nil
+		}
+	}
 	start := time.Now()
 	// The claim runs on a context a shutdown does not cancel: a claim
 	// UPDATE that commits on the server while the client gives up would
 	// leave the topic marked running until its lease ran out.
 	cctx, cancel := cleanup.Context(soft)
-	claim, err := in.deps.Queue.Claim(cctx, &queue.ClaimParams{InstanceID: in.ID, MinPriority: in.cfg.MinPriority})
+	claim, err := in.deps.Queue.Claim(cctx, &queue.ClaimParams{InstanceID: in.ID, MinPriority: minPriority})
 	cancel()
 	if err == nil && soft.Err() != nil {
 		// Stopping: give it straight back, not counted as an attempt.
@@ -150,6 +166,17 @@ func (in *Instance) runOnce(soft, hard context.Context, pipeline bool) (bool, er
 		}
 		in.log.DebugContext(soft, "lag gate closed during the claim; topic given back", "topic_id", claim.TopicID, "err", gerr)
 		sleep(soft, backoff)
+		return false, nil
+	}
+	if pw := in.deps.Pause; pw != nil && pw.Covers(claim.Priority) {
+		// A pause arrived while this claim was on its way: give the topic
+		// back, not counted; nothing was started.
+		rctx, cancel := cleanup.Context(soft)
+		defer cancel()
+		if _, rerr := in.deps.Queue.Release(rctx, claim, &queue.ReleaseParams{}); rerr != nil {
+			in.log.ErrorContext(rctx, "give back a claim made as a pause arrived", "topic_id", claim.TopicID, "err", rerr)
+		}
+		in.log.DebugContext(soft, "paused during the claim; topic given back", "topic_id", claim.TopicID)
 		return false, nil
 	}
 	run := &monitor.Run{

@@ -138,7 +138,9 @@ func (b *bundle) startPool(t *testing.T, replica, instances int, tweak func(*wor
 		Config: wc, ServerID: serverID, Numbers: numbers, Version: "test",
 		Deps: &worker.Deps{
 			Queue: b.q, History: &monitor.History{Primary: pdb, Schema: b.db},
-			Gate:   &monitor.Gate{Replica: rdb, Flavor: f, Schema: b.db, WriterID: serverID, Config: gc.WithDefaults(), Logger: logger},
+			Gate: &monitor.Gate{Replica: rdb, Flavor: f, Schema: b.db, WriterID: serverID, Config: gc.WithDefaults(), Logger: logger},
+			Pause: &monitor.PauseWatch{Pauses: &monitor.Pauses{Primary: pdb, Schema: b.db}, ServerID: serverID,
+				Config: gc.WithDefaults(), Logger: logger},
 			Flavor: f, Primary: pdb, Replica: rdb,
 			Runner:         &procs.Runner{DB: rdb, Config: procs.Config{Procedure: b.db + ".calc", Marker: "SUMMARY", LogDir: wc.LogDir}.WithDefaults(), Logger: logger},
 			Shipper:        sh,

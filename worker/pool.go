@@ -14,7 +14,8 @@ import (
 )
 
 // Pool runs a process's instances and the services they share: the lag
-// heartbeat writer, the lag gate's sampler and the reaper.
+// heartbeat writer, the lag gate's sampler, the pause watch and the
+// reaper.
 type Pool struct {
 	Config   Config
 	Deps     *Deps
@@ -87,6 +88,12 @@ func (p *Pool) Run(soft, hard context.Context) error {
 		return err
 	}
 	defer p.Deps.Gate.Stop(context.Background())
+	if pw := p.Deps.Pause; pw != nil {
+		if err := pw.Start(hard); err != nil {
+			return err
+		}
+		defer pw.Stop(context.Background())
+	}
 	p.awaitGate(soft)
 	reaper := &queue.Reaper{Queue: p.Deps.Queue, ID: instances[0].ID, Interval: p.Config.ReapInterval, Logger: log, ReapedFunc: p.Deps.ReapedFunc}
 	if err := reaper.Start(soft); err != nil {

@@ -88,6 +88,22 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer, logg
 			}
 			return fmt.Sprintf("IO and SQL threads running, Seconds_Behind_Master %v", st.SecondsBehind.Int64), nil
 		}},
+		{name: "pauses", run: func(ctx context.Context) (string, error) {
+			// The pause watch's own read: the table is readable, and a
+			// pause covering this replica is worth a warning.
+			if err := n.pause.RunOnce(ctx); err != nil {
+				return "", err
+			}
+			in, _ := n.pause.InForce()
+			if len(in) == 0 {
+				return "none in force for this replica", nil
+			}
+			var ps []string
+			for _, p := range in {
+				ps = append(ps, p.String())
+			}
+			return "", warning{fmt.Errorf("in force for this replica (nonqueue resume ends them): %s", strings.Join(ps, "; "))}
+		}},
 		{name: "replica's GTID domain", run: func(ctx context.Context) (string, error) {
 			msg, err := monitor.CheckLocalDomain(ctx, n.flavor, n.primary, n.replica)
 			if errors.Is(err, monitor.ErrSharedDomain) {

@@ -54,6 +54,19 @@ func writeStatus(w io.Writer, s *dashboard.Summary) error {
 	t := s.Topics
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	p := func(format string, a ...any) { fmt.Fprintf(tw, format, a...) }
+	if len(s.Pauses) > 0 {
+		// First: a paused fleet must read as paused.
+		p("PAUSED\tSCOPE\tBY\tSINCE\tUNTIL\tREASON\n")
+		for _, ps := range s.Pauses {
+			reason := "-"
+			if ps.Reason != "" {
+				reason = strconv.Quote(ps.Reason)
+			}
+			p("pause %d\t%s\t%s\t%s (%s ago)\t%s\t%s\n", ps.ID, ps.Scope, ps.By, ps.CreatedAt.Format("2006-01-02 15:04:05"),
+				short(ps.Age), ps.Until(), reason)
+		}
+		p("(nonqueue resume --config FILE --id ID ends one; runs in flight finish meanwhile)\n\n")
+	}
 	p("topics %s, required %s; counted in %s at %s (primary's clock)\n\n", format.Thousands(t.Total), format.Thousands(t.Required),
 		short(t.Elapsed), t.At.Format("2006-01-02 15:04:05"))
 	p("STATE\tTOPICS\n")

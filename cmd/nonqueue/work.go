@@ -36,6 +36,7 @@ type node struct {
 	shipper  *transfer.Shipper
 	runner   *procs.Runner
 	gate     *monitor.Gate
+	pause    *monitor.PauseWatch
 	log      *slog.Logger
 }
 
@@ -192,6 +193,8 @@ func openNode(ctx context.Context, c *Config, instances int, log *slog.Logger) (
 	n.runner = &procs.Runner{DB: n.replica, Config: c.procsConfig(), Logger: log}
 	n.gate = &monitor.Gate{Replica: n.replica, Flavor: n.flavor, Schema: c.Topics.MetaSchema, WriterID: n.serverID,
 		Config: c.gateConfig(), Logger: log}
+	n.pause = &monitor.PauseWatch{Pauses: &monitor.Pauses{Primary: n.primary, Schema: c.Topics.MetaSchema},
+		ServerID: n.serverID, Config: c.gateConfig(), Logger: log}
 	return n, nil
 }
 
@@ -295,7 +298,7 @@ func runWork(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		logger.Warn("check the replica's GTID domain", "err", err)
 	}
 	// On hard, not ctx: scrapes keep working through the grace period.
-	wm, err := startWorkerMetrics(hard, *metricsListen, n.queue, n.gate, logger)
+	wm, err := startWorkerMetrics(hard, *metricsListen, n.queue, n.gate, n.pause, logger)
 	if err != nil {
 		return err
 	}
@@ -304,7 +307,7 @@ func runWork(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		Config: c.Worker, ServerID: n.serverID, Numbers: numbers, Version: version,
 		Deps: &worker.Deps{
 			Queue: n.queue, History: &monitor.History{Primary: n.primary, Schema: c.Topics.MetaSchema},
-			Gate: n.gate, Flavor: n.flavor, Primary: n.publish, Replica: n.replica, Runner: n.runner, Shipper: n.shipper,
+			Gate: n.gate, Pause: n.pause, Flavor: n.flavor, Primary: n.publish, Replica: n.replica, Runner: n.runner, Shipper: n.shipper,
 			ReplicaDatadir: n.datadir, ReplicaName: c.Replica.addr(), Logger: logger,
 			Observer: wm.observer(), StateFunc: wm.stateFunc(), ReapedFunc: wm.reapedFunc(),
 		},

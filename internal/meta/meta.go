@@ -1,5 +1,5 @@
 // Package meta owns nonqueue's own tables in the meta schema: the run
-// history, the instance registry and the lag heartbeat. queue creates them
+// history, the instance registry, the lag heartbeat and the pauses. queue creates them
 // (its DDL) and records reaped and released runs; monitor writes and reads
 // them (History, Heartbeat, Gate, the reports). Their names, the values of
 // their outcome and state columns and their DDL live here, once, so the two
@@ -13,10 +13,11 @@ const (
 	RunTable       = "run"
 	InstanceTable  = "instance"
 	HeartbeatTable = "heartbeat"
+	PauseTable     = "pause"
 )
 
 // Tables lists the meta tables in creation order.
-var Tables = [...]string{RunTable, InstanceTable, HeartbeatTable}
+var Tables = [...]string{RunTable, InstanceTable, HeartbeatTable, PauseTable}
 
 // Outcome is the run history's outcome column: how one claim of one topic
 // ended.
@@ -41,6 +42,7 @@ const (
 	StateIdle     State = "idle"
 	StateLagWait  State = "waiting for lag"
 	StateStopped  State = "replica stopped"
+	StatePaused   State = "paused" // an operator's pause covers everything it may claim
 	StateRunning  State = "running"
 	StateStopping State = "stopping"
 	StateExited   State = "exited"
@@ -94,5 +96,20 @@ func DDL(schema string) []string {
   ts_us BIGINT NOT NULL COMMENT 'writer clock, microseconds since the epoch',
   PRIMARY KEY (id)
 ) ENGINE=InnoDB`,
+		// One row per operator pause. A row is in force from created_at
+		// until expires_at (NULL: until resumed); resume sets expires_at,
+		// so the rows stay as the record of who paused and resumed what.
+		"CREATE TABLE IF NOT EXISTS " + q(PauseTable) + ` (
+  id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
+  replica_server_id INT UNSIGNED NULL COMMENT 'NULL: every replica; else only workers on this replica',
+  below_priority INT NULL COMMENT 'NULL: every topic; else only topics with a lower priority',
+  paused_by VARCHAR(255) NOT NULL COMMENT 'user@host, or the dashboard operator',
+  reason VARCHAR(500) NOT NULL DEFAULT '',
+  created_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+  expires_at DATETIME(6) NULL COMMENT 'NULL: until resumed',
+  resumed_by VARCHAR(255) NULL,
+  PRIMARY KEY (id),
+  KEY expires (expires_at)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4`,
 	}
 }

@@ -39,6 +39,11 @@ type Sources struct {
 	Metrics http.Handler
 }
 
+// pauses is the pause table, beside the history's tables.
+func (s *Sources) pauses() *monitor.Pauses {
+	return &monitor.Pauses{Primary: s.History.Primary, Schema: s.History.Schema}
+}
+
 func (s *Sources) check() error {
 	if s.Queue == nil || s.History == nil || s.History.Primary == nil {
 		return errors.New("dashboard: Sources needs a Queue and a History with a Primary pool")
@@ -72,6 +77,9 @@ type Summary struct {
 	InstanceStates map[string]int `json:"instance_states"`
 	Lease          time.Duration  `json:"lease_ns"`
 	Elapsed        time.Duration  `json:"elapsed_ns"`
+	// Pauses are the operators' pauses in force, oldest first (none
+	// before schema apply created the pause table).
+	Pauses []monitor.Pause `json:"pauses"`
 }
 
 // Windows of the summary.
@@ -92,7 +100,7 @@ func (s *Sources) Summary(ctx context.Context) (*Summary, error) {
 	sum := &Summary{Lease: s.Queue.Config().Lease}
 	var instances []monitor.InstanceRecord
 	var wg sync.WaitGroup
-	errs := make([]error, 6)
+	errs := make([]error, 7)
 	run := func(i int, f func() error) {
 		wg.Add(1)
 		go func() { defer wg.Done(); errs[i] = f() }()
@@ -104,6 +112,13 @@ func (s *Sources) Summary(ctx context.Context) (*Summary, error) {
 	var running []queue.TopicRow // all of them (to date instances' signs of life), the first few shown
 	run(4, func() (err error) { running, err = s.Queue.Running(ctx, queue.MaxTopicLimit); return })
 	run(5, func() (err error) { instances, err = s.History.Instances(ctx); return })
+	run(6, func() (err error) {
+		sum.Pauses, err = s.pauses().Active(ctx)
+		if errors.Is(err, monitor.ErrNoPauseTable) {
+			err = nil
+		}
+		return
+	})
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("read overview: %w", err)

@@ -285,6 +285,12 @@ func flashText(code, n string) string {
 		return "Topic unparked."
 	case "not-parked":
 		return "The topic was not parked; nothing changed."
+	case "paused":
+		return "Paused: workers claim nothing the pause covers within one sample interval; runs in flight finish."
+	case "resumed":
+		return "Pause ended; workers claim again within one sample interval unless another pause covers them."
+	case "not-paused":
+		return "That pause was no longer in force; nothing changed."
 	case "login":
 		return "Logged in."
 	case "logout":
