@@ -23,6 +23,11 @@ type Deps struct {
 	Queue   *queue.Queue
 	History *monitor.History
 	Gate    *monitor.Gate
+	// Throttle, if set, is the primary throttle (the Pool starts it),
+	// checked before every claim and before every publish.
+	Throttle *monitor.Throttle
+	// Slots, if set, caps the publishes running at once on the primary.
+	Slots   *monitor.PublishSlots
 	Flavor  flavor.Flavor
 	Primary *sql.DB // publish, GTID position
 	Replica *sql.DB // the local replica: procedure, export, GTID wait
@@ -58,7 +63,7 @@ type Instance struct {
 	dropper *transfer.Dropper
 
 	// Registry bookkeeping, touched only by the instance's goroutine.
-	lastState                 string
+	lastState, lastReason     string
 	lastWrite                 time.Time
 	pendingRan, pendingFailed int
 }
@@ -86,6 +91,12 @@ func (in *Instance) RunOnce(soft, hard context.Context) (bool, error) {
 		}
 		in.setState(soft, state, 0, 0, 0)
 		in.log.DebugContext(soft, "lag gate closed", "err", err, "backoff", backoff)
+		sleep(soft, backoff)
+		return false, nil
+	}
+	if backoff, err := in.deps.Throttle.Check(); err != nil {
+		in.setStateReason(soft, monitor.StateThrottled, throttleReason(err), 0)
+		in.log.DebugContext(soft, "primary throttled", "err", err, "backoff", backoff)
 		sleep(soft, backoff)
 		return false, nil
 	}
@@ -240,6 +251,13 @@ func (in *Instance) process(hard context.Context, claim *queue.Claim, run *monit
 		return
 	}
 
+	// Yield to the primary: no publish while the throttle is closed.
+	if err := in.awaitThrottle(ctx, claim.TopicID); err != nil {
+		in.dropLocal(rs, log)
+		in.giveUp(ctx, claim, run, log, err, errors.Is(err, monitor.ErrThrottled))
+		return
+	}
+
 	// Ship and publish; the finish happens under the publish lock, right
 	// after the swap, so the reaper cannot take the claim in between.
 	finished := false
@@ -257,6 +275,7 @@ func (in *Instance) process(hard context.Context, claim *queue.Claim, run *monit
 		DropReplica:    true,
 		Dropper:        in.dropper,
 		ReplicaSession: rs,
+		AdmitFunc:      in.admit(run),
 	})
 	if ship != nil {
 		run.Bytes, run.Transfer, run.Publish = ship.Bytes, ship.TransferTime, ship.PublishTime
@@ -265,7 +284,7 @@ func (in *Instance) process(hard context.Context, claim *queue.Claim, run *monit
 		in.dropLocal(rs, log) // the shipment may have stopped before its own drop
 	}
 	if err != nil && !finished {
-		in.giveUp(ctx, claim, run, log, fmt.Errorf("transfer: %w", err), false)
+		in.giveUp(ctx, claim, run, log, fmt.Errorf("transfer: %w", err), errors.Is(err, monitor.ErrNoPublishSlot))
 		return
 	}
 	if err != nil {
@@ -350,13 +369,22 @@ func (in *Instance) record(run *monitor.Run) {
 }
 
 func (in *Instance) setState(ctx context.Context, state string, topicID int64, ran, failed int) {
+	in.writeState(ctx, state, "", topicID, ran, failed)
+}
+
+// setStateReason records a waiting state and why (the throttle reasons).
+func (in *Instance) setStateReason(ctx context.Context, state, reason string, topicID int64) {
+	in.writeState(ctx, state, reason, topicID, 0, 0)
+}
+
+func (in *Instance) writeState(ctx context.Context, state, reason string, topicID int64, ran, failed int) {
 	ran += in.pendingRan
 	failed += in.pendingFailed
 	// A busy instance stays "running" from topic to topic: its row is
 	// written when the state changes and refreshed every registryRefresh
 	// (with the counters and the topic of the moment), not once per topic.
 	// The topic table says which topic an instance holds right now.
-	if state == in.lastState && time.Since(in.lastWrite) < registryRefresh {
+	if state == in.lastState && reason == in.lastReason && time.Since(in.lastWrite) < registryRefresh {
 		return
 	}
 	if in.deps.StateFunc != nil && state != in.lastState {
@@ -364,11 +392,11 @@ func (in *Instance) setState(ctx context.Context, state string, topicID int64, r
 	}
 	ctx, cancel := cleanup.Context(ctx)
 	defer cancel()
-	if err := in.deps.History.SetState(ctx, in.ID, state, topicID, ran, failed); err != nil {
+	if err := in.deps.History.SetStateReason(ctx, in.ID, state, reason, topicID, ran, failed); err != nil {
 		in.log.DebugContext(ctx, "registry", "err", err)
 		return
 	}
-	in.lastState, in.lastWrite = state, time.Now()
+	in.lastState, in.lastReason, in.lastWrite = state, reason, time.Now()
 	in.pendingRan, in.pendingFailed = 0, 0
 }
 

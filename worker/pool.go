@@ -87,6 +87,10 @@ func (p *Pool) Run(soft, hard context.Context) error {
 		return err
 	}
 	defer p.Deps.Gate.Stop(context.Background())
+	if err := p.Deps.Throttle.Start(hard); err != nil {
+		return err
+	}
+	defer p.Deps.Throttle.Stop(context.Background())
 	p.awaitGate(soft)
 	reaper := &queue.Reaper{Queue: p.Deps.Queue, ID: instances[0].ID, Interval: p.Config.ReapInterval, Logger: log, ReapedFunc: p.Deps.ReapedFunc}
 	if err := reaper.Start(soft); err != nil {

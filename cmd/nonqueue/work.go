@@ -36,6 +36,8 @@ type node struct {
 	shipper  *transfer.Shipper
 	runner   *procs.Runner
 	gate     *monitor.Gate
+	throttle *monitor.Throttle
+	slots    *monitor.PublishSlots
 	log      *slog.Logger
 }
 
@@ -86,6 +88,14 @@ func (c *Config) procsConfig() procs.Config {
 func (c *Config) gateConfig() monitor.GateConfig {
 	return monitor.GateConfig{
 		MaxLag: c.Lag.MaxLag, StoppedBackoff: c.Lag.StoppedBackoff, BehindBackoff: c.Lag.BehindBackoff, SampleInterval: c.Lag.SampleInterval,
+	}.WithDefaults()
+}
+
+func (c *Config) throttleConfig() monitor.ThrottleConfig {
+	t := c.Throttle
+	return monitor.ThrottleConfig{
+		MaxThreadsRunning: t.MaxThreadsRunning, URL: t.URL, URLTimeout: t.URLTimeout, SampleInterval: t.SampleInterval,
+		MaxConcurrentPublishes: t.MaxConcurrentPublishes, PublishWait: t.PublishWait,
 	}.WithDefaults()
 }
 
@@ -156,6 +166,8 @@ func openNode(ctx context.Context, c *Config, instances int, log *slog.Logger) (
 	if n.primary, err = openPool(pmc, instances+4); err != nil {
 		return nil, fmt.Errorf("open primary: %w", err)
 	}
+	// A capped publish holds its slot on its own session: no extra
+	// connection. The throttle's sample borrows one of primary's.
 	if n.publish, err = openPool(noBinlog(pmc), instances+2); err != nil {
 		return nil, fmt.Errorf("open primary: %w", err)
 	}
@@ -186,6 +198,9 @@ func openNode(ctx context.Context, c *Config, instances int, log *slog.Logger) (
 	n.runner = &procs.Runner{DB: n.replica, Config: c.procsConfig(), Logger: log}
 	n.gate = &monitor.Gate{Replica: n.replica, Flavor: n.flavor, Schema: c.Topics.MetaSchema, WriterID: n.serverID,
 		Config: c.gateConfig(), Logger: log}
+	tc := c.throttleConfig()
+	n.throttle = &monitor.Throttle{Primary: n.primary, Config: tc, Logger: log}
+	n.slots = &monitor.PublishSlots{Schema: c.Topics.MetaSchema, Max: tc.MaxConcurrentPublishes, Wait: tc.PublishWait}
 	return n, nil
 }
 
@@ -289,7 +304,7 @@ func runWork(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		logger.Warn("check the replica's GTID domain", "err", err)
 	}
 	// On hard, not ctx: scrapes keep working through the grace period.
-	wm, err := startWorkerMetrics(hard, *metricsListen, n.queue, n.gate, logger)
+	wm, err := startWorkerMetrics(hard, *metricsListen, n.queue, n.gate, n.throttle, logger)
 	if err != nil {
 		return err
 	}
@@ -298,7 +313,7 @@ func runWork(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		Config: c.Worker, ServerID: n.serverID, Numbers: numbers, Version: version,
 		Deps: &worker.Deps{
 			Queue: n.queue, History: &monitor.History{Primary: n.primary, Schema: c.Topics.MetaSchema},
-			Gate: n.gate, Flavor: n.flavor, Primary: n.publish, Replica: n.replica, Runner: n.runner, Shipper: n.shipper,
+			Gate: n.gate, Throttle: n.throttle, Slots: n.slots, Flavor: n.flavor, Primary: n.publish, Replica: n.replica, Runner: n.runner, Shipper: n.shipper,
 			ReplicaDatadir: n.datadir, ReplicaName: c.Replica.addr(), Logger: logger,
 			Observer: wm.observer(), StateFunc: wm.stateFunc(), ReapedFunc: wm.reapedFunc(),
 		},

@@ -93,6 +93,11 @@ type WorkerConfig struct {
 	// (*monitor.Gate).Status; it backs nonqueue_replication_lag_seconds
 	// and nonqueue_replication_running. Same rules as ClaimStatsFunc.
 	ReplicaStatusFunc func() monitor.ReplicaStatus
+	// ThrottledFunc returns the reasons work is held back right now
+	// (monitor.ThrottleReasons values: the primary throttle's and the lag
+	// gate's); it backs nonqueue_throttled{reason}. Same rules as
+	// ClaimStatsFunc.
+	ThrottledFunc func() []string
 	// ReplicaStaleAfter: a sample older than this is reported as unknown
 	// (the replication metrics are absent), so a stopped gate does not
 	// show its last lag forever; default 30s.
@@ -160,6 +165,9 @@ func NewWorker(reg prometheus.Registerer, cfg WorkerConfig) (*Worker, error) {
 	cs := []prometheus.Collector{w.runs, w.errs, w.phases, w.bytes, w.reaped, w.states}
 	if cfg.ClaimStatsFunc != nil {
 		cs = append(cs, newClaimCollector(cfg.ClaimStatsFunc))
+	}
+	if cfg.ThrottledFunc != nil {
+		cs = append(cs, newThrottledCollector(cfg.ThrottledFunc))
 	}
 	if cfg.ReplicaStatusFunc != nil {
 		cs = append(cs, newReplicationCollector(cfg.ReplicaStatusFunc, cmp.Or(cfg.ReplicaStaleAfter, DefaultReplicaStaleAfter)))
@@ -338,4 +346,37 @@ func boolFloat(b bool) float64 {
 		return 1
 	}
 	return 0
+}
+
+// throttledCollector is nonqueue_throttled{reason}: 1 for each reason that
+// holds the work back at scrape time, 0 for the others. It reads what the
+// throttle and the lag gate stored and never queries.
+type throttledCollector struct {
+	desc    *prometheus.Desc
+	reasons func() []string
+}
+
+func newThrottledCollector(reasons func() []string) *throttledCollector {
+	return &throttledCollector{
+		desc: prometheus.NewDesc(Namespace+"_throttled",
+			"1 while this reason holds this process's work back (no claims; no publishes for the primary's: threads_running, throttle_url; no claims for the lag gate's: replica_lag, replica_stopped), 0 otherwise.",
+			[]string{"reason"}, nil),
+		reasons: reasons,
+	}
+}
+
+func (c *throttledCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *throttledCollector) Collect(ch chan<- prometheus.Metric) {
+	on := map[string]bool{}
+	for _, r := range c.reasons() {
+		on[r] = true
+	}
+	for _, r := range monitor.ThrottleReasons() {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, boolFloat(on[r]), r)
+		delete(on, r)
+	}
+	for _, r := range slices.Sorted(maps.Keys(on)) {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, 1, r)
+	}
 }
