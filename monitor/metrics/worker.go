@@ -121,8 +121,9 @@ type Worker struct {
 // nonqueue_runs_total{outcome}, nonqueue_publish_errors_total{reason},
 // nonqueue_run_phase_duration_seconds{phase},
 // nonqueue_bytes_shipped_total, nonqueue_leases_reaped_total and
-// nonqueue_instances{state}, plus nonqueue_claims_total{result} and the
-// replication metrics when cfg has their source. It returns reg's error
+// nonqueue_instances{state}, plus nonqueue_claims_total{result},
+// nonqueue_throttled{reason} and the replication metrics when cfg has
+// their source. It returns reg's error
 // when a name is already registered there (a second Worker in one
 // registry), and registers nothing then.
 func NewWorker(reg prometheus.Registerer, cfg WorkerConfig) (*Worker, error) {
@@ -237,13 +238,13 @@ type instanceStates struct {
 // knownStates are exported at zero so every state's series exists.
 func knownStates() []string {
 	return []string{monitor.StateStarting, monitor.StateIdle, monitor.StateLagWait, monitor.StateStopped,
-		monitor.StateRunning, monitor.StateStopping, monitor.StateExited}
+		monitor.StateThrottled, monitor.StateRunning, monitor.StateStopping, monitor.StateExited}
 }
 
 func newInstanceStates() *instanceStates {
 	return &instanceStates{
 		desc: prometheus.NewDesc(Namespace+"_instances",
-			"Worker instances of this process per state (starting, idle, waiting for lag, replica stopped, running, stopping, exited).",
+			"Worker instances of this process per state (starting, idle, waiting for lag, replica stopped, throttled, running, stopping, exited).",
 			[]string{"state"}, nil),
 		byID: map[int64]string{},
 	}
