@@ -153,6 +153,8 @@ const (
 // their files into the primary's datadir under staging names, verifies
 // them, and publishes them atomically under the topic's lock:
 //
+//  0. ShipParams.AdmitFunc, if set, runs first on the primary session (a
+//     publish slot) and its release right after step 4's RELEASE_LOCK;
 //  1. replica, binary logging off: each table must exist and be MyISAM;
 //     FLUSH TABLES … FOR EXPORT makes the files consistent and holds a read
 //     lock while the files stream;

@@ -155,3 +155,46 @@ func TestPublishOverlapsNeverExceedK(t *testing.T) {
 		})
 	}
 }
+
+// TestThrottleHoldsPublish: a run whose procedure ends while the throttle
+// is closed waits before shipping, with its claim kept alive past the
+// lease by its heartbeat (no reap, no second claim), shows as throttled on
+// its topic in the registry, and publishes once the throttle opens.
+func TestThrottleHoldsPublish(t *testing.T) {
+	const lease = 4 * time.Second
+	b := setup(t, lease)
+	f := &freno{}
+	f.code.Store(http.StatusOK)
+	srv := httptest.NewServer(f)
+	defer srv.Close()
+	b.depsTweak = func(d *worker.Deps) {
+		d.Throttle = &monitor.Throttle{Primary: d.Primary, Config: monitor.ThrottleConfig{
+			URL: srv.URL, URLTimeout: 300 * time.Millisecond, SampleInterval: 100 * time.Millisecond}}
+	}
+	b.addTopics(t, 1, 1)
+	if _, err := b.primary.ExecContext(b.ctx, "INSERT INTO slow VALUES (1, 2)"); err != nil { // the procedure takes 2 s
+		t.Fatal(err)
+	}
+	b.startPool(t, 0, 1, nil)
+	testdb.WaitFor(t, 30*time.Second, "topic 1 claimed", func() bool {
+		return b.count(t, "SELECT COUNT(*) FROM topic WHERE id = 1 AND running <> 0") == 1
+	})
+	f.code.Store(http.StatusTooManyRequests)
+	testdb.WaitFor(t, 30*time.Second, "the run waiting to publish, throttled on topic 1", func() bool {
+		return b.count(t, "SELECT COUNT(*) FROM instance WHERE state = 'throttled' AND reason = 'throttle_url' AND topic_id = 1") == 1
+	})
+	time.Sleep(lease + lease/2) // past the lease: only the heartbeat keeps the claim
+	if n := b.count(t, "SELECT COUNT(*) FROM topic WHERE id = 1 AND running <> 0 AND claim_token = 1"); n != 1 {
+		t.Fatalf("the waiting run's claim was lost or taken again")
+	}
+	if n := b.count(t, "SELECT COUNT(*) FROM run"); n != 0 {
+		t.Fatalf("%d runs recorded while the publish waited", n)
+	}
+	f.code.Store(http.StatusOK)
+	testdb.WaitFor(t, 30*time.Second, "topic 1 done", func() bool {
+		return b.count(t, "SELECT COUNT(*) FROM run WHERE topic_id = 1 AND outcome = 'done' AND claim_token = 1") == 1
+	})
+	if n := b.count(t, "SELECT COUNT(*) FROM topic WHERE id = 1 AND (required > 0 OR running <> 0)"); n != 0 {
+		t.Fatal("topic 1 not finished")
+	}
+}
