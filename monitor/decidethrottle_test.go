@@ -3,6 +3,7 @@ package monitor
 import (
 	"errors"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -71,6 +72,11 @@ func TestThrottleConfigValidate(t *testing.T) {
 			t.Errorf("%+v: %v", c.cfg, err)
 		case c.field != "" && (!errors.As(err, &ce) || ce.Field != c.field):
 			t.Errorf("%+v: %v, want an error on %s", c.cfg, err, c.field)
+		}
+	}
+	for _, u := range []string{"http://nq:s3cret@fr eno/check", "ftp://nq:s3cret@freno/check"} {
+		if err := (ThrottleConfig{URL: u}).WithDefaults().Validate(); err == nil || strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("%q: %v: want an error that does not show the password", u, err)
 		}
 	}
 	if err := (ThrottleConfig{URLTimeout: -time.Second}).Validate(); err == nil {

@@ -29,6 +29,14 @@ var (
 	// replication (see CheckLocalDomain). A warning, not a refusal: the
 	// setting is common and only a crash at the wrong moment hurts.
 	ErrSharedDomain = errors.New("replica shares the primary's GTID domain")
+	// ErrThrottled is wrapped by Throttle.Check's verdict while the
+	// primary is too busy (or its load is unknown): nobody claims or
+	// publishes.
+	ErrThrottled = errors.New("primary throttled")
+	// ErrNoPublishSlot: every publish slot stayed taken for the whole wait
+	// (PublishSlots.Wait); the caller gives its claim back without
+	// counting an attempt.
+	ErrNoPublishSlot = errors.New("no publish slot free")
 	// ErrConfig is wrapped by every *ConfigError.
 	ErrConfig = errors.New("invalid monitor configuration")
 )

@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"database/sql"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strconv"
@@ -13,11 +12,6 @@ import (
 
 	"github.com/nonqueue/nonqueue/internal/cleanup"
 )
-
-// ErrNoPublishSlot: every publish slot stayed taken for the whole wait
-// (PublishSlots.Wait); the caller gives its claim back without counting an
-// attempt.
-var ErrNoPublishSlot = errors.New("no publish slot free")
 
 // PublishSlots caps the publishes running at once on the primary,
 // fleet-wide and without a coordinator: slot i is the named lock

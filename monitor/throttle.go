@@ -41,10 +41,6 @@ func ThrottleReasons() []string {
 	return []string{ThrottleThreadsRunning, ThrottleURL, ThrottleReplicaLag, ThrottleReplicaStopped}
 }
 
-// ErrThrottled is wrapped by Throttle.Check's verdict while the primary is
-// too busy (or its load is unknown): nobody claims or publishes.
-var ErrThrottled = errors.New("primary throttled")
-
 // ThrottledError is Throttle.Check's verdict: the reasons that hold
 // (ThrottleThreadsRunning, ThrottleURL) and what each saw. It wraps
 // ErrThrottled.
@@ -126,6 +122,11 @@ func (c ThrottleConfig) Validate() error {
 func checkThrottleURL(s string) error {
 	u, err := url.Parse(s)
 	if err != nil {
+		// url.Error repeats the URL, which may hold credentials.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
 		return fmt.Errorf("not a URL: %w", err)
 	}
 	if u.Scheme != "http" && u.Scheme != "https" {
