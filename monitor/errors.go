@@ -45,6 +45,14 @@ var (
 	ErrNoPauseTable = errors.New("no pause table on the primary: run nonqueue schema apply")
 	// ErrPauseNotFound: no pause in force has this id.
 	ErrPauseNotFound = errors.New("no such pause in force")
+	// ErrThrottled is wrapped by Throttle.Check's verdict while the
+	// primary is too busy (or its load is unknown): nobody claims or
+	// publishes.
+	ErrThrottled = errors.New("primary throttled")
+	// ErrNoPublishSlot: every publish slot stayed taken for the whole wait
+	// (PublishSlots.Wait); the caller gives its claim back without
+	// counting an attempt.
+	ErrNoPublishSlot = errors.New("no publish slot free")
 	// ErrConfig is wrapped by every *ConfigError.
 	ErrConfig = errors.New("invalid monitor configuration")
 )

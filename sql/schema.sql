@@ -42,6 +42,8 @@ CREATE TABLE IF NOT EXISTS `nonqueue`.`run` (
   transfer_us BIGINT UNSIGNED NOT NULL DEFAULT 0,
   publish_us BIGINT UNSIGNED NOT NULL DEFAULT 0,
   log_path VARCHAR(1000) NULL,
+  publish_started_at DATETIME(6) NULL COMMENT 'publish slot held from (primary clock); NULL without max_concurrent_publishes',
+  publish_finished_at DATETIME(6) NULL COMMENT 'publish slot held until (primary clock)',
   PRIMARY KEY (id),
   KEY topic (topic_id, id),
   KEY finished (finished_at),
@@ -61,8 +63,14 @@ CREATE TABLE IF NOT EXISTS `nonqueue`.`instance` (
   heartbeat_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
   runs BIGINT UNSIGNED NOT NULL DEFAULT 0,
   failures BIGINT UNSIGNED NOT NULL DEFAULT 0,
+  reason VARCHAR(255) NULL COMMENT 'why the instance waits: throttle reasons',
   PRIMARY KEY (id)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+ALTER TABLE `nonqueue`.`run` ADD COLUMN IF NOT EXISTS publish_started_at DATETIME(6) NULL COMMENT 'publish slot held from (primary clock); NULL without max_concurrent_publishes',
+  ADD COLUMN IF NOT EXISTS publish_finished_at DATETIME(6) NULL COMMENT 'publish slot held until (primary clock)';
+
+ALTER TABLE `nonqueue`.`instance` ADD COLUMN IF NOT EXISTS reason VARCHAR(255) NULL COMMENT 'why the instance waits: throttle reasons';
 
 CREATE TABLE IF NOT EXISTS `nonqueue`.`heartbeat` (
   id INT UNSIGNED NOT NULL COMMENT 'writer: one row per writing process',

@@ -27,7 +27,12 @@ type Deps struct {
 	Gate    *monitor.Gate
 	// Pause, if set, is the operators' pauses as last read on the
 	// primary: consulted before each claim, never queried per claim.
-	Pause   *monitor.PauseWatch
+	Pause *monitor.PauseWatch
+	// Throttle, if set, is the primary throttle (the Pool starts it),
+	// checked before every claim and before every publish.
+	Throttle *monitor.Throttle
+	// Slots, if set, caps the publishes running at once on the primary.
+	Slots   *monitor.PublishSlots
 	Flavor  flavor.Flavor
 	Primary *sql.DB // publish, GTID position
 	Replica *sql.DB // the local replica: procedure, export, GTID wait
@@ -62,9 +67,11 @@ type Instance struct {
 	// pool's); nil drops them at once.
 	dropper *transfer.Dropper
 
-	// Registry bookkeeping, touched only by the instance's goroutine.
-	lastState string
-	lastWrite time.Time
+	// Registry bookkeeping, under stateMu: the instance's goroutine and
+	// its shipment (waiting for the throttle to publish) both write it.
+	stateMu               sync.Mutex
+	lastState, lastReason string
+	lastWrite             time.Time
 	// Runs ended since the last registry write; a shipment ends its run
 	// on its own goroutine.
 	pendingRan, pendingFailed atomic.Int64
@@ -105,6 +112,12 @@ func (in *Instance) runOnce(soft, hard context.Context, pipeline bool) (bool, er
 		}
 		in.setState(soft, state, 0, 0, 0)
 		in.log.DebugContext(soft, "lag gate closed", "err", err, "backoff", backoff)
+		sleep(soft, backoff)
+		return false, nil
+	}
+	if backoff, err := in.deps.Throttle.Check(); err != nil {
+		in.setStateReason(soft, monitor.StateThrottled, throttleReason(err), 0)
+		in.log.DebugContext(soft, "primary throttled", "err", err, "backoff", backoff)
 		sleep(soft, backoff)
 		return false, nil
 	}
@@ -335,6 +348,13 @@ func (in *Instance) ship(f *inflight) {
 	ctx, claim, run, rs, log := f.ctx, f.claim, f.run, f.rs, f.log
 	fence := func(ctx context.Context) error { return in.deps.Queue.Holds(ctx, claim) }
 
+	// Yield to the primary: no publish while the throttle is closed.
+	if err := in.awaitThrottle(ctx, claim.TopicID); err != nil {
+		in.dropLocal(rs, log)
+		in.giveUp(ctx, claim, run, log, err, errors.Is(err, monitor.ErrThrottled))
+		return
+	}
+
 	// Ship and publish; the finish happens under the publish lock, right
 	// after the swap, so the reaper cannot take the claim in between.
 	finished := false
@@ -352,6 +372,7 @@ func (in *Instance) ship(f *inflight) {
 		DropReplica:    true,
 		Dropper:        in.dropper,
 		ReplicaSession: rs,
+		AdmitFunc:      in.admit(run),
 	})
 	if ship != nil {
 		run.Bytes, run.Transfer, run.Publish = ship.Bytes, ship.TransferTime, ship.PublishTime
@@ -360,7 +381,7 @@ func (in *Instance) ship(f *inflight) {
 		in.dropLocal(rs, log) // the shipment may have stopped before its own drop
 	}
 	if err != nil && !finished {
-		in.giveUp(ctx, claim, run, log, fmt.Errorf("transfer: %w", err), false)
+		in.giveUp(ctx, claim, run, log, fmt.Errorf("transfer: %w", err), errors.Is(err, monitor.ErrNoPublishSlot))
 		return
 	}
 	if err != nil {
@@ -445,6 +466,17 @@ func (in *Instance) record(run *monitor.Run) {
 }
 
 func (in *Instance) setState(ctx context.Context, state string, topicID int64, ran, failed int) {
+	in.writeState(ctx, state, "", topicID, ran, failed)
+}
+
+// setStateReason records a waiting state and why (the throttle reasons).
+func (in *Instance) setStateReason(ctx context.Context, state, reason string, topicID int64) {
+	in.writeState(ctx, state, reason, topicID, 0, 0)
+}
+
+func (in *Instance) writeState(ctx context.Context, state, reason string, topicID int64, ran, failed int) {
+	in.stateMu.Lock()
+	defer in.stateMu.Unlock()
 	pendingRan, pendingFailed := in.pendingRan.Swap(0), in.pendingFailed.Swap(0)
 	ran += int(pendingRan)
 	failed += int(pendingFailed)
@@ -457,7 +489,7 @@ func (in *Instance) setState(ctx context.Context, state string, topicID int64, r
 		in.pendingRan.Add(pendingRan)
 		in.pendingFailed.Add(pendingFailed)
 	}
-	if state == in.lastState && time.Since(in.lastWrite) < registryRefresh {
+	if state == in.lastState && reason == in.lastReason && time.Since(in.lastWrite) < registryRefresh {
 		unwritten()
 		return
 	}
@@ -466,12 +498,12 @@ func (in *Instance) setState(ctx context.Context, state string, topicID int64, r
 	}
 	ctx, cancel := cleanup.Context(ctx)
 	defer cancel()
-	if err := in.deps.History.SetState(ctx, in.ID, state, topicID, ran, failed); err != nil {
+	if err := in.deps.History.SetStateReason(ctx, in.ID, state, reason, topicID, ran, failed); err != nil {
 		in.log.DebugContext(ctx, "registry", "err", err)
 		unwritten()
 		return
 	}
-	in.lastState, in.lastWrite = state, time.Now()
+	in.lastState, in.lastReason, in.lastWrite = state, reason, time.Now()
 }
 
 // sleep waits d or until ctx is done.

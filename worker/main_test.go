@@ -33,6 +33,8 @@ type bundle struct {
 	logDir  string
 	// transferTweak, if set, changes the pools' transfer settings.
 	transferTweak func(*transfer.Config)
+	// depsTweak, if set, changes each pool's Deps (throttle, slots).
+	depsTweak func(*worker.Deps)
 }
 
 func setup(t *testing.T, lease time.Duration) *bundle {
@@ -154,6 +156,9 @@ func (b *bundle) startPool(t *testing.T, replica, instances int, tweak func(*wor
 			},
 		},
 		Heartbeat: &monitor.Heartbeat{Primary: pdb, Schema: b.db, WriterID: serverID, Interval: 100 * time.Millisecond, Logger: logger},
+	}
+	if b.depsTweak != nil {
+		b.depsTweak(wp.Deps)
 	}
 	soft, cancelSoft := context.WithCancel(ctx)
 	hard, cancelHard := context.WithCancel(context.WithoutCancel(ctx))

@@ -94,6 +94,10 @@ func (p *Pool) Run(soft, hard context.Context) error {
 		}
 		defer pw.Stop(context.Background())
 	}
+	if err := p.Deps.Throttle.Start(hard); err != nil {
+		return err
+	}
+	defer p.Deps.Throttle.Stop(context.Background())
 	p.awaitGate(soft)
 	reaper := &queue.Reaper{Queue: p.Deps.Queue, ID: instances[0].ID, Interval: p.Config.ReapInterval, Logger: log, ReapedFunc: p.Deps.ReapedFunc}
 	if err := reaper.Start(soft); err != nil {

@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/nonqueue/nonqueue/monitor"
 )
@@ -111,6 +113,9 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer, logg
 			}
 			return msg, err
 		}},
+		{name: "primary throttle", run: func(ctx context.Context) (string, error) {
+			return checkThrottle(ctx, c.throttleConfig(), n)
+		}},
 		{name: "procedure", run: func(ctx context.Context) (string, error) {
 			if err := n.runner.Exists(ctx); err != nil {
 				return "", err
@@ -170,4 +175,44 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer, logg
 		return fmt.Errorf("check failed: %d problem(s)", failed)
 	}
 	return nil
+}
+
+// checkThrottle reads what the throttle would: the primary's
+// Threads_running and the throttle URL's answer. A reading that closes the
+// throttle now is a warning (the check works; the primary is busy); a URL
+// that does not answer, or answers in a way no freno-style check does, is
+// a failure.
+func checkThrottle(ctx context.Context, tc monitor.ThrottleConfig, n *node) (string, error) {
+	if !tc.Enabled() && tc.MaxConcurrentPublishes == 0 {
+		return "off (no [throttle] check configured)", nil
+	}
+	var parts, closed []string
+	if tc.MaxThreadsRunning > 0 {
+		tr, err := monitor.ReadThreadsRunning(ctx, n.primary)
+		if err != nil {
+			return "", err
+		}
+		parts = append(parts, fmt.Sprintf("Threads_running %d (limit %d)", tr, tc.MaxThreadsRunning))
+		if tr > int64(tc.MaxThreadsRunning) {
+			closed = append(closed, fmt.Sprintf("Threads_running %d is over max_threads_running %d", tr, tc.MaxThreadsRunning))
+		}
+	}
+	if tc.URL != "" {
+		start := time.Now()
+		code, err := monitor.ProbeURL(ctx, nil, tc.URL, tc.URLTimeout)
+		if err != nil {
+			return "", fmt.Errorf("throttle_url (timeout %v): %w", tc.URLTimeout, err)
+		}
+		parts = append(parts, fmt.Sprintf("throttle URL answered %d in %v", code, time.Since(start).Round(time.Millisecond)))
+		if code != http.StatusOK {
+			closed = append(closed, fmt.Sprintf("throttle URL answered %d, not 200", code))
+		}
+	}
+	if tc.MaxConcurrentPublishes > 0 {
+		parts = append(parts, fmt.Sprintf("at most %d publishes at once", tc.MaxConcurrentPublishes))
+	}
+	if len(closed) > 0 {
+		return "", warning{fmt.Errorf("the throttle is closed now, workers would wait: %s", strings.Join(closed, "; "))}
+	}
+	return strings.Join(parts, "; "), nil
 }

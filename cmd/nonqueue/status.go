@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -69,6 +71,13 @@ func writeStatus(w io.Writer, s *dashboard.Summary) error {
 	}
 	p("topics %s, required %s; counted in %s at %s (primary's clock)\n\n", format.Thousands(t.Total), format.Thousands(t.Required),
 		short(t.Elapsed), t.At.Format("2006-01-02 15:04:05"))
+	if len(s.Throttled) > 0 {
+		var rs []string
+		for _, r := range slices.Sorted(maps.Keys(s.Throttled)) {
+			rs = append(rs, fmt.Sprintf("%s (%d instances)", r, s.Throttled[r]))
+		}
+		p("THROTTLED: the primary is busy, nobody claims or publishes: %s\n\n", strings.Join(rs, ", "))
+	}
 	p("STATE\tTOPICS\n")
 	for _, st := range queue.TopicStates() {
 		p("%s\t%s\n", st, format.Thousands(t.States[st]))
@@ -121,7 +130,11 @@ func writeStatus(w io.Writer, s *dashboard.Summary) error {
 			if in.Stale {
 				stale = " (silent past the lease)"
 			}
-			p("%d\t%d\t%s\t%s%s\t%s\t%s\t%s\t%s\t%s\t\n", in.ID, in.ReplicaServerID, in.Host, in.State, stale, topic,
+			reason := ""
+			if in.Reason != "" {
+				reason = " (" + in.Reason + ")"
+			}
+			p("%d\t%d\t%s\t%s%s%s\t%s\t%s\t%s\t%s\t%s\t\n", in.ID, in.ReplicaServerID, in.Host, in.State, reason, stale, topic,
 				short(in.StateAge), short(in.LastSeen), format.Thousands(in.Runs), format.Thousands(in.Failures))
 		}
 	} else {

@@ -37,6 +37,8 @@ type node struct {
 	runner   *procs.Runner
 	gate     *monitor.Gate
 	pause    *monitor.PauseWatch
+	throttle *monitor.Throttle
+	slots    *monitor.PublishSlots
 	log      *slog.Logger
 }
 
@@ -87,6 +89,14 @@ func (c *Config) procsConfig() procs.Config {
 func (c *Config) gateConfig() monitor.GateConfig {
 	return monitor.GateConfig{
 		MaxLag: c.Lag.MaxLag, StoppedBackoff: c.Lag.StoppedBackoff, BehindBackoff: c.Lag.BehindBackoff, SampleInterval: c.Lag.SampleInterval,
+	}.WithDefaults()
+}
+
+func (c *Config) throttleConfig() monitor.ThrottleConfig {
+	t := c.Throttle
+	return monitor.ThrottleConfig{
+		MaxThreadsRunning: t.MaxThreadsRunning, URL: t.URL, URLTimeout: t.URLTimeout, SampleInterval: t.SampleInterval,
+		MaxConcurrentPublishes: t.MaxConcurrentPublishes, PublishWait: t.PublishWait,
 	}.WithDefaults()
 }
 
@@ -163,6 +173,8 @@ func openNode(ctx context.Context, c *Config, instances int, log *slog.Logger) (
 	if n.primary, err = openPool(pmc, runs+4); err != nil {
 		return nil, fmt.Errorf("open primary: %w", err)
 	}
+	// A capped publish holds its slot on its own session: no extra
+	// connection. The throttle's sample borrows one of primary's.
 	if n.publish, err = openPool(noBinlog(pmc), instances+2); err != nil {
 		return nil, fmt.Errorf("open primary: %w", err)
 	}
@@ -195,6 +207,9 @@ func openNode(ctx context.Context, c *Config, instances int, log *slog.Logger) (
 		Config: c.gateConfig(), Logger: log}
 	n.pause = &monitor.PauseWatch{Pauses: &monitor.Pauses{Primary: n.primary, Schema: c.Topics.MetaSchema},
 		ServerID: n.serverID, Config: c.gateConfig(), Logger: log}
+	tc := c.throttleConfig()
+	n.throttle = &monitor.Throttle{Primary: n.primary, Config: tc, Logger: log}
+	n.slots = &monitor.PublishSlots{Schema: c.Topics.MetaSchema, Max: tc.MaxConcurrentPublishes, Wait: tc.PublishWait}
 	return n, nil
 }
 
@@ -298,7 +313,7 @@ func runWork(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		logger.Warn("check the replica's GTID domain", "err", err)
 	}
 	// On hard, not ctx: scrapes keep working through the grace period.
-	wm, err := startWorkerMetrics(hard, *metricsListen, n.queue, n.gate, n.pause, logger)
+	wm, err := startWorkerMetrics(hard, *metricsListen, n.queue, n.gate, n.throttle, n.pause, logger)
 	if err != nil {
 		return err
 	}
@@ -307,7 +322,7 @@ func runWork(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		Config: c.Worker, ServerID: n.serverID, Numbers: numbers, Version: version,
 		Deps: &worker.Deps{
 			Queue: n.queue, History: &monitor.History{Primary: n.primary, Schema: c.Topics.MetaSchema},
-			Gate: n.gate, Pause: n.pause, Flavor: n.flavor, Primary: n.publish, Replica: n.replica, Runner: n.runner, Shipper: n.shipper,
+			Gate: n.gate, Pause: n.pause, Throttle: n.throttle, Slots: n.slots, Flavor: n.flavor, Primary: n.publish, Replica: n.replica, Runner: n.runner, Shipper: n.shipper,
 			ReplicaDatadir: n.datadir, ReplicaName: c.Replica.addr(), Logger: logger,
 			Observer: wm.observer(), StateFunc: wm.stateFunc(), ReapedFunc: wm.reapedFunc(),
 		},

@@ -38,14 +38,15 @@ type State string
 
 // Instance states shown in the registry.
 const (
-	StateStarting State = "starting"
-	StateIdle     State = "idle"
-	StateLagWait  State = "waiting for lag"
-	StateStopped  State = "replica stopped"
-	StatePaused   State = "paused" // an operator's pause covers everything it may claim
-	StateRunning  State = "running"
-	StateStopping State = "stopping"
-	StateExited   State = "exited"
+	StateStarting  State = "starting"
+	StateIdle      State = "idle"
+	StateLagWait   State = "waiting for lag"
+	StateThrottled State = "throttled" // the primary throttle holds the work back; the reason column says why
+	StateStopped   State = "replica stopped"
+	StatePaused    State = "paused" // an operator's pause covers everything it may claim
+	StateRunning   State = "running"
+	StateStopping  State = "stopping"
+	StateExited    State = "exited"
 )
 
 // DDL returns the CREATE TABLE IF NOT EXISTS statements of the meta tables
@@ -71,6 +72,8 @@ func DDL(schema string) []string {
   transfer_us BIGINT UNSIGNED NOT NULL DEFAULT 0,
   publish_us BIGINT UNSIGNED NOT NULL DEFAULT 0,
   log_path VARCHAR(1000) NULL,
+  publish_started_at DATETIME(6) NULL COMMENT 'publish slot held from (primary clock); NULL without max_concurrent_publishes',
+  publish_finished_at DATETIME(6) NULL COMMENT 'publish slot held until (primary clock)',
   PRIMARY KEY (id),
   KEY topic (topic_id, id),
   KEY finished (finished_at),
@@ -89,8 +92,15 @@ func DDL(schema string) []string {
   heartbeat_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
   runs BIGINT UNSIGNED NOT NULL DEFAULT 0,
   failures BIGINT UNSIGNED NOT NULL DEFAULT 0,
+  reason VARCHAR(255) NULL COMMENT 'why the instance waits: throttle reasons',
   PRIMARY KEY (id)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4`,
+		// Columns added after the tables first shipped, for schemas
+		// created before (IF NOT EXISTS: a no-op on current ones; a
+		// nullable column at the end is added instantly).
+		"ALTER TABLE " + q(RunTable) + ` ADD COLUMN IF NOT EXISTS publish_started_at DATETIME(6) NULL COMMENT 'publish slot held from (primary clock); NULL without max_concurrent_publishes',
+  ADD COLUMN IF NOT EXISTS publish_finished_at DATETIME(6) NULL COMMENT 'publish slot held until (primary clock)'`,
+		"ALTER TABLE " + q(InstanceTable) + ` ADD COLUMN IF NOT EXISTS reason VARCHAR(255) NULL COMMENT 'why the instance waits: throttle reasons'`,
 		"CREATE TABLE IF NOT EXISTS " + q(HeartbeatTable) + ` (
   id INT UNSIGNED NOT NULL COMMENT 'writer: one row per writing process',
   ts_us BIGINT NOT NULL COMMENT 'writer clock, microseconds since the epoch',

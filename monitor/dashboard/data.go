@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"regexp"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -75,8 +76,12 @@ type Summary struct {
 	Instances []InstanceView   `json:"instances"`
 	// InstanceStates counts instances by state, exited ones included.
 	InstanceStates map[string]int `json:"instance_states"`
-	Lease          time.Duration  `json:"lease_ns"`
-	Elapsed        time.Duration  `json:"elapsed_ns"`
+	// Throttled counts the instances the throttle holds back, by reason
+	// (the registry's reason column: threads_running, throttle_url); an
+	// instance held for two reasons counts under each.
+	Throttled map[string]int `json:"throttled,omitempty"`
+	Lease     time.Duration  `json:"lease_ns"`
+	Elapsed   time.Duration  `json:"elapsed_ns"`
 	// Pauses are the operators' pauses in force, oldest first (none
 	// before schema apply created the pause table).
 	Pauses []monitor.Pause `json:"pauses"`
@@ -128,6 +133,14 @@ func (s *Sources) Summary(ctx context.Context) (*Summary, error) {
 	sum.InstanceStates = map[string]int{}
 	for _, in := range sum.Instances {
 		sum.InstanceStates[in.State]++
+		if in.State == monitor.StateThrottled && !in.Stale && in.Reason != "" {
+			if sum.Throttled == nil {
+				sum.Throttled = map[string]int{}
+			}
+			for _, r := range strings.Split(in.Reason, ",") {
+				sum.Throttled[r]++
+			}
+		}
 	}
 	sum.Elapsed = time.Since(start)
 	return sum, nil

@@ -204,7 +204,7 @@ func TestWorkerInstanceStates(t *testing.T) {
 	b.w.SetInstanceState(103, monitor.StateRunning)
 	b.w.SetInstanceState(102, monitor.StateRunning) // moves, not adds
 	b.w.SetInstanceState(104, monitor.StateLagWait)
-	want := `# HELP nonqueue_instances Worker instances of this process per state (starting, idle, waiting for lag, replica stopped, paused, running, stopping, exited).
+	want := `# HELP nonqueue_instances Worker instances of this process per state (starting, idle, waiting for lag, replica stopped, throttled, paused, running, stopping, exited).
 # TYPE nonqueue_instances gauge
 nonqueue_instances{state="exited"} 0
 nonqueue_instances{state="idle"} 1
@@ -213,10 +213,45 @@ nonqueue_instances{state="replica stopped"} 0
 nonqueue_instances{state="running"} 2
 nonqueue_instances{state="starting"} 0
 nonqueue_instances{state="stopping"} 0
+nonqueue_instances{state="throttled"} 0
 nonqueue_instances{state="waiting for lag"} 1
 `
 	if err := testutil.GatherAndCompare(b.reg, strings.NewReader(want), "nonqueue_instances"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestWorkerThrottled: nonqueue_throttled is 1 for each reason the
+// source reports at scrape time and 0 for every other known reason.
+func TestWorkerThrottled(t *testing.T) {
+	t.Parallel()
+	reg := prometheus.NewPedanticRegistry()
+	var reasons []string
+	if _, err := NewWorker(reg, WorkerConfig{ThrottledFunc: func() []string { return reasons }}); err != nil {
+		t.Fatal(err)
+	}
+	head := `# HELP nonqueue_throttled 1 while this reason holds this process's work back (no claims; no publishes for the primary's: threads_running, throttle_url; no claims for the lag gate's: replica_lag, replica_stopped), 0 otherwise.
+# TYPE nonqueue_throttled gauge
+`
+	for _, c := range []struct {
+		reasons []string
+		want    string
+	}{
+		{nil, `nonqueue_throttled{reason="replica_lag"} 0
+nonqueue_throttled{reason="replica_stopped"} 0
+nonqueue_throttled{reason="threads_running"} 0
+nonqueue_throttled{reason="throttle_url"} 0
+`},
+		{[]string{monitor.ThrottleThreadsRunning, monitor.ThrottleURL, monitor.ThrottleReplicaLag}, `nonqueue_throttled{reason="replica_lag"} 1
+nonqueue_throttled{reason="replica_stopped"} 0
+nonqueue_throttled{reason="threads_running"} 1
+nonqueue_throttled{reason="throttle_url"} 1
+`},
+	} {
+		reasons = c.reasons
+		if err := testutil.GatherAndCompare(reg, strings.NewReader(head+c.want), "nonqueue_throttled"); err != nil {
+			t.Errorf("%v: %v", c.reasons, err)
+		}
 	}
 }
 

@@ -97,6 +97,11 @@ type WorkerConfig struct {
 	// whether that read is fresh, normally (*monitor.PauseWatch).InForce;
 	// it backs nonqueue_paused{scope}. Same rules as ClaimStatsFunc.
 	PausesFunc func() ([]monitor.Pause, bool)
+	// ThrottledFunc returns the reasons work is held back right now
+	// (monitor.ThrottleReasons values: the primary throttle's and the lag
+	// gate's); it backs nonqueue_throttled{reason}. Same rules as
+	// ClaimStatsFunc.
+	ThrottledFunc func() []string
 	// ReplicaStaleAfter: a sample older than this is reported as unknown
 	// (the replication metrics are absent), so a stopped gate does not
 	// show its last lag forever; default 30s.
@@ -121,8 +126,9 @@ type Worker struct {
 // nonqueue_paused{scope} (when cfg has its source),
 // nonqueue_run_phase_duration_seconds{phase},
 // nonqueue_bytes_shipped_total, nonqueue_leases_reaped_total and
-// nonqueue_instances{state}, plus nonqueue_claims_total{result} and the
-// replication metrics when cfg has their source. It returns reg's error
+// nonqueue_instances{state}, plus nonqueue_claims_total{result},
+// nonqueue_throttled{reason} and the replication metrics when cfg has
+// their source. It returns reg's error
 // when a name is already registered there (a second Worker in one
 // registry), and registers nothing then.
 func NewWorker(reg prometheus.Registerer, cfg WorkerConfig) (*Worker, error) {
@@ -165,6 +171,9 @@ func NewWorker(reg prometheus.Registerer, cfg WorkerConfig) (*Worker, error) {
 	cs := []prometheus.Collector{w.runs, w.errs, w.phases, w.bytes, w.reaped, w.states}
 	if cfg.ClaimStatsFunc != nil {
 		cs = append(cs, newClaimCollector(cfg.ClaimStatsFunc))
+	}
+	if cfg.ThrottledFunc != nil {
+		cs = append(cs, newThrottledCollector(cfg.ThrottledFunc))
 	}
 	if cfg.ReplicaStatusFunc != nil {
 		cs = append(cs, newReplicationCollector(cfg.ReplicaStatusFunc, cmp.Or(cfg.ReplicaStaleAfter, DefaultReplicaStaleAfter)))
@@ -237,13 +246,13 @@ type instanceStates struct {
 // knownStates are exported at zero so every state's series exists.
 func knownStates() []string {
 	return []string{monitor.StateStarting, monitor.StateIdle, monitor.StateLagWait, monitor.StateStopped,
-		monitor.StatePaused, monitor.StateRunning, monitor.StateStopping, monitor.StateExited}
+		monitor.StateThrottled, monitor.StatePaused, monitor.StateRunning, monitor.StateStopping, monitor.StateExited}
 }
 
 func newInstanceStates() *instanceStates {
 	return &instanceStates{
 		desc: prometheus.NewDesc(Namespace+"_instances",
-			"Worker instances of this process per state (starting, idle, waiting for lag, replica stopped, paused, running, stopping, exited).",
+			"Worker instances of this process per state (starting, idle, waiting for lag, replica stopped, throttled, paused, running, stopping, exited).",
 			[]string{"state"}, nil),
 		byID: map[int64]string{},
 	}
@@ -381,5 +390,38 @@ func (c *pauseCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for _, s := range PauseScopes() {
 		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, boolFloat(on[s]), s)
+	}
+}
+
+// throttledCollector is nonqueue_throttled{reason}: 1 for each reason that
+// holds the work back at scrape time, 0 for the others. It reads what the
+// throttle and the lag gate stored and never queries.
+type throttledCollector struct {
+	desc    *prometheus.Desc
+	reasons func() []string
+}
+
+func newThrottledCollector(reasons func() []string) *throttledCollector {
+	return &throttledCollector{
+		desc: prometheus.NewDesc(Namespace+"_throttled",
+			"1 while this reason holds this process's work back (no claims; no publishes for the primary's: threads_running, throttle_url; no claims for the lag gate's: replica_lag, replica_stopped), 0 otherwise.",
+			[]string{"reason"}, nil),
+		reasons: reasons,
+	}
+}
+
+func (c *throttledCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *throttledCollector) Collect(ch chan<- prometheus.Metric) {
+	on := map[string]bool{}
+	for _, r := range c.reasons() {
+		on[r] = true
+	}
+	for _, r := range monitor.ThrottleReasons() {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, boolFloat(on[r]), r)
+		delete(on, r)
+	}
+	for _, r := range slices.Sorted(maps.Keys(on)) {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, 1, r)
 	}
 }
