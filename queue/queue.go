@@ -231,6 +231,7 @@ func buildStatements(cfg Config, f flavor.Flavor) statements {
 		"{hb}", q(c.HeartbeatAt), "{lease}", q(c.LeaseUntil), "{attempts}", q(c.Attempts),
 		"{lasterr}", q(c.LastError), "{parked}", q(c.ParkedAt), "{claimable}", q(c.Claimable),
 		"{primarypos}", f.PrimaryPosExpr(), "{claimdue}", claimDue(q(c.Due)),
+		"{refresh}", q(c.Refresh),
 	)
 	return statements{
 		// One statement: pick in index order, compare-and-set, and hand the
@@ -276,8 +277,10 @@ func buildStatements(cfg Config, f flavor.Flavor) statements {
  WHERE {fence}`),
 		releasedParked: r.Replace(`SELECT /* nonqueue release */ {parked} IS NOT NULL FROM {t} WHERE {id} = ?`),
 		// A re-request during the run bumped the request version: keep it.
+		// With a refresh interval, schedule the next run (refresh.go).
 		finish: r.Replace(`UPDATE /* nonqueue finish */ {t} SET {running} = 0, {hb} = NULL, {lease} = NULL,
- {attempts} = 0, {lasterr} = NULL, {required} = IF({reqv} = {claimedv}, 0, {required})
+ {attempts} = 0, {lasterr} = NULL,
+ ` + finishRefreshSQL + `
  WHERE {fence}`),
 		reapFind: r.Replace(`SELECT /* nonqueue reap */ {id}, {running}, {token}, {required}
  FROM {t} WHERE {lease} < NOW(6) AND {running} <> 0 ORDER BY {lease} LIMIT ?`),
@@ -502,10 +505,14 @@ func (q *Queue) Release(ctx context.Context, c *Claim, p *ReleaseParams) (parked
 }
 
 // Finish marks the claimed run done: the claim is cleared, attempts reset,
-// and the request cleared unless a new one arrived during the run. It
-// returns ErrClaimLost, changing nothing, when the claim is gone.
+// and the request cleared unless a new one arrived during the run. A topic
+// with a refresh interval (Config.RefreshInterval, or its own column) is
+// instead scheduled again in the same statement: required at the refresh
+// scope, due interval after now; a request that arrived during the run
+// keeps the higher scope and the earlier date. It returns ErrClaimLost,
+// changing nothing (and scheduling nothing), when the claim is gone.
 func (q *Queue) Finish(ctx context.Context, c *Claim) error {
-	return q.fenced(ctx, "finish", c, q.finishStmt, q.sql.finish)
+	return q.fenced(ctx, "finish", c, q.finishStmt, q.sql.finish, q.cfg.finishArgs()...)
 }
 
 func (q *Queue) fenced(ctx context.Context, op string, c *Claim, st *sql.Stmt, text string, args ...any) error {

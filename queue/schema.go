@@ -40,6 +40,9 @@ func (c Config) DDL() []string {
 		q(col.Attempts) + " INT UNSIGNED NOT NULL DEFAULT 0",
 		q(col.LastError) + " VARCHAR(1000) NULL",
 		q(col.ParkedAt) + " DATETIME(6) NULL COMMENT 'nonqueue: failed too often, waits for a new request'",
+		// Nullable with no default: added instantly to a live table, and
+		// every existing topic takes the configured interval.
+		q(col.Refresh) + " INT UNSIGNED NULL COMMENT 'nonqueue: seconds from a finished run to the next; NULL: [topics] refresh_interval, 0: never'",
 	}
 	// The generated column the claim index starts with. A mapped (live)
 	// table gets it VIRTUAL: a STORED one can only be added by copying the

@@ -78,6 +78,9 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer, logg
 			}
 			return fmt.Sprintf("%s.%s, meta schema %s", c.Topics.Schema, c.Topics.Table, c.Topics.MetaSchema), nil
 		}},
+		{name: "periodic refresh", run: func(ctx context.Context) (string, error) {
+			return n.queue.CheckRefresh(ctx)
+		}},
 		{name: "replication", run: func(ctx context.Context) (string, error) {
 			if err := n.gate.RunOnce(ctx); err != nil {
 				return "", err
