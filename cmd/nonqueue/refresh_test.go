@@ -349,6 +349,9 @@ func TestRefreshAfterSIGKILL(t *testing.T) {
 		}
 	}
 	ms := func(us int64) string { return fmt.Sprintf("%.3fs", float64(us)/1e6) }
+	t.Logf("killed at %s; reaped %s after; the next run claimed %s after the reap, failed, the run after it began %s later; then pauses of %s, %s",
+		ms(killedAt), ms(runs[reap].finish-killedAt), ms(runs[failed].start+runs[failed].claim-runs[reap].finish),
+		ms(runs[failed+1].start-runs[failed].finish), ms(runs[failed+2].start-runs[failed+1].finish), ms(runs[failed+3].start-runs[failed+2].finish))
 	// The reaper took the claim back only after the lease ran out (the
 	// last heartbeat renewed it at most heartbeat_interval before the
 	// kill).
