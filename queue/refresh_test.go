@@ -233,7 +233,7 @@ func TestRefreshFailuresKeepBackoff(t *testing.T) {
 
 	// The second run's holder dies: reaped, an attempt, due again at once.
 	a.makeDue(t, 7)
-	c = a.claim(t, 7, 102)
+	a.claim(t, 7, 102)
 	a.exec(t, "UPDATE topic SET lease_until = NOW(6) - INTERVAL 1 SECOND WHERE id = 7")
 	if reaped, err := a.q.Reap(a.ctx, 900, 10); err != nil || len(reaped) != 1 {
 		t.Fatalf("reap: %+v, %v", reaped, err)

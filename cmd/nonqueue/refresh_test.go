@@ -384,7 +384,7 @@ func TestRefreshAfterSIGKILL(t *testing.T) {
 	// Then the refresh goes on every interval.
 	for i := failed + 2; i < len(runs); i++ {
 		gap := runs[i].start - runs[i-1].finish
-		if gap < (interval - time.Second).Microseconds() || gap > (interval + 5*time.Second).Microseconds() {
+		if gap < (interval-time.Second).Microseconds() || gap > (interval+5*time.Second).Microseconds() {
 			t.Errorf("run %d started %s after the previous one finished, want about %v", i+1, ms(gap), interval)
 		}
 		if runs[i].scope != queue.ScopePartial {
