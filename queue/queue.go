@@ -61,6 +61,10 @@ type Queue struct {
 	cmu     sync.Mutex
 	pending []*claimReq
 	leading bool
+
+	// refreshCol: the topic table has the refresh interval column
+	// (refresh.go); set by Open and ApplySchema.
+	refreshCol bool
 }
 
 // ClaimStats counts claim outcomes since Open.
@@ -109,6 +113,10 @@ func Open(ctx context.Context, mc *mysql.Config, cfg Config) (*Queue, error) {
 		return nil, fmt.Errorf("connect to primary %s: %w", mc.Addr, err)
 	}
 	q := &Queue{db: db, cfg: cfg, sql: buildStatements(cfg, f)}
+	if err := q.detectRefreshColumn(ctx); err != nil {
+		db.Close()
+		return nil, err
+	}
 	q.prepare(ctx)
 	return q, nil
 }
@@ -186,6 +194,7 @@ func firstLine(s string) string {
 // travel as arguments.
 type statements struct {
 	claim, claimRead, heartbeat, holds, release, finish string
+	finishCol, finishNoCol                              string // finish's variants (refresh.go)
 	releasedParked                                      string
 	claimPick, claimMark, primaryPos                    string
 	reapFind, reapTake, reapRecord                      string
@@ -233,6 +242,7 @@ func buildStatements(cfg Config, f flavor.Flavor) statements {
 		"{primarypos}", f.PrimaryPosExpr(), "{claimdue}", claimDue(q(c.Due)),
 		"{refresh}", q(c.Refresh),
 	)
+	finishCol, finishNoCol := finishStatements(r)
 	return statements{
 		// One statement: pick in index order, compare-and-set, and hand the
 		// id back through LAST_INSERT_ID (read on the same connection: see
@@ -278,10 +288,7 @@ func buildStatements(cfg Config, f flavor.Flavor) statements {
 		releasedParked: r.Replace(`SELECT /* nonqueue release */ {parked} IS NOT NULL FROM {t} WHERE {id} = ?`),
 		// A re-request during the run bumped the request version: keep it.
 		// With a refresh interval, schedule the next run (refresh.go).
-		finish: r.Replace(`UPDATE /* nonqueue finish */ {t} SET {running} = 0, {hb} = NULL, {lease} = NULL,
- {attempts} = 0, {lasterr} = NULL,
- ` + finishRefreshSQL + `
- WHERE {fence}`),
+		finish: finishCol, finishCol: finishCol, finishNoCol: finishNoCol,
 		reapFind: r.Replace(`SELECT /* nonqueue reap */ {id}, {running}, {token}, {required}
  FROM {t} WHERE {lease} < NOW(6) AND {running} <> 0 ORDER BY {lease} LIMIT ?`),
 		// As release: a request during the run is never parked.

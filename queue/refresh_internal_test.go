@@ -39,6 +39,12 @@ func TestFinishRefreshSQL(t *testing.T) {
 	if n, args := strings.Count(got, "?"), len(cfg.finishArgs())+3; n != args {
 		t.Fatalf("finish has %d placeholders, Finish sends %d arguments", n, args)
 	}
+	// Without the column (a table that could not get it online): the
+	// same statement with the configured interval for every topic.
+	st := buildStatements(cfg, flavor.MariaDB{})
+	if st.finishNoCol != strings.ReplaceAll(got, "`influencerRefreshSecs`", "NULL") || strings.Count(st.finishNoCol, "?") != strings.Count(got, "?") {
+		t.Fatalf("finish without the column:\n%s", st.finishNoCol)
+	}
 	// The cap is the column's own range: the constant and the SQL agree.
 	if !strings.Contains(refreshIntervalSQL, "4294967295") || maxRefreshSeconds != 4294967295 {
 		t.Fatal("the SQL cap and maxRefreshSeconds differ")

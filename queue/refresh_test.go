@@ -3,6 +3,7 @@ package queue_test
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -267,4 +268,130 @@ func TestRefreshFailuresKeepBackoff(t *testing.T) {
 		t.Fatalf("after the successful run: %+v; want partial, 0 attempts, not parked", r)
 	}
 	a.wantDueIn(t, 7, 3600, "after the successful run")
+}
+
+// openApplied opens a queue on cfg and applies the schema, failing on a
+// refusal with its plan.
+func openApplied(t *testing.T, b *bundle, cfg queue.Config, o queue.ApplyOptions) (*queue.Queue, *queue.BlockingPlan) {
+	t.Helper()
+	q, err := queue.Open(b.ctx, env.Primary(""), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { q.Close() })
+	plan, err := q.ApplySchemaWith(b.ctx, o)
+	if err != nil {
+		var be *queue.BlockingError
+		if errors.As(err, &be) {
+			t.Fatalf("%v\n%s", err, be.Plan)
+		}
+		t.Fatal(err)
+	}
+	return q, plan
+}
+
+// TestRefreshColumnUpgrade: a mapped table set up before periodic refresh
+// (its claimable column VIRTUAL and indexed) cannot get the refresh column
+// online: MariaDB adds no column online to a table with an indexed virtual
+// column. Schema apply leaves that column out, says so in its plan and
+// succeeds; the workers keep working, every topic taking the configured
+// interval; the check warns. With AllowBlocking the column is added, and
+// a queue opened then reads each topic's own interval.
+func TestRefreshColumnUpgrade(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	for _, s := range []string{topicFilterDDL,
+		"INSERT INTO TopicFilter SELECT seq, CONCAT('topic ', seq), 2, NOW() - INTERVAL 1 MINUTE, 0, 0, 1 FROM seq_1_to_100"} {
+		if _, err := b.db.ExecContext(b.ctx, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := topicFilterConfig(b.cfg.Schema)
+	cfg.RefreshInterval = time.Hour
+	openApplied(t, b, cfg, queue.ApplyOptions{})
+	// What the previous version left: everything but the refresh column.
+	if _, err := b.db.ExecContext(b.ctx, "ALTER TABLE TopicFilter DROP COLUMN refresh_interval"); err != nil {
+		t.Fatal(err)
+	}
+	q, plan := openApplied(t, b, cfg, queue.ApplyOptions{})
+	if plan == nil || len(plan.Steps) != 0 || len(plan.Skipped) != 1 || !strings.Contains(plan.Skipped[0].SQL, "ADD COLUMN IF NOT EXISTS `refresh_interval`") {
+		t.Fatalf("schema apply over a table with an indexed virtual column: plan %+v; want the refresh column left out", plan)
+	}
+	if !strings.Contains(plan.String(), "left out 1. (optional; ALGORITHM=INSTANT refused: ") {
+		t.Errorf("plan does not say what was left out:\n%s", plan)
+	}
+	if _, err := q.CheckRefresh(b.ctx); !errors.Is(err, queue.ErrNoRefreshColumn) {
+		t.Fatalf("check without the column: %v, want ErrNoRefreshColumn", err)
+	}
+	if err := q.CheckSchema(b.ctx); err != nil {
+		t.Fatalf("schema check without the optional column: %v", err)
+	}
+	// Claim, finish, topic page: the configured interval for all.
+	a := &appTable{bundle: &bundle{q: q, db: b.db, cfg: q.Config(), ctx: b.ctx}, kind: "mapped"}
+	c := a.claim(t, 1, 101)
+	if err := q.Finish(b.ctx, c); err != nil {
+		t.Fatalf("finish without the refresh column: %v", err)
+	}
+	a.wantDueIn(t, 1, 3600, "finish without the column")
+	if tr, err := q.Topic(b.ctx, 1); err != nil || tr.RefreshInterval != time.Hour || tr.RefreshOwn {
+		t.Fatalf("topic page without the column: %+v, %v", tr, err)
+	}
+
+	// Allowed to block, the column comes in; per-topic intervals work.
+	q, plan = openApplied(t, b, cfg, queue.ApplyOptions{AllowBlocking: true})
+	if plan == nil || len(plan.Steps) != 1 || plan.Steps[0].Ran == "" {
+		t.Fatalf("schema apply --allow-blocking: plan %+v; want the refresh column added", plan)
+	}
+	if _, err := q.CheckRefresh(b.ctx); err != nil {
+		t.Fatalf("check after the column was added: %v", err)
+	}
+	a.bundle.q = q
+	a.setRefresh(t, 2, "60")
+	c = a.claim(t, 2, 102)
+	if err := q.Finish(b.ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	a.wantDueIn(t, 2, 60, "the topic's own interval once the column is there")
+}
+
+// TestCheckRefreshColumn: a mapped table that already had a text column
+// named refresh_interval keeps it (schema apply adds only missing
+// columns): the check fails naming the key to map another, and the finish
+// ignores that column (the configured interval applies). Mapped to
+// another name on a table set up now, the column is added and the check
+// passes.
+func TestCheckRefreshColumn(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	for _, s := range []string{topicFilterDDL, "ALTER TABLE TopicFilter ADD COLUMN refresh_interval VARCHAR(20) NULL",
+		"INSERT INTO TopicFilter (topicFilterId, name, influencerRecalcReqd, influencerRecalcDate, refresh_interval) VALUES (1, 'x', 2, NOW() - INTERVAL 1 MINUTE, 'weekly')"} {
+		if _, err := b.db.ExecContext(b.ctx, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := topicFilterConfig(b.cfg.Schema)
+	cfg.RefreshInterval = time.Hour
+	q, _ := openApplied(t, b, cfg, queue.ApplyOptions{})
+	if _, err := q.CheckRefresh(b.ctx); !errors.Is(err, queue.ErrRefreshColumn) || !strings.Contains(err.Error(), "[topics.columns] refresh_interval") {
+		t.Fatalf("check with a text column: %v, want ErrRefreshColumn naming the key", err)
+	}
+	a := &appTable{bundle: &bundle{q: q, db: b.db, cfg: q.Config(), ctx: b.ctx}, kind: "mapped"}
+	c := a.claim(t, 1, 101)
+	if err := q.Finish(b.ctx, c); err != nil {
+		t.Fatalf("finish beside a text column of that name: %v", err)
+	}
+	a.wantDueIn(t, 1, 3600, "the configured interval beside a text column")
+
+	b2 := setup(t, nil)
+	if _, err := b2.db.ExecContext(b2.ctx, topicFilterDDL); err != nil {
+		t.Fatal(err)
+	}
+	cfg = topicFilterConfig(b2.cfg.Schema)
+	cfg.RefreshInterval = time.Hour
+	cfg.Columns.Refresh = "influencerRefreshSecs"
+	q, _ = openApplied(t, b2, cfg, queue.ApplyOptions{})
+	msg, err := q.CheckRefresh(b2.ctx)
+	if err != nil || !strings.HasPrefix(msg, "every 1h0m0s after each successful run, scope partial; a topic's influencerRefreshSecs column") {
+		t.Fatalf("check with the column mapped elsewhere: %q, %v", msg, err)
+	}
 }

@@ -40,9 +40,6 @@ func (c Config) DDL() []string {
 		q(col.Attempts) + " INT UNSIGNED NOT NULL DEFAULT 0",
 		q(col.LastError) + " VARCHAR(1000) NULL",
 		q(col.ParkedAt) + " DATETIME(6) NULL COMMENT 'nonqueue: failed too often, waits for a new request'",
-		// Nullable with no default: added instantly to a live table, and
-		// every existing topic takes the configured interval.
-		q(col.Refresh) + " INT UNSIGNED NULL COMMENT 'nonqueue: seconds from a finished run to the next; NULL: [topics] refresh_interval, 0: never'",
 	}
 	// The generated column the claim index starts with. A mapped (live)
 	// table gets it VIRTUAL: a STORED one can only be added by copying the
@@ -76,8 +73,13 @@ func (c Config) DDL() []string {
 		for _, ix := range indexes {
 			ixs = append(ixs, "ADD INDEX IF NOT EXISTS "+ix)
 		}
+		// The refresh column on its own, before the virtual column is
+		// indexed: MariaDB adds no column online to a table with an
+		// indexed virtual column, so only a table set up before it came
+		// lacks it after this (Config.refreshAlter).
 		stmts = append(stmts,
 			onlineAlter(topic, parts, algInstant),
+			c.refreshAlter(),
 			onlineAlter(topic, []string{"ADD COLUMN IF NOT EXISTS " + claimableCol("VIRTUAL")}, algInstant),
 			onlineAlter(topic, ixs, algInplace))
 	} else {
@@ -91,12 +93,14 @@ func (c Config) DDL() []string {
 			q(col.Active) + " TINYINT NOT NULL DEFAULT 1",
 		}
 		defs = append(defs, protocol...)
-		defs = append(defs, claimableCol("STORED"))
+		defs = append(defs, c.refreshColumnDef(), claimableCol("STORED"))
 		defs = append(defs, "PRIMARY KEY ("+q(col.ID)+")")
 		for _, ix := range indexes {
 			defs = append(defs, "KEY "+ix)
 		}
 		stmts = append(stmts, "CREATE TABLE IF NOT EXISTS "+topic+" (\n  "+strings.Join(defs, ",\n  ")+"\n) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4")
+		// A table made by an earlier version gets the column it lacks.
+		stmts = append(stmts, c.refreshAlter())
 	}
 
 	if c.Mapped || c.MetaSchema != c.Schema {

@@ -132,7 +132,7 @@ func (q *Queue) statusNames() *strings.Replacer {
 		"{reqv}", qt(c.RequestVersion), "{claimedv}", qt(c.ClaimedVersion), "{claimed_at}", qt(c.ClaimedAt),
 		"{hb}", qt(c.HeartbeatAt), "{lease}", qt(c.LeaseUntil), "{attempts}", qt(c.Attempts),
 		"{lasterr}", qt(c.LastError), "{parked}", qt(c.ParkedAt), "{claimable}", qt(c.Claimable),
-		"{refresh}", qt(c.Refresh),
+		"{refresh}", q.refreshExpr(),
 	)
 }
 

@@ -25,6 +25,10 @@ CREATE TABLE IF NOT EXISTS `nonqueue`.`topic` (
   KEY nq_lease (`lease_until`)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
+ALTER TABLE `nonqueue`.`topic`
+  ADD COLUMN IF NOT EXISTS `refresh_interval` INT UNSIGNED NULL COMMENT 'nonqueue: seconds from a finished run to the next; NULL: [topics] refresh_interval, 0: never',
+  ALGORITHM=INSTANT;
+
 CREATE TABLE IF NOT EXISTS `nonqueue`.`run` (
   id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
   topic_id BIGINT NOT NULL,
