@@ -345,7 +345,7 @@ func TestRefreshColumnUpgrade(t *testing.T) {
 	if _, err := q.CheckRefresh(b.ctx); err != nil {
 		t.Fatalf("check after the column was added: %v", err)
 	}
-	a.bundle.q = q
+	a.q = q
 	a.setRefresh(t, 2, "60")
 	c = a.claim(t, 2, 102)
 	if err := q.Finish(b.ctx, c); err != nil {
