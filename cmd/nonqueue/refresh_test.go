@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"math"
@@ -403,5 +404,58 @@ func TestRefreshAfterSIGKILL(t *testing.T) {
 	}
 	if n := b.count(t, "SELECT COUNT(*) FROM topic WHERE id = 1 AND required = 1 AND attempts = 0 AND parked_at IS NULL"); n != 1 {
 		t.Errorf("topic 1 is not scheduled for its next refresh with its attempts reset")
+	}
+}
+
+// TestSchemaApplyLeavesRefreshColumnOut: `nonqueue schema apply` on a
+// mapped table set up before periodic refresh (claimable VIRTUAL and
+// indexed, no refresh column), to which MariaDB adds no column online:
+// it succeeds, says what it left out and how to add it, and changes
+// nothing on the table; `schema apply --allow-blocking` adds the column.
+func TestSchemaApplyLeavesRefreshColumnOut(t *testing.T) {
+	t.Parallel()
+	_, db, path := fullTextTopicFilter(t, 0)
+	ctx := context.Background()
+	// The same table made without the full-text index (a table that has
+	// or had one gets no column online): every change can go online.
+	for _, s := range []string{"DROP TABLE TopicFilter", `CREATE TABLE TopicFilter (
+  topicFilterId INT NOT NULL PRIMARY KEY,
+  name VARCHAR(100) NOT NULL,
+  influencerRecalcReqd TINYINT NOT NULL DEFAULT 0,
+  influencerRecalcDate DATETIME NOT NULL,
+  influencerPriority INT NOT NULL DEFAULT 0,
+  influencerRunning INT NOT NULL DEFAULT 0,
+  active TINYINT NOT NULL DEFAULT 1) ENGINE=InnoDB`,
+		"INSERT INTO TopicFilter SELECT seq, CONCAT('topic ', seq), 2, NOW(), 0, 0, 1 FROM seq_1_to_100"} {
+		if _, err := db.ExecContext(ctx, s); err != nil {
+			t.Fatalf("%s: %v", s, err)
+		}
+	}
+	if out, err := run(t, "schema", "apply", "--config", path); err != nil {
+		t.Fatalf("first schema apply: %v\n%s", err, out)
+	}
+	// What the previous version left: everything but the refresh column.
+	if _, err := db.ExecContext(ctx, "ALTER TABLE TopicFilter DROP COLUMN refresh_interval"); err != nil {
+		t.Fatal(err)
+	}
+	before := columnCount(t, db, "TopicFilter")
+	out, err := run(t, "schema", "apply", "--config", path)
+	if err != nil {
+		t.Fatalf("schema apply on an older mapped table: %v\n%s", err, out)
+	}
+	for _, want := range []string{"left out, with no online path on this table: the refresh_interval column",
+		"every topic takes [topics] refresh_interval", "--allow-blocking", "left out 1. (optional; ALGORITHM=INSTANT refused: "} {
+		if !strings.Contains(out, want) {
+			t.Errorf("schema apply output lacks %q:\n%s", want, out)
+		}
+	}
+	if n := columnCount(t, db, "TopicFilter"); n != before {
+		t.Errorf("%d columns after the apply, want %d (nothing added)", n, before)
+	}
+	if out, err := run(t, "schema", "apply", "--config", path, "--allow-blocking"); err != nil || !strings.Contains(out, "ran without an online path") {
+		t.Fatalf("schema apply --allow-blocking: %v\n%s", err, out)
+	}
+	if n := columnCount(t, db, "TopicFilter"); n != before+1 {
+		t.Errorf("%d columns after apply --allow-blocking, want %d", n, before+1)
 	}
 }
