@@ -18,11 +18,16 @@ CREATE TABLE IF NOT EXISTS `nonqueue`.`topic` (
   `attempts` INT UNSIGNED NOT NULL DEFAULT 0,
   `last_error` VARCHAR(1000) NULL,
   `parked_at` DATETIME(6) NULL COMMENT 'nonqueue: failed too often, waits for a new request',
+  `refresh_interval` INT UNSIGNED NULL COMMENT 'nonqueue: seconds from a finished run to the next; NULL: [topics] refresh_interval, 0: never',
   `claimable` TINYINT AS (`running` = 0 AND `required` > 0 AND `parked_at` IS NULL) STORED,
   PRIMARY KEY (`id`),
   KEY nq_claim (`claimable`, `priority` DESC, `due`, `id`),
   KEY nq_lease (`lease_until`)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+ALTER TABLE `nonqueue`.`topic`
+  ADD COLUMN IF NOT EXISTS `refresh_interval` INT UNSIGNED NULL COMMENT 'nonqueue: seconds from a finished run to the next; NULL: [topics] refresh_interval, 0: never',
+  ALGORITHM=INSTANT;
 
 CREATE TABLE IF NOT EXISTS `nonqueue`.`run` (
   id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,

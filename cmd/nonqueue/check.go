@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/nonqueue/nonqueue/monitor"
+	"github.com/nonqueue/nonqueue/queue"
 )
 
 // check is one line of `nonqueue check`.
@@ -79,6 +80,13 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer, logg
 				return "", fmt.Errorf("%w (run: nonqueue schema apply --config %s)", err, *path)
 			}
 			return fmt.Sprintf("%s.%s, meta schema %s", c.Topics.Schema, c.Topics.Table, c.Topics.MetaSchema), nil
+		}},
+		{name: "periodic refresh", run: func(ctx context.Context) (string, error) {
+			msg, err := n.queue.CheckRefresh(ctx)
+			if errors.Is(err, queue.ErrNoRefreshColumn) {
+				return "", warning{err} // works: every topic takes the configured interval
+			}
+			return msg, err
 		}},
 		{name: "replication", run: func(ctx context.Context) (string, error) {
 			if err := n.gate.RunOnce(ctx); err != nil {

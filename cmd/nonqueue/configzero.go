@@ -24,8 +24,10 @@ var zeroMeansDefault = map[string]bool{
 }
 
 // zeroAllowed are duration keys for which an explicit 0 has a meaning of
-// its own; none so far.
-var zeroAllowed = map[string]bool{}
+// its own.
+var zeroAllowed = map[string]bool{
+	"topics.refresh_interval": true, // 0: no periodic refresh (also the default)
+}
 
 var durationType = reflect.TypeFor[time.Duration]()
 

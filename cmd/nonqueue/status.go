@@ -48,7 +48,11 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		enc.SetIndent("", "  ")
 		return enc.Encode(sum)
 	}
-	return writeStatus(stdout, sum)
+	if err := writeStatus(stdout, sum); err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(stdout, "\nperiodic refresh: %s\n", c.Topics.RefreshSummary())
+	return err
 }
 
 // writeStatus prints the overview as aligned tables.

@@ -314,6 +314,7 @@ func parsePages() (map[string]*template.Template, error) {
 		"dayChart": func(t *monitor.Throughput) template.HTML {
 			return throughputChart(t, "runs per minute, last 24 hours (15-minute buckets)")
 		},
+		"refresh": refreshText,
 		"due": func(t queue.TopicRow) string {
 			if t.DueIn <= 0 {
 				return "due " + fmtDuration(-t.DueIn) + " ago"
@@ -353,6 +354,18 @@ func scopeName(scope int) string {
 		return "full"
 	}
 	return strconv.Itoa(scope)
+}
+
+// refreshText is a topic's periodic refresh for the topic pages: "off",
+// "every 1h", or "every 1h (own)" when the topic's own column sets it.
+func refreshText(t queue.TopicRow) string {
+	if t.RefreshInterval <= 0 {
+		return "off"
+	}
+	if t.RefreshOwn {
+		return "every " + fmtDuration(t.RefreshInterval) + " (own)"
+	}
+	return "every " + fmtDuration(t.RefreshInterval)
 }
 
 // fmtDuration is short and human: 850ms, 12.3s, 4m05s, 3h12m, 2d4h.
