@@ -61,6 +61,8 @@ type Instance struct {
 	lastState                 string
 	lastWrite                 time.Time
 	pendingRan, pendingFailed int
+	serverID                  uint32 // the replica's, for the replication source record
+	lastSource                uint32 // replication source last recorded
 }
 
 // registryRefresh is how often an instance whose state does not change
@@ -370,6 +372,15 @@ func (in *Instance) setState(ctx context.Context, state string, topicID int64, r
 	}
 	in.lastState, in.lastWrite = state, time.Now()
 	in.pendingRan, in.pendingFailed = 0, 0
+	// Where the replica replicates from, for the dashboard's tree: written
+	// when the gate's sample first shows it or shows it changed.
+	if src := in.deps.Gate.Status().SourceServerID; src != 0 && src != in.lastSource {
+		if err := in.deps.History.SetSource(ctx, in.serverID, src); err != nil {
+			in.log.DebugContext(ctx, "registry", "err", err)
+			return
+		}
+		in.lastSource = src
+	}
 }
 
 // sleep waits d or until ctx is done.

@@ -206,6 +206,11 @@ func testSecondTierUnderWriteLoad(t *testing.T, e *testdb.Env) {
 		t.Errorf("longest GTID wait %dµs: the second tier was 1 s behind, the waits should show it", w)
 	}
 	lowID := int(e.SB.Replicas[lowTier].ServerID)
+	// The instances recorded where their replica replicates from: the
+	// middle tier, which the dashboard's tree draws.
+	if src := b.count(t, "SELECT source_id FROM replica_source WHERE id = ?", lowID); src != int(e.SB.Replicas[midTier].ServerID) {
+		t.Errorf("the second tier's instances recorded source %d, want the middle tier's server_id %d", src, e.SB.Replicas[midTier].ServerID)
+	}
 	for _, id := range ids {
 		var n, srv int
 		var total int64

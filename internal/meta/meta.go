@@ -13,10 +13,13 @@ const (
 	RunTable       = "run"
 	InstanceTable  = "instance"
 	HeartbeatTable = "heartbeat"
+	// SourceTable records, per replica that runs workers, the server it
+	// replicates from, so the dashboard can draw the replication tree.
+	SourceTable = "replica_source"
 )
 
 // Tables lists the meta tables in creation order.
-var Tables = [...]string{RunTable, InstanceTable, HeartbeatTable}
+var Tables = [...]string{RunTable, InstanceTable, HeartbeatTable, SourceTable}
 
 // Outcome is the run history's outcome column: how one claim of one topic
 // ended.
@@ -92,6 +95,12 @@ func DDL(schema string) []string {
 		"CREATE TABLE IF NOT EXISTS " + q(HeartbeatTable) + ` (
   id INT UNSIGNED NOT NULL COMMENT 'writer: one row per writing process',
   ts_us BIGINT NOT NULL COMMENT 'writer clock, microseconds since the epoch',
+  PRIMARY KEY (id)
+) ENGINE=InnoDB`,
+		"CREATE TABLE IF NOT EXISTS " + q(SourceTable) + ` (
+  id INT UNSIGNED NOT NULL COMMENT 'a replica running workers: its server_id',
+  source_id INT UNSIGNED NOT NULL COMMENT 'server_id it replicates from (SHOW SLAVE STATUS Master_Server_Id)',
+  sampled_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
   PRIMARY KEY (id)
 ) ENGINE=InnoDB`,
 	}
