@@ -1,5 +1,7 @@
 // Package sandbox starts, on loopback, a real local nonqueue topology: one
-// MariaDB primary, N GTID replicas of it, and one OpenSSH sshd whose login
+// MariaDB primary, N GTID replicas of it (optionally with replicas of
+// those, Options.Tiers, and parallel appliers, Options.Parallel), and one
+// OpenSSH sshd whose login
 // can write the primary's datadir (where nonqueue ships result table files
 // over SFTP).
 //
@@ -106,6 +108,9 @@ type Server struct {
 	// for a first-tier replica, "replicaK" for a replica of a replica (see
 	// Options.Tiers); empty for the primary.
 	Source string `json:",omitempty"`
+	// Relay is true for a replica that other replicas replicate from (a
+	// middle tier).
+	Relay bool `json:",omitempty"`
 	// ParallelThreads is the replica's slave_parallel_threads (optimistic
 	// mode when positive; see Options.Parallel); kept so Restart starts
 	// the server the same way.

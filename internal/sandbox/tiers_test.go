@@ -74,6 +74,17 @@ func TestUpTiersParallel(t *testing.T) {
 	}
 	checkParallel("replica1", midRoot)
 	checkParallel("replica2", lowRoot)
+	// The middle tier logs what its triggers change; the tier below takes
+	// those rows and runs no trigger of its own (replicaTriggers).
+	for _, c := range []struct {
+		db   *sql.DB
+		want string
+	}{{midRoot, "LOGGING"}, {lowRoot, "NO"}} {
+		var got string
+		if err := c.db.QueryRowContext(ctx, "SELECT @@slave_run_triggers_for_rbr").Scan(&got); err != nil || got != c.want {
+			t.Errorf("slave_run_triggers_for_rbr %q (%v), want %s", got, err, c.want)
+		}
+	}
 
 	p := openDB(t, sb, sb.Primary, "")
 	write := func(v int) string {

@@ -259,6 +259,7 @@ func newSandbox(dir string, opt Options) *Sandbox {
 			if t > 0 {
 				r.Source = "replica" + strconv.Itoa(n-opt.Replicas)
 			}
+			r.Relay = t+1 < max(opt.Tiers, 1)
 			r.ParallelThreads = opt.Parallel
 			sb.Replicas = append(sb.Replicas, r)
 		}
