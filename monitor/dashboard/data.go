@@ -201,6 +201,9 @@ type ReplicasView struct {
 	// under their sources, then the replicas (or chains) whose source is
 	// unknown. Groups are in the same depth-first order.
 	Tree []*ReplicaNode `json:"tree"`
+	// SourcesError is why the recorded sources could not be read (the
+	// tree then has only the live reads' sources); empty when they were.
+	SourcesError string `json:"sources_error,omitempty"`
 }
 
 // recentRunsScanned bounds how far back the replicas page looks for each
@@ -288,7 +291,9 @@ func (s *Sources) ReplicaGroups(ctx context.Context) (*ReplicasView, error) {
 	}
 	recorded, err := s.History.Sources(ctx)
 	if err != nil {
-		return nil, err
+		// A schema from before the table (schema apply not run yet):
+		// the tree shows what the live reads know.
+		v.SourcesError = err.Error()
 	}
 	v.Tree, v.Groups = replicaTree(primaryID, v.Groups, recorded)
 	return v, nil

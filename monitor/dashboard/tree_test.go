@@ -118,3 +118,15 @@ func TestBrowserReplicaTree(t *testing.T) {
 		t.Errorf("second tier's section at x=%v, not indented under the first tier's", left)
 	}
 }
+
+// TestReplicaTreeWithoutSourceTable: on a schema from before
+// replica_source the page still renders, with the live read's source and
+// a note saying what to run.
+func TestReplicaTreeWithoutSourceTable(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	seedTree(t, b)
+	b.exec(t, "DROP TABLE replica_source")
+	r := b.client(t).get("/replicas")
+	expect(t, "replicas", r, 200, "replicates from server_id 1000", "Recorded replication sources unavailable", "nonqueue schema apply")
+}
