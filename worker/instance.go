@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nonqueue/nonqueue/internal/cleanup"
@@ -58,11 +60,18 @@ type Instance struct {
 	dropper *transfer.Dropper
 
 	// Registry bookkeeping, touched only by the instance's goroutine.
-	lastState                 string
-	lastWrite                 time.Time
-	pendingRan, pendingFailed int
+	lastState string
+	lastWrite time.Time
+	// Runs ended since the last registry write; a shipment ends its run
+	// on its own goroutine.
+	pendingRan, pendingFailed atomic.Int64
 	serverID                  uint32 // the replica's, for the replication source record
 	lastSource                uint32 // replication source last recorded
+
+	// slot holds the one shipment an instance may have in flight while it
+	// computes its next topic (Config.Pipeline); shipping counts them.
+	slot     chan struct{}
+	shipping sync.WaitGroup
 }
 
 // registryRefresh is how often an instance whose state does not change
@@ -76,8 +85,15 @@ var errStop = errors.New("stopping")
 // publish. soft stops new work; hard cancels work in flight. It returns
 // whether a topic was processed (in any outcome) and an error only for
 // failures of the coordination itself (primary unreachable), which the
-// caller logs and backs off from.
+// caller logs and backs off from. The topic's run is over when it returns.
 func (in *Instance) RunOnce(soft, hard context.Context) (bool, error) {
+	return in.runOnce(soft, hard, false)
+}
+
+// runOnce is RunOnce; with pipeline, a run whose procedure succeeded is
+// shipped and published on its own goroutine once the instance's previous
+// shipment is over, and runOnce returns without waiting for it (Wait does).
+func (in *Instance) runOnce(soft, hard context.Context, pipeline bool) (bool, error) {
 	if soft.Err() != nil {
 		return false, errStop
 	}
@@ -142,30 +158,68 @@ func (in *Instance) RunOnce(soft, hard context.Context) (bool, error) {
 		TopicID: claim.TopicID, InstanceID: in.ID, Replica: in.deps.ReplicaName, ClaimToken: claim.Token,
 		Scope: claim.Scope, StartedAt: start, Claim: time.Since(start),
 	}
-	in.process(hard, claim, run)
-	ran, failed := 1, 0
-	if run.Outcome != monitor.OutcomeDone {
-		failed = 1
+	f := in.compute(hard, claim, run)
+	switch {
+	case f == nil:
+		in.end(run)
+	case !pipeline:
+		in.ship(f)
+		in.end(run)
+	default:
+		if in.slot == nil {
+			in.slot = make(chan struct{}, 1)
+		}
+		// The previous shipment ends on its own (its steps are bounded,
+		// and hard cancels them).
+		in.slot <- struct{}{}
+		in.shipping.Add(1)
+		go func() {
+			defer in.shipping.Done()
+			defer func() { <-in.slot }()
+			in.ship(f)
+			in.end(run)
+		}()
 	}
-	in.record(run)
-	// The counters travel with the next registry write (a state change or
-	// the refresh).
-	in.pendingRan += ran
-	in.pendingFailed += failed
 	return true, nil
 }
 
-// process runs one claimed topic to an outcome, recorded in run. It never
-// returns with the claim still held: it finishes, releases, or finds the
-// claim lost.
-func (in *Instance) process(hard context.Context, claim *queue.Claim, run *monitor.Run) {
+// Wait returns once the instance's shipment in flight, if any, is over.
+func (in *Instance) Wait() { in.shipping.Wait() }
+
+// end records a run that reached its outcome. Its counters travel with
+// the next registry write (a state change or the refresh).
+func (in *Instance) end(run *monitor.Run) {
+	in.record(run)
+	in.pendingRan.Add(1)
+	if run.Outcome != monitor.OutcomeDone {
+		in.pendingFailed.Add(1)
+	}
+}
+
+// inflight is a run whose procedure succeeded, on its way to the primary:
+// the claim, the run's context (cancelled when the lease is lost), the
+// replica session that holds the topic's tables, and stop, which ends the
+// claim's lease heartbeat.
+type inflight struct {
+	claim *queue.Claim
+	run   *monitor.Run
+	ctx   context.Context
+	rs    *transfer.ReplicaSession
+	log   *slog.Logger
+	stop  func()
+}
+
+// compute takes a claimed topic through the GTID wait and the procedure.
+// It returns the run, still holding its claim, its heartbeat and its
+// replica session, for ship; or nil when the run already reached its
+// outcome (released, failed or lost), recorded in run.
+func (in *Instance) compute(hard context.Context, claim *queue.Claim, run *monitor.Run) (f *inflight) {
 	log := in.log.With("topic_id", claim.TopicID, "claim_token", claim.Token, "scope", claim.Scope)
 	in.setState(hard, monitor.StateRunning, claim.TopicID, 0, 0)
 
 	// The run's own context: cancelled by hard shutdown or when the lease
 	// is lost (the heartbeat finds the claim gone).
 	ctx, cancel := context.WithCancelCause(hard)
-	defer cancel(nil)
 	hbDone := make(chan struct{})
 	go func() {
 		defer close(hbDone)
@@ -187,7 +241,12 @@ func (in *Instance) process(hard context.Context, claim *queue.Claim, run *monit
 			}
 		}
 	}()
-	defer func() { cancel(nil); <-hbDone }()
+	stop := func() { cancel(nil); <-hbDone }
+	defer func() {
+		if f == nil {
+			stop()
+		}
+	}()
 
 	// Causal wait: the procedure must see every write committed on the
 	// primary before the claim.
@@ -201,7 +260,7 @@ func (in *Instance) process(hard context.Context, claim *queue.Claim, run *monit
 	run.LagWait = time.Since(t0)
 	if err != nil {
 		in.giveUp(ctx, claim, run, log, err, errors.Is(err, monitor.ErrGTIDTimeout))
-		return
+		return nil
 	}
 
 	// The procedure, on the local replica, on the run's one session there:
@@ -220,9 +279,8 @@ func (in *Instance) process(hard context.Context, claim *queue.Claim, run *monit
 		// Busy: an older run's session that could not be ended holds the
 		// tables; not the topic's fault, and another replica may take it.
 		in.giveUp(ctx, claim, run, log, fmt.Errorf("replica: %w", err), errors.Is(err, transfer.ErrResultsBusy))
-		return
+		return nil
 	}
-	defer rs.Close()
 	// One log per topic, rewritten by each run (the run history keeps
 	// every run's figures; a failed run's log is kept beside it as
 	// <topic>.failed.log): the directory stays as big as the topic table.
@@ -239,8 +297,18 @@ func (in *Instance) process(hard context.Context, claim *queue.Claim, run *monit
 	if err != nil {
 		in.dropLocal(rs, log)
 		in.giveUp(ctx, claim, run, log, fmt.Errorf("procedure: %w", err), false)
-		return
+		return nil
 	}
+	return &inflight{claim: claim, run: run, ctx: ctx, rs: rs, log: log, stop: stop}
+}
+
+// ship ships and publishes a computed run's results, finishes its claim
+// and ends the run: its replica session, then its heartbeat.
+func (in *Instance) ship(f *inflight) {
+	defer f.stop()
+	defer f.rs.Close()
+	ctx, claim, run, rs, log := f.ctx, f.claim, f.run, f.rs, f.log
+	fence := func(ctx context.Context) error { return in.deps.Queue.Holds(ctx, claim) }
 
 	// Ship and publish; the finish happens under the publish lock, right
 	// after the swap, so the reaper cannot take the claim in between.
@@ -352,13 +420,20 @@ func (in *Instance) record(run *monitor.Run) {
 }
 
 func (in *Instance) setState(ctx context.Context, state string, topicID int64, ran, failed int) {
-	ran += in.pendingRan
-	failed += in.pendingFailed
+	pendingRan, pendingFailed := in.pendingRan.Swap(0), in.pendingFailed.Swap(0)
+	ran += int(pendingRan)
+	failed += int(pendingFailed)
 	// A busy instance stays "running" from topic to topic: its row is
 	// written when the state changes and refreshed every registryRefresh
 	// (with the counters and the topic of the moment), not once per topic.
 	// The topic table says which topic an instance holds right now.
+	// Counters not written go back for the next write.
+	unwritten := func() {
+		in.pendingRan.Add(pendingRan)
+		in.pendingFailed.Add(pendingFailed)
+	}
 	if state == in.lastState && time.Since(in.lastWrite) < registryRefresh {
+		unwritten()
 		return
 	}
 	if in.deps.StateFunc != nil && state != in.lastState {
@@ -368,10 +443,10 @@ func (in *Instance) setState(ctx context.Context, state string, topicID int64, r
 	defer cancel()
 	if err := in.deps.History.SetState(ctx, in.ID, state, topicID, ran, failed); err != nil {
 		in.log.DebugContext(ctx, "registry", "err", err)
+		unwritten()
 		return
 	}
 	in.lastState, in.lastWrite = state, time.Now()
-	in.pendingRan, in.pendingFailed = 0, 0
 	// Where the replica replicates from, for the dashboard's tree: written
 	// when the gate's sample first shows it or shows it changed.
 	if src := in.deps.Gate.Status().SourceServerID; src != 0 && src != in.lastSource {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -89,6 +90,9 @@ type pool struct {
 	done       chan error
 	runs       chan *monitor.Run
 	shipper    *transfer.Shipper
+	// ended maps each run (*monitor.Run) to when the worker reported it
+	// over (time.Time).
+	ended sync.Map
 }
 
 func (b *bundle) startPool(t *testing.T, replica, instances int, tweak func(*worker.Config, *monitor.GateConfig)) *pool {
@@ -96,7 +100,7 @@ func (b *bundle) startPool(t *testing.T, replica, instances int, tweak func(*wor
 	ctx := b.ctx
 	env := b.env
 	rdb := testdb.Open(t, env.Replica(replica, b.db))
-	rdb.SetMaxOpenConns(3*instances + 4)
+	rdb.SetMaxOpenConns(6*instances + 4) // as cmd/nonqueue's, pipelined: two runs per instance
 	pdb := testdb.Open(t, env.Primary(b.db))
 	f, err := flavor.Detect(ctx, rdb)
 	if err != nil {
@@ -148,6 +152,7 @@ func (b *bundle) startPool(t *testing.T, replica, instances int, tweak func(*wor
 			Shipper:        sh,
 			ReplicaDatadir: datadir, ReplicaName: fmt.Sprintf("replica%d", replica+1), Logger: logger,
 			Observer: func(r *monitor.Run) {
+				p.ended.Store(r, time.Now())
 				select {
 				case p.runs <- r:
 				default:

@@ -146,9 +146,10 @@ func (p *Pool) sweep(ctx context.Context, log *slog.Logger) {
 // loop runs the cycle until soft is done. Coordination failures back off
 // exponentially up to 30s so a primary outage is not hammered.
 func (in *Instance) loop(soft, hard context.Context) {
+	defer in.Wait()
 	backoff := time.Duration(0)
 	for soft.Err() == nil {
-		_, err := in.RunOnce(soft, hard)
+		_, err := in.runOnce(soft, hard, in.cfg.Pipelined())
 		if errors.Is(err, errStop) {
 			break
 		}

@@ -153,7 +153,13 @@ func openNode(ctx context.Context, c *Config, instances int, log *slog.Logger) (
 	if err != nil {
 		return nil, err
 	}
-	if n.primary, err = openPool(pmc, instances+4); err != nil {
+	// With the pipeline (worker.Config.Pipeline), an instance has up to
+	// two runs at once: one computing, one shipping.
+	runs := instances
+	if c.Worker.Pipelined() {
+		runs = 2 * instances
+	}
+	if n.primary, err = openPool(pmc, runs+4); err != nil {
 		return nil, fmt.Errorf("open primary: %w", err)
 	}
 	if n.publish, err = openPool(noBinlog(pmc), instances+2); err != nil {
@@ -164,8 +170,8 @@ func openNode(ctx context.Context, c *Config, instances int, log *slog.Logger) (
 		return nil, err
 	}
 	// The procedure, the export lock and the GTID wait each hold a
-	// connection per instance.
-	if n.replica, err = openPool(noBinlog(rmc), 3*instances+4); err != nil {
+	// connection per run.
+	if n.replica, err = openPool(noBinlog(rmc), 3*runs+4); err != nil {
 		return nil, fmt.Errorf("open replica: %w", err)
 	}
 	if err := n.replica.PingContext(ctx); err != nil {
