@@ -161,6 +161,41 @@ func (h *History) Register(ctx context.Context, in InstanceInfo) error {
 	return nil
 }
 
+// SetSource records that replica (a server_id) replicates from source
+// (ReplicaStatus.SourceServerID), for the dashboard's replication tree.
+// Instances call it when their gate's sample first shows the source or
+// shows it changed, not on every state write.
+func (h *History) SetSource(ctx context.Context, replica, source uint32) error {
+	stmt := `INSERT /* nonqueue registry */ INTO ` + ident.Qualified(h.Schema, meta.SourceTable) + ` (id, source_id, sampled_at)
+ VALUES (?, ?, NOW(6)) ON DUPLICATE KEY UPDATE source_id = ?, sampled_at = NOW(6)`
+	if _, err := h.Primary.ExecContext(ctx, stmt, replica, source, source); err != nil {
+		return fmt.Errorf("record that replica %d replicates from %d: %w", replica, source, err)
+	}
+	return nil
+}
+
+// Sources reads what SetSource recorded: replica server_id → the server_id
+// it replicates from.
+func (h *History) Sources(ctx context.Context) (map[uint32]uint32, error) {
+	rows, err := h.Primary.QueryContext(ctx, "SELECT /* nonqueue report */ id, source_id FROM "+ident.Qualified(h.Schema, meta.SourceTable)+" LIMIT 10000")
+	if err != nil {
+		return nil, fmt.Errorf("read replication sources: %w", err)
+	}
+	defer rows.Close()
+	out := map[uint32]uint32{}
+	for rows.Next() {
+		var id, src uint32
+		if err := rows.Scan(&id, &src); err != nil {
+			return nil, fmt.Errorf("read replication sources: %w", err)
+		}
+		out[id] = src
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read replication sources: %w", err)
+	}
+	return out, nil
+}
+
 // SetState records the instance's state (and topic, 0 for none) and
 // refreshes its heartbeat; state_since changes only when the state does.
 // ran and failed are added to the instance's counters.

@@ -96,5 +96,12 @@ CREATE TABLE IF NOT EXISTS `nonqueue`.`pause` (
   KEY expires (expires_at)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
+CREATE TABLE IF NOT EXISTS `nonqueue`.`replica_source` (
+  id INT UNSIGNED NOT NULL COMMENT 'a replica running workers: its server_id',
+  source_id INT UNSIGNED NOT NULL COMMENT 'server_id it replicates from (SHOW SLAVE STATUS Master_Server_Id)',
+  sampled_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+  PRIMARY KEY (id)
+) ENGINE=InnoDB;
+
 CREATE OR REPLACE TRIGGER `nonqueue`.`nq_request_topic` BEFORE UPDATE ON `nonqueue`.`topic` FOR EACH ROW
 SET NEW.`request_version` = NEW.`request_version` + IF(NEW.`request_version` <=> OLD.`request_version` AND NEW.`running` <=> OLD.`running` AND NEW.`required` > 0 AND NOT (NEW.`required` <=> OLD.`required` AND NEW.`due` <=> OLD.`due`), 1, 0);

@@ -75,6 +75,8 @@ type Instance struct {
 	// Runs ended since the last registry write; a shipment ends its run
 	// on its own goroutine.
 	pendingRan, pendingFailed atomic.Int64
+	serverID                  uint32 // the replica's, for the replication source record
+	lastSource                uint32 // replication source last recorded
 
 	// slot holds the one shipment an instance may have in flight while it
 	// computes its next topic (Config.Pipeline); shipping counts them.
@@ -504,6 +506,15 @@ func (in *Instance) writeState(ctx context.Context, state, reason string, topicI
 		return
 	}
 	in.lastState, in.lastReason, in.lastWrite = state, reason, time.Now()
+	// Where the replica replicates from, for the dashboard's tree: written
+	// when the gate's sample first shows it or shows it changed.
+	if src := in.deps.Gate.Status().SourceServerID; src != 0 && src != in.lastSource {
+		if err := in.deps.History.SetSource(ctx, in.serverID, src); err != nil {
+			in.log.DebugContext(ctx, "registry", "err", err)
+			return
+		}
+		in.lastSource = src
+	}
 }
 
 // sleep waits d or until ctx is done.

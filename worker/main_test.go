@@ -26,6 +26,7 @@ var env *testdb.Env
 func TestMain(m *testing.M) { os.Exit(testdb.Main(m, "worker", 2, &env)) }
 
 type bundle struct {
+	env     *testdb.Env // the topology: env, or a test's own (setupOn)
 	db      string
 	primary *sql.DB
 	q       *queue.Queue
@@ -38,6 +39,12 @@ type bundle struct {
 }
 
 func setup(t *testing.T, lease time.Duration) *bundle {
+	t.Helper()
+	return setupOn(t, env, lease)
+}
+
+// setupOn is setup on topology e.
+func setupOn(t *testing.T, env *testdb.Env, lease time.Duration) *bundle {
 	t.Helper()
 	name := env.New(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
@@ -57,7 +64,7 @@ func setup(t *testing.T, lease time.Duration) *bundle {
 	if err := env.WaitReplicas(ctx, p); err != nil {
 		t.Fatal(err)
 	}
-	return &bundle{db: name, primary: p, q: q, ctx: ctx, logDir: t.TempDir()}
+	return &bundle{env: env, db: name, primary: p, q: q, ctx: ctx, logDir: t.TempDir()}
 }
 
 // addTopics inserts n topics with rows of source data each and requests
@@ -93,6 +100,7 @@ type pool struct {
 func (b *bundle) startPool(t *testing.T, replica, instances int, tweak func(*worker.Config, *monitor.GateConfig)) *pool {
 	t.Helper()
 	ctx := b.ctx
+	env := b.env
 	rdb := testdb.Open(t, env.Replica(replica, b.db))
 	rdb.SetMaxOpenConns(6*instances + 4) // as cmd/nonqueue's, pipelined: two runs per instance
 	pdb := testdb.Open(t, env.Primary(b.db))

@@ -56,7 +56,7 @@ func (p *Pool) Run(soft, hard context.Context) error {
 		if err != nil {
 			return err
 		}
-		in := &Instance{ID: id, Number: n, cfg: p.Config, deps: p.Deps, runs: runs, dropper: dropper, log: log.With("instance_id", id)}
+		in := &Instance{ID: id, Number: n, serverID: p.ServerID, cfg: p.Config, deps: p.Deps, runs: runs, dropper: dropper, log: log.With("instance_id", id)}
 		if err := p.Deps.History.Register(soft, monitor.InstanceInfo{
 			ID: id, Host: host, PID: os.Getpid(), Version: p.Version, ReplicaServerID: p.ServerID,
 		}); err != nil {

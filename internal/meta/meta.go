@@ -14,10 +14,13 @@ const (
 	InstanceTable  = "instance"
 	HeartbeatTable = "heartbeat"
 	PauseTable     = "pause"
+	// SourceTable records, per replica that runs workers, the server it
+	// replicates from, so the dashboard can draw the replication tree.
+	SourceTable = "replica_source"
 )
 
 // Tables lists the meta tables in creation order.
-var Tables = [...]string{RunTable, InstanceTable, HeartbeatTable, PauseTable}
+var Tables = [...]string{RunTable, InstanceTable, HeartbeatTable, PauseTable, SourceTable}
 
 // Outcome is the run history's outcome column: how one claim of one topic
 // ended.
@@ -121,5 +124,11 @@ func DDL(schema string) []string {
   PRIMARY KEY (id),
   KEY expires (expires_at)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4`,
+		"CREATE TABLE IF NOT EXISTS " + q(SourceTable) + ` (
+  id INT UNSIGNED NOT NULL COMMENT 'a replica running workers: its server_id',
+  source_id INT UNSIGNED NOT NULL COMMENT 'server_id it replicates from (SHOW SLAVE STATUS Master_Server_Id)',
+  sampled_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+  PRIMARY KEY (id)
+) ENGINE=InnoDB`,
 	}
 }
