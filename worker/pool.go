@@ -51,12 +51,13 @@ func (p *Pool) Run(soft, hard context.Context) error {
 	dropper := p.Deps.Shipper.NewDropper(p.Deps.Primary)
 	defer closeBounded("drop the last swapped-out tables", dropper.Close)
 	host, _ := os.Hostname()
+	park := newIdlePark()
 	for _, n := range p.Numbers {
 		id, err := p.Config.InstanceID(p.ServerID, n)
 		if err != nil {
 			return err
 		}
-		in := &Instance{ID: id, Number: n, serverID: p.ServerID, cfg: p.Config, deps: p.Deps, runs: runs, dropper: dropper, log: log.With("instance_id", id)}
+		in := &Instance{ID: id, Number: n, serverID: p.ServerID, cfg: p.Config, deps: p.Deps, runs: runs, dropper: dropper, park: park, log: log.With("instance_id", id)}
 		if err := p.Deps.History.Register(soft, monitor.InstanceInfo{
 			ID: id, Host: host, PID: os.Getpid(), Version: p.Version, ReplicaServerID: p.ServerID,
 		}); err != nil {
