@@ -185,7 +185,7 @@ func setupKind(t *testing.T, kind string) *bundle {
 	if err := env.WaitReplicas(ctx, p); err != nil {
 		t.Fatal(err)
 	}
-	return &bundle{db: name, primary: p, q: q, ctx: ctx, logDir: t.TempDir()}
+	return &bundle{env: env, db: name, primary: p, q: q, ctx: ctx, logDir: t.TempDir()}
 }
 
 func (b *bundle) exec(t *testing.T, stmt string) {
