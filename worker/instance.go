@@ -515,6 +515,12 @@ func (in *Instance) writeState(ctx context.Context, state, reason string, topicI
 		unwritten()
 		return
 	}
+	if in.park != nil && state == monitor.StateIdle && state == in.lastState && reason == in.lastReason &&
+		pendingRan == 0 && pendingFailed == 0 {
+		// An idle row with nothing new: the pool refreshes its idle rows
+		// in one statement (refreshIdle).
+		return
+	}
 	if in.deps.StateFunc != nil && state != in.lastState {
 		in.deps.StateFunc(in.ID, state)
 	}

@@ -106,6 +106,12 @@ func (p *Pool) Run(soft, hard context.Context) error {
 	}
 	defer reaper.Stop(context.Background())
 
+	sweeper.Add(1)
+	go func() {
+		defer sweeper.Done()
+		refreshIdle(soft, p.Deps.History, instances, log)
+	}()
+
 	log.InfoContext(soft, "instances started", "count", len(instances), "server_id", p.ServerID)
 	var wg sync.WaitGroup
 	for _, in := range instances {
@@ -192,5 +198,27 @@ func (p *Pool) awaitGate(ctx context.Context) {
 			}
 		}
 		sleep(ctx, g.Config.SampleInterval)
+	}
+}
+
+// refreshIdle renews, every registryRefresh until ctx is done, the registry
+// heartbeat of the pool's idle instances in one statement; an idle
+// instance with nothing new to record leaves its row to it.
+func refreshIdle(ctx context.Context, h *monitor.History, instances []*Instance, log *slog.Logger) {
+	ids := make([]int64, len(instances))
+	for i, in := range instances {
+		ids[i] = in.ID
+	}
+	t := time.NewTicker(registryRefresh)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := h.RefreshIdle(ctx, ids); err != nil {
+			log.DebugContext(ctx, "registry", "err", err)
+		}
 	}
 }
