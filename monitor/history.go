@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -219,6 +220,29 @@ func (h *History) SetStateReason(ctx context.Context, id int64, state, reason st
  runs = runs + ?, failures = failures + ? WHERE id = ?`
 	if _, err := h.Primary.ExecContext(ctx, stmt, state, topic, state, topic, why, ran, failed, id); err != nil {
 		return fmt.Errorf("set state of instance %d: %w", id, err)
+	}
+	return nil
+}
+
+// RefreshIdle renews the registry heartbeat of those of ids still idle, in
+// one statement: a worker process refreshes its idle instances together,
+// so an idle fleet's registry traffic grows with processes, not instances.
+// An instance in any other state refreshes its own row (SetStateReason).
+func (h *History) RefreshIdle(ctx context.Context, ids []int64) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	var b strings.Builder
+	for i, id := range ids {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(strconv.FormatInt(id, 10))
+	}
+	stmt := `UPDATE /* nonqueue registry */ ` + ident.Qualified(h.Schema, meta.InstanceTable) +
+		` SET heartbeat_at = NOW(6) WHERE state = ? AND id IN (` + b.String() + `)`
+	if _, err := h.Primary.ExecContext(ctx, stmt, StateIdle); err != nil {
+		return fmt.Errorf("refresh the registry of %d idle instances: %w", len(ids), err)
 	}
 	return nil
 }

@@ -82,6 +82,9 @@ type Instance struct {
 	// computes its next topic (Config.Pipeline); shipping counts them.
 	slot     chan struct{}
 	shipping sync.WaitGroup
+
+	// park is the pool's idle park (nil: each instance polls on its own).
+	park *idlePark
 }
 
 // registryRefresh is how often an instance whose state does not change
@@ -136,6 +139,14 @@ func (in *Instance) runOnce(soft, hard context.Context, pipeline bool) (bool, er
 			return false, nil
 		}
 	}
+	prober := false
+	if in.park != nil {
+		var claimNow bool
+		if claimNow, prober = in.park.enter(soft, 2*in.cfg.IdleWait); !claimNow {
+			in.setState(soft, monitor.StateIdle, 0, 0, 0)
+			return false, nil
+		}
+	}
 	start := time.Now()
 	// The claim runs on a context a shutdown does not cancel: a claim
 	// UPDATE that commits on the server while the client gives up would
@@ -143,6 +154,15 @@ func (in *Instance) runOnce(soft, hard context.Context, pipeline bool) (bool, er
 	cctx, cancel := cleanup.Context(soft)
 	claim, err := in.deps.Queue.Claim(cctx, &queue.ClaimParams{InstanceID: in.ID, MinPriority: minPriority})
 	cancel()
+	if in.park != nil {
+		if errors.Is(err, queue.ErrNoneDue) {
+			// The prober sleeps its IdleWait holding the probe, so the
+			// process makes one claim per IdleWait.
+			defer in.park.leave(prober, false)
+		} else {
+			in.park.leave(prober, err == nil)
+		}
+	}
 	if err == nil && soft.Err() != nil {
 		// Stopping: give it straight back, not counted as an attempt.
 		rctx, cancel := cleanup.Context(soft)
@@ -493,6 +513,12 @@ func (in *Instance) writeState(ctx context.Context, state, reason string, topicI
 	}
 	if state == in.lastState && reason == in.lastReason && time.Since(in.lastWrite) < registryRefresh {
 		unwritten()
+		return
+	}
+	if in.park != nil && state == monitor.StateIdle && state == in.lastState && reason == in.lastReason &&
+		pendingRan == 0 && pendingFailed == 0 {
+		// An idle row with nothing new: the pool refreshes its idle rows
+		// in one statement (refreshIdle).
 		return
 	}
 	if in.deps.StateFunc != nil && state != in.lastState {

@@ -1,6 +1,7 @@
 package worker_test
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"fmt"
@@ -36,6 +37,8 @@ type bundle struct {
 	transferTweak func(*transfer.Config)
 	// depsTweak, if set, changes each pool's Deps (throttle, slots).
 	depsTweak func(*worker.Deps)
+	// heartbeat, if set, is the lag heartbeat's interval (else 100ms).
+	heartbeat time.Duration
 }
 
 func setup(t *testing.T, lease time.Duration) *bundle {
@@ -163,7 +166,7 @@ func (b *bundle) startPool(t *testing.T, replica, instances int, tweak func(*wor
 				}
 			},
 		},
-		Heartbeat: &monitor.Heartbeat{Primary: pdb, Schema: b.db, WriterID: serverID, Interval: 100 * time.Millisecond, Logger: logger},
+		Heartbeat: &monitor.Heartbeat{Primary: pdb, Schema: b.db, WriterID: serverID, Interval: cmp.Or(b.heartbeat, 100*time.Millisecond), Logger: logger},
 	}
 	if b.depsTweak != nil {
 		b.depsTweak(wp.Deps)

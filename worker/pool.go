@@ -51,12 +51,13 @@ func (p *Pool) Run(soft, hard context.Context) error {
 	dropper := p.Deps.Shipper.NewDropper(p.Deps.Primary)
 	defer closeBounded("drop the last swapped-out tables", dropper.Close)
 	host, _ := os.Hostname()
+	park := newIdlePark()
 	for _, n := range p.Numbers {
 		id, err := p.Config.InstanceID(p.ServerID, n)
 		if err != nil {
 			return err
 		}
-		in := &Instance{ID: id, Number: n, serverID: p.ServerID, cfg: p.Config, deps: p.Deps, runs: runs, dropper: dropper, log: log.With("instance_id", id)}
+		in := &Instance{ID: id, Number: n, serverID: p.ServerID, cfg: p.Config, deps: p.Deps, runs: runs, dropper: dropper, park: park, log: log.With("instance_id", id)}
 		if err := p.Deps.History.Register(soft, monitor.InstanceInfo{
 			ID: id, Host: host, PID: os.Getpid(), Version: p.Version, ReplicaServerID: p.ServerID,
 		}); err != nil {
@@ -104,6 +105,12 @@ func (p *Pool) Run(soft, hard context.Context) error {
 		return err
 	}
 	defer reaper.Stop(context.Background())
+
+	sweeper.Add(1)
+	go func() {
+		defer sweeper.Done()
+		refreshIdle(soft, p.Deps.History, instances, log)
+	}()
 
 	log.InfoContext(soft, "instances started", "count", len(instances), "server_id", p.ServerID)
 	var wg sync.WaitGroup
@@ -191,5 +198,27 @@ func (p *Pool) awaitGate(ctx context.Context) {
 			}
 		}
 		sleep(ctx, g.Config.SampleInterval)
+	}
+}
+
+// refreshIdle renews, every registryRefresh until ctx is done, the registry
+// heartbeat of the pool's idle instances in one statement; an idle
+// instance with nothing new to record leaves its row to it.
+func refreshIdle(ctx context.Context, h *monitor.History, instances []*Instance, log *slog.Logger) {
+	ids := make([]int64, len(instances))
+	for i, in := range instances {
+		ids[i] = in.ID
+	}
+	t := time.NewTicker(registryRefresh)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := h.RefreshIdle(ctx, ids); err != nil {
+			log.DebugContext(ctx, "registry", "err", err)
+		}
 	}
 }

@@ -148,6 +148,15 @@ func noBinlog(mc *mysql.Config) *mysql.Config {
 	return mc
 }
 
+// maxPrimaryConns and maxPublishConns cap a worker process's two primary
+// pools (with the queue's, queue.MaxConns): the primary's connections
+// grow with processes, not with instances. Publishes beyond
+// maxPublishConns wait for a session, as they wait for a publish slot.
+const (
+	maxPrimaryConns = 16
+	maxPublishConns = 8
+)
+
 // openNode connects to both servers and the primary's SSH, and reads what
 // the worker needs from its replica. On error everything opened is closed.
 func openNode(ctx context.Context, c *Config, instances int, log *slog.Logger) (_ *node, err error) {
@@ -170,12 +179,16 @@ func openNode(ctx context.Context, c *Config, instances int, log *slog.Logger) (
 	if c.Worker.Pipelined() {
 		runs = 2 * instances
 	}
-	if n.primary, err = openPool(pmc, runs+4); err != nil {
+	// Both primary pools are capped per process, whatever the instance
+	// count (docs/operations.md, "Connections"): their statements are
+	// short, and a fleet of hundreds of instances must not hold one
+	// primary connection or more each.
+	if n.primary, err = openPool(pmc, min(runs+4, maxPrimaryConns)); err != nil {
 		return nil, fmt.Errorf("open primary: %w", err)
 	}
 	// A capped publish holds its slot on its own session: no extra
 	// connection. The throttle's sample borrows one of primary's.
-	if n.publish, err = openPool(noBinlog(pmc), instances+2); err != nil {
+	if n.publish, err = openPool(noBinlog(pmc), min(instances+2, maxPublishConns)); err != nil {
 		return nil, fmt.Errorf("open primary: %w", err)
 	}
 	rmc, err := c.Replica.MySQL("replica")

@@ -1,0 +1,102 @@
+package worker_test
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nonqueue/nonqueue/monitor"
+	"github.com/nonqueue/nonqueue/queue"
+	"github.com/nonqueue/nonqueue/worker"
+)
+
+// primaryStatus reads the primary's global statement counters.
+func primaryStatus(t *testing.T, b *bundle) map[string]int64 {
+	t.Helper()
+	rows, err := b.primary.QueryContext(b.ctx, "SHOW GLOBAL STATUS WHERE Variable_name IN ('Questions','Com_select','Com_update','Com_insert','Com_replace','Com_delete','Com_insert_select','Com_update_multi','Com_delete_multi','Com_begin','Com_commit','Com_set_option')")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	m := map[string]int64{}
+	for rows.Next() {
+		var k string
+		var v int64
+		if err := rows.Scan(&k, &v); err != nil {
+			t.Fatal(err)
+		}
+		m[k] = v
+	}
+	return m
+}
+
+// TestIdleProcessCost measures what an idle worker process (nothing due,
+// production intervals: idle_wait 500ms, pause watch and lag heartbeat
+// 250ms, registry refresh 5s, reaper 5s) costs the primary, as the delta of
+// the primary's Questions (statements sent by clients; replication threads
+// are not counted) over the window, less this test's own two SHOW STATUS
+// reads; and that a topic requested while the process idles is picked up
+// within a second.
+func TestIdleProcessCost(t *testing.T) {
+	for _, n := range []int{4, 32} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			b := setup(t, 8*time.Second)
+			b.heartbeat = monitor.DefaultHeartbeatInterval
+			p := b.startPool(t, 0, n, func(c *worker.Config, g *monitor.GateConfig) {
+				c.IdleWait = worker.DefaultIdleWait
+				g.SampleInterval = monitor.DefaultSampleInterval
+			})
+			// Let the start (registration, first claims, sweep) settle.
+			time.Sleep(3 * time.Second)
+			const window = 10 * time.Second
+			before := primaryStatus(t, b)
+			time.Sleep(window)
+			after := primaryStatus(t, b)
+			var parts []string
+			for k, v := range after {
+				if d := v - before[k]; d > 0 && k != "Questions" {
+					parts = append(parts, fmt.Sprintf("%s=%.1f/s", k, float64(d)/window.Seconds()))
+				}
+			}
+			qps := float64(after["Questions"]-before["Questions"]-1) / window.Seconds()
+			t.Logf("idle_queries_per_s_per_process instances=%d: %.1f (%s)", n, qps, strings.Join(parts, " "))
+			// Per process, whatever the instance count: one claim per
+			// idle_wait (2/s), the pause read and the lag heartbeat (4/s
+			// each), the reaper (0.2/s) and the batched registry refresh
+			// (0.2/s), with a margin. Before the idle park and the batched
+			// refresh it was 18/s with 4 instances and 74/s with 32.
+			const limit = 12.5
+			if qps > limit {
+				t.Errorf("idle process with %d instances sent %.1f queries/s to the primary, want <= %.1f whatever the instance count", n, qps, limit)
+			}
+
+			// Idle rows stay fresh in the registry (the pool refreshes them
+			// together), well inside the lease that marks them silent.
+			if stale := b.count(t, "SELECT COUNT(*) FROM instance WHERE heartbeat_at < NOW(6) - INTERVAL 7 SECOND"); stale != 0 {
+				t.Errorf("%d of %d idle instances not refreshed in the registry for 7s", stale, n)
+			}
+
+			// A newly due topic is picked up within a second.
+			for k := 1; k <= 20; k++ {
+				if _, err := b.primary.ExecContext(b.ctx, "INSERT INTO src VALUES (1, ?, ?)", k, 1000+k); err != nil {
+					t.Fatal(err)
+				}
+			}
+			asked := time.Now()
+			if _, err := b.q.Request(b.ctx, &queue.RequestParams{IDs: []int64{1}, Scope: queue.ScopeFull, Create: true}); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case r := <-p.runs:
+				if d := r.StartedAt.Add(r.Claim).Sub(asked); d > time.Second+500*time.Millisecond {
+					t.Errorf("topic claimed %v after its request, want within 1s (+0.5s margin)", d)
+				} else {
+					t.Logf("topic claimed %v after its request", d)
+				}
+			case <-time.After(60 * time.Second):
+				t.Fatal("topic 1 not run in 60s")
+			}
+		})
+	}
+}
