@@ -201,7 +201,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "nqbench: -rtt wants whole milliseconds from 0 to 1s")
 		return 2
 	}
-	s.LatencyRTT = *rtt
+	b.s.LatencyRTT = *rtt
 	if *compare != "" {
 		p, err := filepath.Abs(*compare)
 		if err == nil {
