@@ -91,6 +91,10 @@ func Open(ctx context.Context, mc *mysql.Config, cfg Config) (*Queue, error) {
 	mc = mc.Clone()
 	mc.ClientFoundRows = true
 	mc.ParseTime = true
+	// The one-statement claim and its read go in one round trip
+	// (claimOne); every statement of the queue is its own text, with only
+	// integers written in.
+	mc.MultiStatements = true
 	if mc.Params == nil {
 		mc.Params = map[string]string{}
 	}
@@ -353,15 +357,17 @@ func (q *Queue) claimOne(ctx context.Context, p *ClaimParams) (*Claim, error) {
 		return nil, fmt.Errorf("claim: %w", err)
 	}
 	defer conn.Close()
-	var res sql.Result
+	// The claim, its row count and its read, sent together: one round
+	// trip. The server runs them in order and stops at the first error,
+	// so a deadlock of the UPDATE is retried as before, and the read sees
+	// the claim's LAST_INSERT_ID.
+	batch := claim + ";\nSELECT /* nonqueue claim */ ROW_COUNT();\n" + bindInts(q.sql.claimRead, p.InstanceID)
+	var n int64
+	var c *Claim
 	err = q.retryLost(ctx, func() (err error) {
-		res, err = conn.ExecContext(ctx, claim)
+		n, c, err = q.claimRoundTrip(ctx, conn, batch, p.InstanceID)
 		return err
 	})
-	if err != nil {
-		return nil, fmt.Errorf("claim: %w", err)
-	}
-	n, err := res.RowsAffected()
 	if err != nil {
 		return nil, fmt.Errorf("claim: %w", err)
 	}
@@ -369,20 +375,48 @@ func (q *Queue) claimOne(ctx context.Context, p *ClaimParams) (*Claim, error) {
 		q.stats.empty.Add(1)
 		return nil, ErrNoneDue
 	}
-	c := &Claim{InstanceID: p.InstanceID}
-	err = conn.QueryRowContext(ctx, bindInts(q.sql.claimRead, p.InstanceID)).
-		Scan(&c.TopicID, &c.Scope, &c.Token, &c.RequestVersion, &c.Attempts, &c.Priority, &c.PrimaryPos)
-	if errors.Is(err, sql.ErrNoRows) {
+	if c == nil {
 		// Taken back between our two statements: only a lease shorter
-		// than a round trip makes this happen.
+		// than the time between them makes this happen.
 		q.stats.lost.Add(1)
 		return nil, fmt.Errorf("claim: %w", ErrClaimLost)
 	}
-	if err != nil {
-		return nil, fmt.Errorf("claim: read claim: %w", err)
-	}
 	q.stats.won.Add(1)
 	return c, nil
+}
+
+// claimRoundTrip sends claimOne's three statements and reads their
+// results: the UPDATE's (none), the rows it claimed, and the claim.
+func (q *Queue) claimRoundTrip(ctx context.Context, conn *sql.Conn, batch string, instance int64) (n int64, c *Claim, err error) {
+	rows, err := conn.QueryContext(ctx, batch)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer rows.Close()
+	// The UPDATE has no result set; the driver starts with the first one
+	// that has columns or at the UPDATE's empty one.
+	if cols, _ := rows.Columns(); len(cols) == 0 && !rows.NextResultSet() {
+		return 0, nil, fmt.Errorf("no row count after the claim: %w", rows.Err())
+	}
+	if !rows.Next() {
+		return 0, nil, fmt.Errorf("no row count after the claim: %w", rows.Err())
+	}
+	if err := rows.Scan(&n); err != nil {
+		return 0, nil, fmt.Errorf("read the claim's row count: %w", err)
+	}
+	if !rows.NextResultSet() {
+		return 0, nil, fmt.Errorf("read claim: no result: %w", rows.Err())
+	}
+	if rows.Next() {
+		c = &Claim{InstanceID: instance}
+		if err := rows.Scan(&c.TopicID, &c.Scope, &c.Token, &c.RequestVersion, &c.Attempts, &c.Priority, &c.PrimaryPos); err != nil {
+			return 0, nil, fmt.Errorf("read claim: %w", err)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return 0, nil, fmt.Errorf("read claim: %w", err)
+	}
+	return n, c, rows.Close()
 }
 
 // bindInts writes vals, in order, into the ? placeholders of stmt. Only

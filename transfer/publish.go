@@ -37,13 +37,15 @@ func (s *Shipper) publish(ctx context.Context, prim *session, p *ShipParams, tab
 	for i, t := range tables {
 		tmp[i] = t.tmp
 	}
-	if err := s.verification().primary(ctx, prim, tables, tmp); err != nil {
+	probes, err := s.verification().primary(ctx, prim, tables, tmp)
+	if err != nil {
 		return false, nil, err
 	}
 	start := time.Now()
 	for try := 1; ; try++ {
 		var busy bool
-		published, old, busy, err = s.swap(ctx, prim, p, tables, dropped, log)
+		published, old, busy, err = s.swap(ctx, prim, p, tables, dropped, probes, log)
+		probes = nil // the tables opened: later tries only lock
 		if !busy {
 			return published, old, err
 		}
@@ -67,17 +69,41 @@ func (s *Shipper) publish(ctx context.Context, prim *session, p *ShipParams, tab
 // tables, and the lock is released before the caller's pause, so the
 // reaper and an operator's release are kept out for one try at most, never
 // for the whole series (the fence is taken again with the lock next time).
-func (s *Shipper) swap(ctx context.Context, prim *session, p *ShipParams, tables []*stagedTable, dropped <-chan struct{}, log *slog.Logger) (published bool, old []string, busy bool, err error) {
+//
+// probes (from the verification, first try only) are scalar subqueries
+// sent with the GET_LOCK, in its round trip: one that fails (a staged
+// table the server cannot open) fails the statement, ErrChecksumMismatch.
+//
+// After a published swap with a Dropper (the worker's case), the
+// RELEASE_LOCK is left to the session's close, which sends it in the
+// background: the topic is finished already, and the release need not
+// hold up the run (docs/design.md, protocol 7).
+func (s *Shipper) swap(ctx context.Context, prim *session, p *ShipParams, tables []*stagedTable, dropped <-chan struct{}, probes []string, log *slog.Logger) (published bool, old []string, busy bool, err error) {
 	timeout := cmp.Or(p.LockTimeout, DefaultLockTimeout)
-	var got sql.NullInt64
-	if err := prim.conn.QueryRowContext(ctx, getLockSQL, p.LockName, timeout.Seconds()).Scan(&got); err != nil {
+	got := []any{new(sql.NullInt64)}
+	for range probes {
+		got = append(got, new(sql.NullInt64))
+	}
+	stmt := getLockSQL
+	if len(probes) > 0 {
+		stmt += ", " + strings.Join(probes, ", ")
+	}
+	if err := prim.conn.QueryRowContext(ctx, stmt, p.LockName, timeout.Seconds()).Scan(got...); err != nil {
 		prim.bad = true // the lock may have been granted; closing the session frees it
+		var me *mysql.MySQLError
+		if len(probes) > 0 && errors.As(err, &me) {
+			return false, nil, false, fmt.Errorf("%w: the primary cannot open the shipped tables: %w", ErrChecksumMismatch, err)
+		}
 		return false, nil, false, fmt.Errorf("take publish lock %q on the primary: %w", p.LockName, err)
 	}
-	if !got.Valid || got.Int64 != 1 {
+	if lock := got[0].(*sql.NullInt64); !lock.Valid || lock.Int64 != 1 {
 		return false, nil, false, fmt.Errorf("%w: %q is held by another session (the reaper or another publisher) after %v", ErrLockTimeout, p.LockName, timeout)
 	}
 	defer func() {
+		if published && err == nil && p.Dropper != nil {
+			prim.release = p.LockName
+			return
+		}
 		cctx, cancel := cleanup.Context(ctx)
 		defer cancel()
 		var rel sql.NullInt64
