@@ -166,6 +166,7 @@ func (b *bench) summary() (map[string]any, []target, int) {
 	if lat := b.findKind("latency"); lat != nil && lat.RoundTripsPerTopic != nil {
 		if b.s.LatencyRTT == time.Millisecond {
 			overRTT = num(lat.OverheadMSPerTopic)
+			sum["overhead_ms_per_topic_per_instance_rtt1ms"] = num(lat.OverheadMSPerTopic * float64(lat.Instances))
 		} else {
 			sum["overhead_ms_per_topic_rtt"] = map[string]any{"rtt_ms": b.s.LatencyRTT.Milliseconds(), "ms": num(lat.OverheadMSPerTopic)}
 		}
@@ -210,7 +211,7 @@ func (b *bench) summary() (map[string]any, []target, int) {
 		check("topics computed twice by nonqueue (duplicates)", &d, "0", func(v float64) bool { return v == 0 }),
 		check("publish vs plain scp (publish_vs_scp)", pubVsScp, ">= 0.8", func(v float64) bool { return v >= 0.8 }),
 		check(fmt.Sprintf("worker peak RSS shipping %d MB, MB (worker_max_rss_mb)", b.s.BigMB), bigRSS, "<= 64", func(v float64) bool { return v <= 64 }),
-		check("overhead per topic per instance at a 1 ms round trip, ms (overhead_ms_per_topic_rtt1ms)", overRTT, "<= 15", func(v float64) bool { return v <= 15 }),
+		check("overhead per topic at a 1 ms round trip, ms (overhead_ms_per_topic_rtt1ms)", overRTT, "<= 15", func(v float64) bool { return v <= 15 }),
 	}
 	met := 0
 	for _, t := range targets {
@@ -307,6 +308,7 @@ func (b *bench) finish(runErr error) int {
 		"errors":          errs,
 		"harness_s":       math.Round(b.elapsed.Seconds()*10) / 10,
 		"seed_script":     b.seed,
+		"latency_method":  "scenario 8: every worker connection to the primary (MySQL, SSH) through toxiproxy with the round trip added to replies; overhead as overhead_method against the procedure alone measured in the same run; round trips counted on the links (internal/netsim): SQL commands from the MySQL framing, round trips as client turns",
 		"overhead_method": "(T_nonqueue_1x4 - T_procedure_alone_4_connections) / topics: extra wall time per topic; x 4 = per instance (overhead_ms_per_topic_per_instance)",
 		"exit_status":     status,
 	}

@@ -341,10 +341,9 @@ func (q *Queue) Claim(ctx context.Context, p *ClaimParams) (*Claim, error) {
 // A BEFORE UPDATE trigger on the table (nonqueue's request trigger, or one
 // of the application's) keeps the id out of the OK packet, while the
 // session's LAST_INSERT_ID() still has it: so the claim and its read share
-// one connection, and read it there. Both go as text with their integers
-// (given, or from the configuration) written in: one round trip each, as
-// prepared statements were, which a single connection cannot borrow from
-// the pool.
+// one connection, and read it there. They go as text with their integers
+// (given, or from the configuration) written in, together in one request
+// (a multi-statement): one round trip for the whole claim.
 func (q *Queue) claimOne(ctx context.Context, p *ClaimParams) (*Claim, error) {
 	args := make([]int64, 0, 3+len(q.cfg.ActiveValues))
 	args = append(args, p.InstanceID, q.cfg.Lease.Microseconds())

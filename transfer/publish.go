@@ -77,7 +77,7 @@ func (s *Shipper) publish(ctx context.Context, prim *session, p *ShipParams, tab
 // After a published swap with a Dropper (the worker's case), the
 // RELEASE_LOCK is left to the session's close, which sends it in the
 // background: the topic is finished already, and the release need not
-// hold up the run (docs/design.md, protocol 7).
+// hold up the run (docs/design.md, "Publish").
 func (s *Shipper) swap(ctx context.Context, prim *session, p *ShipParams, tables []*stagedTable, dropped <-chan struct{}, probes []string, log *slog.Logger) (published bool, old []string, busy bool, err error) {
 	timeout := cmp.Or(p.LockTimeout, DefaultLockTimeout)
 	got := []any{new(sql.NullInt64)}

@@ -33,7 +33,7 @@ Usage:
   nonqueue status --config FILE [--json]    the overview: topics by state, backlog, runs, instances
   nonqueue dashboard --config FILE [--listen ADDR] [--prefix /PATH]
                                             serve the ops dashboard (web; default 127.0.0.1:8080)
-  nonqueue sandbox up --dir DIR [--replicas N]
+  nonqueue sandbox up --dir DIR [--replicas N] [--latency 1ms]
                                             start a local primary, replicas and sshd
   nonqueue sandbox down --dir DIR           stop what sandbox up started
   nonqueue demo [--keep] [--topics N] [--instances N]
