@@ -488,6 +488,15 @@ func (q *Queue) Holds(ctx context.Context, c *Claim) error {
 	return nil
 }
 
+// HoldsQuery is Holds as the text of one statement, the claim's integers
+// written in: a row means the claim is still the caller's. A publisher
+// sends it on its own session right behind its GET_LOCK, in the same
+// request (transfer.ShipParams.FenceQuery), so the fence costs no round
+// trip of its own; under the lock it proves the claim as Holds does.
+func (q *Queue) HoldsQuery(c *Claim) string {
+	return bindInts(q.sql.holds, c.TopicID, c.InstanceID, int64(c.Token))
+}
+
 // ReleaseParams says why a claim is given back.
 type ReleaseParams struct {
 	// Error is recorded as the topic's last error; empty keeps the old one.

@@ -88,7 +88,13 @@ func (s *Shipper) swap(ctx context.Context, prim *session, p *ShipParams, tables
 	if len(probes) > 0 {
 		stmt += ", " + strings.Join(probes, ", ")
 	}
-	if err := prim.conn.QueryRowContext(ctx, stmt, p.LockName, timeout.Seconds()).Scan(got...); err != nil {
+	fenceQuery := ""
+	if s.cfg.MultiStatementPools && p.FenceQuery != "" {
+		fenceQuery = p.FenceQuery
+	}
+	var fenceRow bool
+	var fenceErr error
+	if err := s.lockAndFence(ctx, prim.conn, stmt+fenceSep(fenceQuery), fenceQuery != "", p.LockName, timeout, got, &fenceRow, &fenceErr); err != nil {
 		prim.bad = true // the lock may have been granted; closing the session frees it
 		var me *mysql.MySQLError
 		if len(probes) > 0 && errors.As(err, &me) {
@@ -113,7 +119,15 @@ func (s *Shipper) swap(ctx context.Context, prim *session, p *ShipParams, tables
 		}
 	}()
 
-	if err := p.Fence(ctx); err != nil {
+	switch {
+	case fenceQuery == "":
+		err = p.Fence(ctx)
+	case fenceErr != nil:
+		err = fmt.Errorf("fence: %w", fenceErr)
+	case !fenceRow:
+		err = fmt.Errorf("fence topic %d: the claim is no longer ours", p.TopicID)
+	}
+	if err != nil {
 		return false, nil, false, fmt.Errorf("%w: topic %d, claim token %d: %w", ErrFenced, p.TopicID, p.Token, err)
 	}
 
@@ -160,6 +174,53 @@ func (s *Shipper) swap(ctx context.Context, prim *session, p *ShipParams, tables
 		}
 	}
 	return true, old, false, nil
+}
+
+// fenceSep appends the fence query to the GET_LOCK statement as a second
+// statement of the same request, if there is one.
+func fenceSep(fenceQuery string) string {
+	if fenceQuery == "" {
+		return ""
+	}
+	return ";\n" + fenceQuery
+}
+
+// lockAndFence sends the GET_LOCK statement (stmt, with the probes, and
+// with withFence the fence query as its second statement) and scans the
+// lock's row into got. The fence's answer (a row or not) goes to fenceRow;
+// a failure of the fence statement alone to fenceErr: the lock may be held
+// then, and the caller releases it as after any failed fence. A failure of
+// the first statement (the server stops there) is the returned error.
+func (s *Shipper) lockAndFence(ctx context.Context, conn *sql.Conn, stmt string, withFence bool, name string, timeout time.Duration,
+	got []any, fenceRow *bool, fenceErr *error) error {
+	if !withFence {
+		return conn.QueryRowContext(ctx, stmt, name, timeout.Seconds()).Scan(got...)
+	}
+	rows, err := conn.QueryContext(ctx, stmt, name, timeout.Seconds())
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	if !rows.Next() {
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		return sql.ErrNoRows
+	}
+	if err := rows.Scan(got...); err != nil {
+		return err
+	}
+	if rows.NextResultSet() {
+		*fenceRow = rows.Next()
+	}
+	if err := rows.Err(); err != nil {
+		*fenceErr = err
+		return nil
+	}
+	if err := rows.Close(); err != nil {
+		*fenceErr = err
+	}
+	return nil
 }
 
 // execBounded runs a DDL statement on the primary that waits at most

@@ -247,8 +247,9 @@ func (in *Instance) process(hard context.Context, claim *queue.Claim, run *monit
 		TopicID: claim.TopicID, Token: claim.Token,
 		Replica: in.deps.Replica, ReplicaDatadir: in.deps.ReplicaDatadir,
 		Primary: in.deps.Primary, LockName: in.deps.Queue.LockName(claim.TopicID),
-		// Under the topic lock a read proves the claim (see Queue.Holds).
-		Fence: fence,
+		// Under the topic lock a read proves the claim (see Queue.Holds),
+		// sent with the lock when the pool allows (HoldsQuery).
+		Fence: fence, FenceQuery: in.deps.Queue.HoldsQuery(claim),
 		Commit: func(ctx context.Context) error {
 			err := in.deps.Queue.Finish(ctx, claim)
 			finished = err == nil

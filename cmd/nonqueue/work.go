@@ -72,8 +72,10 @@ func (c *Config) transferConfig() transfer.Config {
 		SwapBackoff:    c.Results.SwapBackoff,
 		FileMode:       c.SSH.mode,
 		NoBinlogPools:  true, // openNode's replica and publish pools
-		Verify:         c.Results.Verify,
-		NoSync:         c.Results.Sync != nil && !*c.Results.Sync,
+		// openNode's publish pool: the fence goes with the publish lock.
+		MultiStatementPools: true,
+		Verify:              c.Results.Verify,
+		NoSync:              c.Results.Sync != nil && !*c.Results.Sync,
 	}.WithDefaults()
 }
 
@@ -156,7 +158,9 @@ func openNode(ctx context.Context, c *Config, instances int, log *slog.Logger) (
 	if n.primary, err = openPool(pmc, instances+4); err != nil {
 		return nil, fmt.Errorf("open primary: %w", err)
 	}
-	if n.publish, err = openPool(noBinlog(pmc), instances+2); err != nil {
+	pub := noBinlog(pmc)
+	pub.MultiStatements = true // transfer.Config.MultiStatementPools
+	if n.publish, err = openPool(pub, instances+2); err != nil {
 		return nil, fmt.Errorf("open primary: %w", err)
 	}
 	rmc, err := c.Replica.MySQL("replica")
