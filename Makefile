@@ -51,7 +51,8 @@ deps:
 
 # The whole system on a local sandbox: primary, 2 replicas, sshd, the
 # example procedure, 4 instances per replica, a few hundred topics.
-# DEMO_ARGS=--keep leaves it running.
+# DEMO_ARGS=--keep leaves it running; DEMO_ARGS="--tiers 2 --parallel 4" runs
+# it on replicas of replicas with parallel appliers.
 demo: build
 	bash .ci/deps runtime
 	bin/nonqueue demo $(DEMO_ARGS)

@@ -58,6 +58,8 @@ type settings struct {
 	Verify string `json:"verify"`
 	// IdleWait is the workers' [worker] idle_wait.
 	IdleWait time.Duration `json:"idle_wait_ns"`
+	// Pipeline is the workers' [worker] pipeline (their default, true).
+	Pipeline bool `json:"pipeline"`
 	// PostsMin and PostsMax bound the generated source rows per topic.
 	PostsMin int `json:"posts_min"`
 	PostsMax int `json:"posts_max"`
@@ -88,6 +90,7 @@ func defaultSettings(quick bool) settings {
 		BigMB:    512,
 		Verify:   transfer.VerifyBytes,
 		IdleWait: 20 * time.Millisecond,
+		Pipeline: true,
 		PostsMin: 200, PostsMax: 400,
 		LatencyTopics: 400, LatencyRTT: time.Millisecond,
 	}
@@ -125,6 +128,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	out := fs.String("out", "", "results file (default: REPO/bench/results.json)")
 	runs := fs.Int("runs", 0, "runs per scenario (default 3)")
 	sweep := fs.String("sweep", "", "run only these nonqueue topologies of scenario 2, comma-separated REPLICASxINSTANCES such as 1x4,2x16 (for debugging)")
+	pipeline := fs.Bool("pipeline", true, "the workers' [worker] pipeline (their default: true); -pipeline=false runs each topic to its end before the next claim")
 	verify := fs.String("verify", transfer.VerifyBytes, "the workers' [results] verify outside the big result: bytes (their default) or checksum")
 	only := fs.String("only", "", "run only these scenarios, comma-separated: seed, ceiling, sweep, scale, big, sync, latency (the summary then has gaps; sync compares with sweep and big when they ran too)")
 	rtt := fs.Duration("rtt", time.Millisecond, "the latency scenario's round trip to the primary, whole milliseconds (0: the proxies only, to see their own cost)")
@@ -151,6 +155,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "nqbench: -verify wants checksum or bytes, not %q\n", *verify)
 		return 2
 	}
+	s.Pipeline = *pipeline
 	if *sweep != "" {
 		s.Sweep = nil
 		for _, t := range strings.Split(*sweep, ",") {

@@ -433,6 +433,7 @@ sync = {{.Sync}}
 [worker]
 log_dir = "{{.LogDir}}"
 idle_wait = "{{.IdleWait}}"
+pipeline = {{.Pipeline}}
 
 ` + sandbox.SSHTOML))
 
@@ -469,7 +470,8 @@ func (b *bench) writeConfigs() error {
 				verify = transfer.VerifyBytes
 			}
 			err = workerConfig.Execute(f, map[string]any{"SB": b.sb, "Replica": r, "Proc": proc,
-				"LogDir": filepath.Join(b.dir, "runs"), "IdleWait": b.s.IdleWait.String(), "Verify": verify, "Sync": !c.noSync})
+				"LogDir": filepath.Join(b.dir, "runs"), "IdleWait": b.s.IdleWait.String(), "Verify": verify, "Sync": !c.noSync,
+				"Pipeline": b.s.Pipeline})
 			if cerr := f.Close(); err == nil {
 				err = cerr
 			}

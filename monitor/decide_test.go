@@ -51,7 +51,8 @@ func TestDecide(t *testing.T) {
 }
 
 // TestParseReplicaStatus: columns are found by name in any order, only
-// "Yes" counts as running, NULL lag stays NULL.
+// "Yes" counts as running, NULL lag stays NULL, the source's server id is
+// read under both flavors' names.
 func TestParseReplicaStatus(t *testing.T) {
 	t.Parallel()
 	ns := func(s string) sql.NullString { return sql.NullString{String: s, Valid: true} }
@@ -68,5 +69,16 @@ func TestParseReplicaStatus(t *testing.T) {
 	st = parseReplicaStatus(flavor.MySQL{}, mcols, []sql.NullString{ns("Yes"), ns("Yes"), ns("0")})
 	if !st.IORunning || !st.SQLRunning || st.SecondsBehind.Int64 != 0 || !st.SecondsBehind.Valid {
 		t.Errorf("mysql: %+v", st)
+	}
+	// The source's server id, under either flavor's column name; 0 (the
+	// value before a first connection) reads as unknown.
+	for _, c := range []struct {
+		col, val string
+		want     uint32
+	}{{"Master_Server_Id", "1001", 1001}, {"Source_Server_Id", "7", 7}, {"Master_Server_Id", "0", 0}} {
+		st = parseReplicaStatus(flavor.MariaDB{}, []string{c.col}, []sql.NullString{ns(c.val)})
+		if st.SourceServerID != c.want {
+			t.Errorf("%s = %s: source %d, want %d", c.col, c.val, st.SourceServerID, c.want)
+		}
 	}
 }

@@ -6,7 +6,10 @@
 //     a replica is healthy enough to claim at all (Heartbeat, Gate), and
 //     prove freshness for one topic (WaitForPrimary, WaitForPosition);
 //     CheckLocalDomain refuses a replica that shares the primary's GTID
-//     domain.
+//     domain. Beside it, the primary throttle (Throttle: Threads_running
+//     and a freno-style URL, sampled by a collector like the gate's) and
+//     PublishSlots (a fleet-wide cap on publishes, as named locks on the
+//     primary) make the fleet yield to a busy primary.
 //  2. The run history and the instance registry: History records every
 //     claim's outcome and where its time went (RecordRun, RecordRuns, and
 //     RunWriter, which batches them off the worker's path), and each

@@ -29,6 +29,30 @@ var (
 	// replication (see CheckLocalDomain). A warning, not a refusal: the
 	// setting is common and only a crash at the wrong moment hurts.
 	ErrSharedDomain = errors.New("replica shares the primary's GTID domain")
+	// ErrPaused: an operator's pause covers everything this process may
+	// claim (PauseWatch.Check); instances claim nothing and look again
+	// after one sample interval.
+	ErrPaused = errors.New("paused")
+	// ErrPauseUnknown: the pauses on the primary could not be read for
+	// longer than the stale bound, or not yet at all; the pause watch
+	// fails closed, like the lag gate.
+	ErrPauseUnknown = errors.New("pause state unknown")
+	// ErrBadPause: a pause or resume was asked with an invalid value (a
+	// reason too long, a negative duration, a priority out of range).
+	ErrBadPause = errors.New("invalid pause")
+	// ErrNoPauseTable: the pause table does not exist on the primary
+	// (schema apply has not run since the upgrade); nobody can have paused.
+	ErrNoPauseTable = errors.New("no pause table on the primary: run nonqueue schema apply")
+	// ErrPauseNotFound: no pause in force has this id.
+	ErrPauseNotFound = errors.New("no such pause in force")
+	// ErrThrottled is wrapped by Throttle.Check's verdict while the
+	// primary is too busy (or its load is unknown): nobody claims or
+	// publishes.
+	ErrThrottled = errors.New("primary throttled")
+	// ErrNoPublishSlot: every publish slot stayed taken for the whole wait
+	// (PublishSlots.Wait); the caller gives its claim back without
+	// counting an attempt.
+	ErrNoPublishSlot = errors.New("no publish slot free")
 	// ErrConfig is wrapped by every *ConfigError.
 	ErrConfig = errors.New("invalid monitor configuration")
 )

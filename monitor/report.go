@@ -382,6 +382,8 @@ func percentiles(us []int64) Percentiles {
 type InstanceRecord struct {
 	InstanceInfo
 	State string `json:"state"`
+	// Reason is why the instance waits (throttle reasons), "" for none.
+	Reason string `json:"reason,omitempty"`
 	// TopicID is the topic being run, 0 for none.
 	TopicID   int64     `json:"topic_id,omitempty"`
 	StartedAt time.Time `json:"started_at"`
@@ -402,7 +404,7 @@ func (h *History) Instances(ctx context.Context) ([]InstanceRecord, error) {
 	if err != nil {
 		return nil, err
 	}
-	rows, err := h.Primary.QueryContext(ctx, `SELECT /* nonqueue report */ id, host, pid, version, replica_server_id, state, topic_id,
+	rows, err := h.Primary.QueryContext(ctx, `SELECT /* nonqueue report */ id, host, pid, version, replica_server_id, state, COALESCE(reason, ''), topic_id,
  started_at, TIMESTAMPDIFF(MICROSECOND, state_since, NOW(6)), TIMESTAMPDIFF(MICROSECOND, heartbeat_at, NOW(6)), runs, failures
  FROM `+t+` ORDER BY replica_server_id, id LIMIT 10000`)
 	if err != nil {
@@ -414,7 +416,7 @@ func (h *History) Instances(ctx context.Context) ([]InstanceRecord, error) {
 		var r InstanceRecord
 		var topic sql.NullInt64
 		var stateAge, hbAge int64
-		if err := rows.Scan(&r.ID, &r.Host, &r.PID, &r.Version, &r.ReplicaServerID, &r.State, &topic, &r.StartedAt,
+		if err := rows.Scan(&r.ID, &r.Host, &r.PID, &r.Version, &r.ReplicaServerID, &r.State, &r.Reason, &topic, &r.StartedAt,
 			&stateAge, &hbAge, &r.Runs, &r.Failures); err != nil {
 			return nil, fmt.Errorf("read instance registry: %w", err)
 		}

@@ -34,6 +34,12 @@ type ReplicaStatus struct {
 	// Configured is false when the server is not a replica at all (the
 	// status query returned no row).
 	Configured bool
+	// SourceServerID is the server_id of the server this replica
+	// replicates from (Master_Server_Id; Source_Server_Id on MySQL): the
+	// primary, or a middle-tier replica in a tiered topology. 0 when the
+	// server does not report it (never connected yet). For display: the
+	// lag is measured from the primary's heartbeat whatever the source.
+	SourceServerID uint32
 }
 
 // parseReplicaStatus reads the replica status row by column name, so column
@@ -55,6 +61,13 @@ func parseReplicaStatus(f flavor.Flavor, cols []string, vals []sql.NullString) R
 		SQLRunning:   yes(f.SQLRunningColumn()),
 		LastIOError:  get("Last_IO_Error").String,
 		LastSQLError: get("Last_SQL_Error").String,
+	}
+	for _, c := range []string{"Master_Server_Id", "Source_Server_Id"} {
+		var id uint32
+		if _, err := fmt.Sscan(get(c).String, &id); err == nil && id != 0 {
+			st.SourceServerID = id
+			break
+		}
 	}
 	if s := get(f.SecondsBehindColumn()); s.Valid {
 		var n int64

@@ -16,6 +16,8 @@ const (
 	DefaultTable       = "topic"
 	DefaultLease       = 30 * time.Second
 	DefaultMaxAttempts = 5
+	// DefaultRefreshScope is Config.RefreshScope when left empty.
+	DefaultRefreshScope = "partial"
 )
 
 // ErrConfig is wrapped by every *ConfigError.
@@ -55,6 +57,10 @@ type Columns struct {
 	LastError      string `toml:"last_error"`
 	ParkedAt       string `toml:"parked_at"` // set when attempts reach MaxAttempts
 	Claimable      string `toml:"claimable"` // generated column the claim index starts with: STORED in nonqueue's own table, VIRTUAL when added to a mapped one
+	// Refresh is the topic's own periodic refresh interval in
+	// whole seconds: NULL takes Config.RefreshInterval, 0 never refreshes
+	// the topic (docs/design.md, "Periodic refresh").
+	Refresh string `toml:"refresh_interval"`
 }
 
 func (c Columns) withDefaults() Columns {
@@ -75,6 +81,7 @@ func (c Columns) withDefaults() Columns {
 		LastError:      cmp.Or(c.LastError, "last_error"),
 		ParkedAt:       cmp.Or(c.ParkedAt, "parked_at"),
 		Claimable:      cmp.Or(c.Claimable, "claimable"),
+		Refresh:        cmp.Or(c.Refresh, "refresh_interval"),
 	}
 }
 
@@ -85,7 +92,7 @@ func (c Columns) fields() []struct{ key, name string } {
 		{"request_version", c.RequestVersion}, {"claimed_version", c.ClaimedVersion},
 		{"claimed_at", c.ClaimedAt}, {"heartbeat_at", c.HeartbeatAt}, {"lease_until", c.LeaseUntil},
 		{"attempts", c.Attempts}, {"last_error", c.LastError}, {"parked_at", c.ParkedAt},
-		{"claimable", c.Claimable},
+		{"claimable", c.Claimable}, {"refresh_interval", c.Refresh},
 	}
 }
 
@@ -111,6 +118,15 @@ type Config struct {
 	// MaxAttempts is how many failed runs or rescues in a row park a topic
 	// until it is requested again; default 5, negative never parks.
 	MaxAttempts int `toml:"max_attempts"`
+	// RefreshInterval, when positive, makes every finished run schedule
+	// the topic's next one, due this long after the finish, unless the
+	// topic's refresh_interval column says otherwise (NULL takes this, 0
+	// never). Default 0: no periodic refresh. At least 1s when set.
+	RefreshInterval time.Duration `toml:"refresh_interval"`
+	// RefreshScope is the scope of a refresh run: "partial" (default) or
+	// "full". A request that arrives during a run keeps its own scope if
+	// it is higher.
+	RefreshScope string `toml:"refresh_scope"`
 }
 
 // WithDefaults returns c with every zero field set to its default.
@@ -124,6 +140,7 @@ func (c Config) WithDefaults() Config {
 	c.MetaSchema = cmp.Or(c.MetaSchema, DefaultSchema)
 	c.Lease = cmp.Or(c.Lease, DefaultLease)
 	c.MaxAttempts = cmp.Or(c.MaxAttempts, DefaultMaxAttempts)
+	c.RefreshScope = cmp.Or(c.RefreshScope, DefaultRefreshScope)
 	return c
 }
 
@@ -152,5 +169,5 @@ func (c Config) Validate() error {
 	if c.Lease < time.Second {
 		return &ConfigError{Field: "lease", Err: fmt.Errorf("%v is shorter than 1s", c.Lease)}
 	}
-	return nil
+	return c.validateRefresh()
 }

@@ -90,8 +90,8 @@ func TestMappedDDLOnlyAlters(t *testing.T) {
 			}
 		}
 	}
-	if n != 10 {
-		t.Fatalf("%d columns added, want 10", n)
+	if n != 11 {
+		t.Fatalf("%d columns added, want 11", n)
 	}
 }
 

@@ -82,6 +82,10 @@ type BlockingPlan struct {
 	// a rebuild or copy rewrites; 0 when it has none of its own.
 	FileBytes int64
 	Steps     []BlockingStep
+	// Skipped are optional changes left out without AllowBlocking
+	// because they have no online path (the refresh interval column on a
+	// table with an indexed virtual column): nonqueue works without them.
+	Skipped []BlockingStep
 }
 
 // BlockingStep is one ALTER without an online path.
@@ -115,6 +119,9 @@ func (p *BlockingPlan) String() string {
 			why += "; ran " + s.Ran
 		}
 		fmt.Fprintf(&b, "%d. (%s)\n   %s;\n", i+1, why, strings.ReplaceAll(s.SQL, "\n", "\n   "))
+	}
+	for i, s := range p.Skipped {
+		fmt.Fprintf(&b, "left out %d. (optional; %s refused: %s)\n   %s;\n", i+1, s.Online, s.Reason, strings.ReplaceAll(s.SQL, "\n", "\n   "))
 	}
 	return b.String()
 }
@@ -205,6 +212,12 @@ func (q *Queue) ApplySchemaWith(ctx context.Context, o ApplyOptions) (*BlockingP
 			}
 		}
 		step := BlockingStep{SQL: base, Online: alg, Reason: reason}
+		if !o.AllowBlocking && stmt == q.cfg.refreshAlter() {
+			// Optional: without the column every topic takes the
+			// configured refresh interval (detectRefreshColumn).
+			plan.Skipped = append(plan.Skipped, step)
+			continue
+		}
 		if !o.AllowBlocking {
 			plan.Steps = append(plan.Steps, step)
 			for _, later := range ddl[i+1:] {
@@ -232,6 +245,9 @@ func (q *Queue) ApplySchemaWith(ctx context.Context, o ApplyOptions) (*BlockingP
 			break
 		}
 		plan.Steps = append(plan.Steps, step)
+	}
+	if err := q.detectRefreshColumn(ctx); err != nil {
+		return plan, fmt.Errorf("apply schema: %w", err)
 	}
 	q.prepare(ctx)
 	return plan, nil

@@ -78,7 +78,7 @@ func TestSchemaApplyOnline(t *testing.T) {
 			_, err := b.db.ExecContext(b.ctx, `ALTER TABLE TopicFilter DROP INDEX nq_claim, DROP INDEX nq_lease,
  DROP COLUMN claimable, DROP COLUMN claim_token, DROP COLUMN request_version, DROP COLUMN claimed_version,
  DROP COLUMN claimed_at, DROP COLUMN heartbeat_at, DROP COLUMN lease_until, DROP COLUMN attempts,
- DROP COLUMN last_error, DROP COLUMN parked_at`)
+ DROP COLUMN last_error, DROP COLUMN parked_at, DROP COLUMN refresh_interval`)
 			if err != nil {
 				t.Fatalf("undo schema apply: %v", err)
 			}
@@ -194,6 +194,17 @@ func TestSchemaKeepsStoredClaimable(t *testing.T) {
 	}
 	if id2, extra2 := state(); id2 != id || extra2 != extra || extra != "STORED GENERATED" {
 		t.Fatalf("after schema apply: table id %d (was %d), claimable %q (was %q); want the table and its STORED column untouched", id2, id, extra2, extra)
+	}
+	// The column a later version added (periodic refresh) came in
+	// instantly (the table id above is unchanged: no rebuild), NULL for
+	// every existing topic: each takes the configured interval.
+	var typ string
+	var set int
+	if err := b.db.QueryRowContext(b.ctx, "SELECT COLUMN_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'TopicFilter' AND COLUMN_NAME = 'refresh_interval'").Scan(&typ); err != nil {
+		t.Fatalf("refresh_interval after schema apply: %v", err)
+	}
+	if err := b.db.QueryRowContext(b.ctx, "SELECT COUNT(*) FROM TopicFilter WHERE refresh_interval IS NOT NULL").Scan(&set); err != nil || typ != "int(10) unsigned" || set != 0 {
+		t.Fatalf("refresh_interval is %q with %d values set (%v); want int unsigned, all NULL", typ, set, err)
 	}
 	explainClaim(t, &bundle{q: q, db: b.db, cfg: q.Config(), ctx: b.ctx}, "TopicFilter")
 	if _, err := q.Claim(b.ctx, &queue.ClaimParams{InstanceID: 101}); err != nil {

@@ -61,6 +61,10 @@ type Queue struct {
 	cmu     sync.Mutex
 	pending []*claimReq
 	leading bool
+
+	// refreshCol: the topic table has the refresh interval column
+	// (refresh.go); set by Open and ApplySchema.
+	refreshCol bool
 }
 
 // ClaimStats counts claim outcomes since Open.
@@ -113,6 +117,10 @@ func Open(ctx context.Context, mc *mysql.Config, cfg Config) (*Queue, error) {
 		return nil, fmt.Errorf("connect to primary %s: %w", mc.Addr, err)
 	}
 	q := &Queue{db: db, cfg: cfg, sql: buildStatements(cfg, f)}
+	if err := q.detectRefreshColumn(ctx); err != nil {
+		db.Close()
+		return nil, err
+	}
 	q.prepare(ctx)
 	return q, nil
 }
@@ -190,6 +198,7 @@ func firstLine(s string) string {
 // travel as arguments.
 type statements struct {
 	claim, claimRead, heartbeat, holds, release, finish string
+	finishCol, finishNoCol                              string // finish's variants (refresh.go)
 	releasedParked                                      string
 	claimPick, claimMark, primaryPos                    string
 	reapFind, reapTake, reapRecord                      string
@@ -235,7 +244,9 @@ func buildStatements(cfg Config, f flavor.Flavor) statements {
 		"{hb}", q(c.HeartbeatAt), "{lease}", q(c.LeaseUntil), "{attempts}", q(c.Attempts),
 		"{lasterr}", q(c.LastError), "{parked}", q(c.ParkedAt), "{claimable}", q(c.Claimable),
 		"{primarypos}", f.PrimaryPosExpr(), "{claimdue}", claimDue(q(c.Due)),
+		"{refresh}", q(c.Refresh),
 	)
+	finishCol, finishNoCol := finishStatements(r)
 	return statements{
 		// One statement: pick in index order, compare-and-set, and hand the
 		// id back through LAST_INSERT_ID (read on the same connection: see
@@ -280,9 +291,8 @@ func buildStatements(cfg Config, f flavor.Flavor) statements {
  WHERE {fence}`),
 		releasedParked: r.Replace(`SELECT /* nonqueue release */ {parked} IS NOT NULL FROM {t} WHERE {id} = ?`),
 		// A re-request during the run bumped the request version: keep it.
-		finish: r.Replace(`UPDATE /* nonqueue finish */ {t} SET {running} = 0, {hb} = NULL, {lease} = NULL,
- {attempts} = 0, {lasterr} = NULL, {required} = IF({reqv} = {claimedv}, 0, {required})
- WHERE {fence}`),
+		// With a refresh interval, schedule the next run (refresh.go).
+		finish: finishCol, finishCol: finishCol, finishNoCol: finishNoCol,
 		reapFind: r.Replace(`SELECT /* nonqueue reap */ {id}, {running}, {token}, {required}
  FROM {t} WHERE {lease} < NOW(6) AND {running} <> 0 ORDER BY {lease} LIMIT ?`),
 		// As release: a request during the run is never parked.
@@ -544,10 +554,14 @@ func (q *Queue) Release(ctx context.Context, c *Claim, p *ReleaseParams) (parked
 }
 
 // Finish marks the claimed run done: the claim is cleared, attempts reset,
-// and the request cleared unless a new one arrived during the run. It
-// returns ErrClaimLost, changing nothing, when the claim is gone.
+// and the request cleared unless a new one arrived during the run. A topic
+// with a refresh interval (Config.RefreshInterval, or its own column) is
+// instead scheduled again in the same statement: required at the refresh
+// scope, due interval after now; a request that arrived during the run
+// keeps the higher scope and the earlier date. It returns ErrClaimLost,
+// changing nothing (and scheduling nothing), when the claim is gone.
 func (q *Queue) Finish(ctx context.Context, c *Claim) error {
-	return q.fenced(ctx, "finish", c, q.finishStmt, q.sql.finish)
+	return q.fenced(ctx, "finish", c, q.finishStmt, q.sql.finish, q.cfg.finishArgs()...)
 }
 
 func (q *Queue) fenced(ctx context.Context, op string, c *Claim, st *sql.Stmt, text string, args ...any) error {

@@ -660,8 +660,8 @@ func TestMappedTopicFilter(t *testing.T) {
 	}
 	var cols int
 	b.db.QueryRowContext(b.ctx, "SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = 'TopicFilter'").Scan(&cols)
-	if cols != 7+10 {
-		t.Fatalf("TopicFilter has %d columns, want the 7 original and 10 added", cols)
+	if cols != 7+11 {
+		t.Fatalf("TopicFilter has %d columns, want the 7 original and 11 added", cols)
 	}
 	mb := &bundle{q: q, db: b.db, cfg: q.Config(), ctx: b.ctx}
 	explainClaim(t, mb, "TopicFilter")

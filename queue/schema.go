@@ -73,8 +73,13 @@ func (c Config) DDL() []string {
 		for _, ix := range indexes {
 			ixs = append(ixs, "ADD INDEX IF NOT EXISTS "+ix)
 		}
+		// The refresh column on its own, before the virtual column is
+		// indexed: MariaDB adds no column online to a table with an
+		// indexed virtual column, so only a table set up before it came
+		// lacks it after this (Config.refreshAlter).
 		stmts = append(stmts,
 			onlineAlter(topic, parts, algInstant),
+			c.refreshAlter(),
 			onlineAlter(topic, []string{"ADD COLUMN IF NOT EXISTS " + claimableCol("VIRTUAL")}, algInstant),
 			onlineAlter(topic, ixs, algInplace))
 	} else {
@@ -88,12 +93,14 @@ func (c Config) DDL() []string {
 			q(col.Active) + " TINYINT NOT NULL DEFAULT 1",
 		}
 		defs = append(defs, protocol...)
-		defs = append(defs, claimableCol("STORED"))
+		defs = append(defs, c.refreshColumnDef(), claimableCol("STORED"))
 		defs = append(defs, "PRIMARY KEY ("+q(col.ID)+")")
 		for _, ix := range indexes {
 			defs = append(defs, "KEY "+ix)
 		}
 		stmts = append(stmts, "CREATE TABLE IF NOT EXISTS "+topic+" (\n  "+strings.Join(defs, ",\n  ")+"\n) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4")
+		// A table made by an earlier version gets the column it lacks.
+		stmts = append(stmts, c.refreshAlter())
 	}
 
 	if c.Mapped || c.MetaSchema != c.Schema {

@@ -132,6 +132,7 @@ func (q *Queue) statusNames() *strings.Replacer {
 		"{reqv}", qt(c.RequestVersion), "{claimedv}", qt(c.ClaimedVersion), "{claimed_at}", qt(c.ClaimedAt),
 		"{hb}", qt(c.HeartbeatAt), "{lease}", qt(c.LeaseUntil), "{attempts}", qt(c.Attempts),
 		"{lasterr}", qt(c.LastError), "{parked}", qt(c.ParkedAt), "{claimable}", qt(c.Claimable),
+		"{refresh}", q.refreshExpr(),
 	)
 }
 
@@ -370,21 +371,29 @@ type TopicRow struct {
 	DueIn        time.Duration `json:"due_in_ns"`
 	HeartbeatAge time.Duration `json:"heartbeat_age_ns"`
 	RunningFor   time.Duration `json:"running_for_ns"`
+	// RefreshInterval is the topic's periodic refresh interval in effect
+	// (0: none), RefreshOwn whether it is the topic's own column rather
+	// than the configured default. A refreshed topic waiting for its next
+	// run is scheduled, due at Due.
+	RefreshInterval time.Duration `json:"refresh_interval_ns"`
+	RefreshOwn      bool          `json:"refresh_own"`
 }
 
 const topicColumnsSQL = `{id}, {required}, {due}, {priority}, {activecol}, {running}, {token}, {reqv}, {claimedv},
- {claimed_at}, {hb}, {lease}, {attempts}, {lasterr}, {parked}, {due} <= NOW(6), NOW(6)`
+ {claimed_at}, {hb}, {lease}, {attempts}, {lasterr}, {parked}, {due} <= NOW(6), NOW(6), {refresh}`
 
 func (q *Queue) scanTopic(sc interface{ Scan(...any) error }) (TopicRow, error) {
 	var t TopicRow
 	var claimed, hb, lease, parked sql.NullTime
 	var lastErr sql.NullString
 	var dueNow bool
+	var refresh sql.NullInt64
 	err := sc.Scan(&t.ID, &t.Scope, &t.Due, &t.Priority, &t.Active, &t.Running, &t.ClaimToken, &t.RequestVersion,
-		&t.ClaimedVersion, &claimed, &hb, &lease, &t.Attempts, &lastErr, &parked, &dueNow, &t.At)
+		&t.ClaimedVersion, &claimed, &hb, &lease, &t.Attempts, &lastErr, &parked, &dueNow, &t.At, &refresh)
 	if err != nil {
 		return t, err
 	}
+	t.RefreshInterval, t.RefreshOwn = q.cfg.topicRefresh(refresh)
 	t.ClaimedAt, t.HeartbeatAt, t.LeaseUntil, t.ParkedAt = claimed.Time, hb.Time, lease.Time, parked.Time
 	t.LastError = lastErr.String
 	t.State = classify(t.Running != 0, parked.Valid, slices.Contains(q.cfg.ActiveValues, t.Active), t.Scope, dueNow, t.Attempts > 0)

@@ -18,11 +18,16 @@ CREATE TABLE IF NOT EXISTS `nonqueue`.`topic` (
   `attempts` INT UNSIGNED NOT NULL DEFAULT 0,
   `last_error` VARCHAR(1000) NULL,
   `parked_at` DATETIME(6) NULL COMMENT 'nonqueue: failed too often, waits for a new request',
+  `refresh_interval` INT UNSIGNED NULL COMMENT 'nonqueue: seconds from a finished run to the next; NULL: [topics] refresh_interval, 0: never',
   `claimable` TINYINT AS (`running` = 0 AND `required` > 0 AND `parked_at` IS NULL) STORED,
   PRIMARY KEY (`id`),
   KEY nq_claim (`claimable`, `priority` DESC, `due`, `id`),
   KEY nq_lease (`lease_until`)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+ALTER TABLE `nonqueue`.`topic`
+  ADD COLUMN IF NOT EXISTS `refresh_interval` INT UNSIGNED NULL COMMENT 'nonqueue: seconds from a finished run to the next; NULL: [topics] refresh_interval, 0: never',
+  ALGORITHM=INSTANT;
 
 CREATE TABLE IF NOT EXISTS `nonqueue`.`run` (
   id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
@@ -42,6 +47,8 @@ CREATE TABLE IF NOT EXISTS `nonqueue`.`run` (
   transfer_us BIGINT UNSIGNED NOT NULL DEFAULT 0,
   publish_us BIGINT UNSIGNED NOT NULL DEFAULT 0,
   log_path VARCHAR(1000) NULL,
+  publish_started_at DATETIME(6) NULL COMMENT 'publish slot held from (primary clock); NULL without max_concurrent_publishes',
+  publish_finished_at DATETIME(6) NULL COMMENT 'publish slot held until (primary clock)',
   PRIMARY KEY (id),
   KEY topic (topic_id, id),
   KEY finished (finished_at),
@@ -61,12 +68,38 @@ CREATE TABLE IF NOT EXISTS `nonqueue`.`instance` (
   heartbeat_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
   runs BIGINT UNSIGNED NOT NULL DEFAULT 0,
   failures BIGINT UNSIGNED NOT NULL DEFAULT 0,
+  reason VARCHAR(255) NULL COMMENT 'why the instance waits: throttle reasons',
   PRIMARY KEY (id)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+ALTER TABLE `nonqueue`.`run` ADD COLUMN IF NOT EXISTS publish_started_at DATETIME(6) NULL COMMENT 'publish slot held from (primary clock); NULL without max_concurrent_publishes',
+  ADD COLUMN IF NOT EXISTS publish_finished_at DATETIME(6) NULL COMMENT 'publish slot held until (primary clock)';
+
+ALTER TABLE `nonqueue`.`instance` ADD COLUMN IF NOT EXISTS reason VARCHAR(255) NULL COMMENT 'why the instance waits: throttle reasons';
 
 CREATE TABLE IF NOT EXISTS `nonqueue`.`heartbeat` (
   id INT UNSIGNED NOT NULL COMMENT 'writer: one row per writing process',
   ts_us BIGINT NOT NULL COMMENT 'writer clock, microseconds since the epoch',
+  PRIMARY KEY (id)
+) ENGINE=InnoDB;
+
+CREATE TABLE IF NOT EXISTS `nonqueue`.`pause` (
+  id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
+  replica_server_id INT UNSIGNED NULL COMMENT 'NULL: every replica; else only workers on this replica',
+  below_priority INT NULL COMMENT 'NULL: every topic; else only topics with a lower priority',
+  paused_by VARCHAR(255) NOT NULL COMMENT 'user@host, or the dashboard operator',
+  reason VARCHAR(500) NOT NULL DEFAULT '',
+  created_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+  expires_at DATETIME(6) NULL COMMENT 'NULL: until resumed',
+  resumed_by VARCHAR(255) NULL,
+  PRIMARY KEY (id),
+  KEY expires (expires_at)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+CREATE TABLE IF NOT EXISTS `nonqueue`.`replica_source` (
+  id INT UNSIGNED NOT NULL COMMENT 'a replica running workers: its server_id',
+  source_id INT UNSIGNED NOT NULL COMMENT 'server_id it replicates from (SHOW SLAVE STATUS Master_Server_Id)',
+  sampled_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
   PRIMARY KEY (id)
 ) ENGINE=InnoDB;
 

@@ -79,6 +79,14 @@ type ShipParams struct {
 	// lock before Commit can make the topic claimable again. Nil opens a
 	// session of Replica for each step, unguarded.
 	ReplicaSession *ReplicaSession
+	// AdmitFunc, if set, is called on the primary session before anything
+	// is written to the primary (before the export), and may wait there:
+	// the worker takes a publish slot (a cap on concurrent publishes) on
+	// this session. Its error fails Ship with nothing shipped. The release
+	// it returns runs once the publish is over (swapped and committed, or
+	// failed), before the swapped-out tables are dropped; a release error
+	// closes the session instead of returning it to the pool.
+	AdmitFunc func(ctx context.Context, conn *sql.Conn) (release func(context.Context) error, err error)
 }
 
 // Shipment describes a completed Ship.
@@ -152,6 +160,8 @@ const (
 // their files into the primary's datadir under staging names, verifies
 // them, and publishes them atomically under the topic's lock:
 //
+//  0. ShipParams.AdmitFunc, if set, runs first on the primary session (a
+//     publish slot) and its release right after step 4's RELEASE_LOCK;
 //  1. replica, binary logging off: each table must exist and be MyISAM;
 //     FLUSH TABLES … FOR EXPORT makes the files consistent and holds a read
 //     lock while the files stream;
@@ -219,6 +229,28 @@ func (s *Shipper) Ship(ctx context.Context, p *ShipParams) (*Shipment, error) {
 	}()
 
 	ship := &Shipment{Tables: names}
+	// endAdmission ends the AdmitFunc's admission once; deferred too, so
+	// a failure on the way ends it as well.
+	endAdmission := func() {}
+	if p.AdmitFunc != nil {
+		release, err := p.AdmitFunc(ctx, prim.conn)
+		if err != nil {
+			prim.bad = true // an admission cut short may hold a lock; closing the session frees it
+			return nil, fmt.Errorf("ship topic %d: admission to publish: %w", p.TopicID, err)
+		}
+		done := false
+		endAdmission = func() {
+			if done || release == nil {
+				return
+			}
+			done = true
+			if err := release(ctx); err != nil {
+				prim.bad = true
+				log.WarnContext(ctx, "end the publish admission; closing the session instead", "err", err)
+			}
+		}
+		defer endAdmission()
+	}
 	t0 := time.Now()
 	if backup, err = s.export(ctx, p, tables, ship, log); err != nil {
 		return nil, fmt.Errorf("ship topic %d: %w", p.TopicID, err)
@@ -251,6 +283,7 @@ func (s *Shipper) Ship(ctx context.Context, p *ShipParams) (*Shipment, error) {
 	var old []string
 	published, old, err = s.publish(ctx, prim, p, tables, dropped, log)
 	ship.PublishTime = time.Since(t0)
+	endAdmission()
 	if !published {
 		return nil, fmt.Errorf("publish topic %d: %w", p.TopicID, err)
 	}

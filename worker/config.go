@@ -84,7 +84,20 @@ type Config struct {
 	// threads on every network event, CPU the database needs. The
 	// GOMAXPROCS environment variable overrides it.
 	MaxProcs int `toml:"max_procs"`
+	// Pipeline lets an instance claim and compute its next topic while
+	// the last one's results are still being shipped and published (at
+	// most one shipment in flight per instance); default true. Shipping
+	// and publishing are waits on the network and the primary, not work
+	// on the replica: without the overlap, every run's procedure slot
+	// stays idle for them, and N instances keep fewer than N procedures
+	// running. The shipment keeps its own claim, lease heartbeat and
+	// fenced finish. false runs each topic to its end before the next
+	// claim.
+	Pipeline *bool `toml:"pipeline"`
 }
+
+// Pipelined reports whether Pipeline is on (nil: the default, on).
+func (c Config) Pipelined() bool { return c.Pipeline == nil || *c.Pipeline }
 
 // WithDefaults fills zero fields; lease is the queue's lease.
 func (c Config) WithDefaults(lease time.Duration) Config {

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nonqueue/nonqueue/internal/cleanup"
@@ -23,6 +25,14 @@ type Deps struct {
 	Queue   *queue.Queue
 	History *monitor.History
 	Gate    *monitor.Gate
+	// Pause, if set, is the operators' pauses as last read on the
+	// primary: consulted before each claim, never queried per claim.
+	Pause *monitor.PauseWatch
+	// Throttle, if set, is the primary throttle (the Pool starts it),
+	// checked before every claim and before every publish.
+	Throttle *monitor.Throttle
+	// Slots, if set, caps the publishes running at once on the primary.
+	Slots   *monitor.PublishSlots
 	Flavor  flavor.Flavor
 	Primary *sql.DB // publish, GTID position
 	Replica *sql.DB // the local replica: procedure, export, GTID wait
@@ -57,10 +67,21 @@ type Instance struct {
 	// pool's); nil drops them at once.
 	dropper *transfer.Dropper
 
-	// Registry bookkeeping, touched only by the instance's goroutine.
-	lastState                 string
-	lastWrite                 time.Time
-	pendingRan, pendingFailed int
+	// Registry bookkeeping, under stateMu: the instance's goroutine and
+	// its shipment (waiting for the throttle to publish) both write it.
+	stateMu               sync.Mutex
+	lastState, lastReason string
+	lastWrite             time.Time
+	// Runs ended since the last registry write; a shipment ends its run
+	// on its own goroutine.
+	pendingRan, pendingFailed atomic.Int64
+	serverID                  uint32 // the replica's, for the replication source record
+	lastSource                uint32 // replication source last recorded
+
+	// slot holds the one shipment an instance may have in flight while it
+	// computes its next topic (Config.Pipeline); shipping counts them.
+	slot     chan struct{}
+	shipping sync.WaitGroup
 }
 
 // registryRefresh is how often an instance whose state does not change
@@ -74,8 +95,15 @@ var errStop = errors.New("stopping")
 // publish. soft stops new work; hard cancels work in flight. It returns
 // whether a topic was processed (in any outcome) and an error only for
 // failures of the coordination itself (primary unreachable), which the
-// caller logs and backs off from.
+// caller logs and backs off from. The topic's run is over when it returns.
 func (in *Instance) RunOnce(soft, hard context.Context) (bool, error) {
+	return in.runOnce(soft, hard, false)
+}
+
+// runOnce is RunOnce; with pipeline, a run whose procedure succeeded is
+// shipped and published on its own goroutine once the instance's previous
+// shipment is over, and runOnce returns without waiting for it (Wait does).
+func (in *Instance) runOnce(soft, hard context.Context, pipeline bool) (bool, error) {
 	if soft.Err() != nil {
 		return false, errStop
 	}
@@ -89,12 +117,31 @@ func (in *Instance) RunOnce(soft, hard context.Context) (bool, error) {
 		sleep(soft, backoff)
 		return false, nil
 	}
+	if backoff, err := in.deps.Throttle.Check(); err != nil {
+		in.setStateReason(soft, monitor.StateThrottled, throttleReason(err), 0)
+		in.log.DebugContext(soft, "primary throttled", "err", err, "backoff", backoff)
+		sleep(soft, backoff)
+		return false, nil
+	}
+	minPriority := in.cfg.MinPriority
+	if pw := in.deps.Pause; pw != nil {
+		// A pause of everything here: claim nothing (runs in flight go
+		// on). A pause below a priority raises the claim's minimum.
+		var backoff time.Duration
+		var err error
+		if minPriority, backoff, err = pw.Check(minPriority); err != nil {
+			in.setState(soft, monitor.StatePaused, 0, 0, 0)
+			in.log.DebugContext(soft, "paused", "err", err, "backoff", backoff)
+			sleep(soft, backoff)
+			return false, nil
+		}
+	}
 	start := time.Now()
 	// The claim runs on a context a shutdown does not cancel: a claim
 	// UPDATE that commits on the server while the client gives up would
 	// leave the topic marked running until its lease ran out.
 	cctx, cancel := cleanup.Context(soft)
-	claim, err := in.deps.Queue.Claim(cctx, &queue.ClaimParams{InstanceID: in.ID, MinPriority: in.cfg.MinPriority})
+	claim, err := in.deps.Queue.Claim(cctx, &queue.ClaimParams{InstanceID: in.ID, MinPriority: minPriority})
 	cancel()
 	if err == nil && soft.Err() != nil {
 		// Stopping: give it straight back, not counted as an attempt.
@@ -136,34 +183,83 @@ func (in *Instance) RunOnce(soft, hard context.Context) (bool, error) {
 		sleep(soft, backoff)
 		return false, nil
 	}
+	if pw := in.deps.Pause; pw != nil && pw.Covers(claim.Priority) {
+		// A pause arrived while this claim was on its way: give the topic
+		// back, not counted; nothing was started.
+		rctx, cancel := cleanup.Context(soft)
+		defer cancel()
+		if _, rerr := in.deps.Queue.Release(rctx, claim, &queue.ReleaseParams{}); rerr != nil {
+			in.log.ErrorContext(rctx, "give back a claim made as a pause arrived", "topic_id", claim.TopicID, "err", rerr)
+		}
+		in.log.DebugContext(soft, "paused during the claim; topic given back", "topic_id", claim.TopicID)
+		return false, nil
+	}
 	run := &monitor.Run{
 		TopicID: claim.TopicID, InstanceID: in.ID, Replica: in.deps.ReplicaName, ClaimToken: claim.Token,
 		Scope: claim.Scope, StartedAt: start, Claim: time.Since(start),
 	}
-	in.process(hard, claim, run)
-	ran, failed := 1, 0
-	if run.Outcome != monitor.OutcomeDone {
-		failed = 1
+	f := in.compute(hard, claim, run)
+	switch {
+	case f == nil:
+		in.end(run)
+	case !pipeline:
+		in.ship(f)
+		in.end(run)
+	default:
+		if in.slot == nil {
+			in.slot = make(chan struct{}, 1)
+		}
+		// The previous shipment ends on its own (its steps are bounded,
+		// and hard cancels them).
+		in.slot <- struct{}{}
+		in.shipping.Add(1)
+		go func() {
+			defer in.shipping.Done()
+			defer func() { <-in.slot }()
+			in.ship(f)
+			in.end(run)
+		}()
 	}
-	in.record(run)
-	// The counters travel with the next registry write (a state change or
-	// the refresh).
-	in.pendingRan += ran
-	in.pendingFailed += failed
 	return true, nil
 }
 
-// process runs one claimed topic to an outcome, recorded in run. It never
-// returns with the claim still held: it finishes, releases, or finds the
-// claim lost.
-func (in *Instance) process(hard context.Context, claim *queue.Claim, run *monitor.Run) {
+// Wait returns once the instance's shipment in flight, if any, is over.
+func (in *Instance) Wait() { in.shipping.Wait() }
+
+// end records a run that reached its outcome. Its counters travel with
+// the next registry write (a state change or the refresh).
+func (in *Instance) end(run *monitor.Run) {
+	in.record(run)
+	in.pendingRan.Add(1)
+	if run.Outcome != monitor.OutcomeDone {
+		in.pendingFailed.Add(1)
+	}
+}
+
+// inflight is a run whose procedure succeeded, on its way to the primary:
+// the claim, the run's context (cancelled when the lease is lost), the
+// replica session that holds the topic's tables, and stop, which ends the
+// claim's lease heartbeat.
+type inflight struct {
+	claim *queue.Claim
+	run   *monitor.Run
+	ctx   context.Context
+	rs    *transfer.ReplicaSession
+	log   *slog.Logger
+	stop  func()
+}
+
+// compute takes a claimed topic through the GTID wait and the procedure.
+// It returns the run, still holding its claim, its heartbeat and its
+// replica session, for ship; or nil when the run already reached its
+// outcome (released, failed or lost), recorded in run.
+func (in *Instance) compute(hard context.Context, claim *queue.Claim, run *monitor.Run) (f *inflight) {
 	log := in.log.With("topic_id", claim.TopicID, "claim_token", claim.Token, "scope", claim.Scope)
 	in.setState(hard, monitor.StateRunning, claim.TopicID, 0, 0)
 
 	// The run's own context: cancelled by hard shutdown or when the lease
 	// is lost (the heartbeat finds the claim gone).
 	ctx, cancel := context.WithCancelCause(hard)
-	defer cancel(nil)
 	hbDone := make(chan struct{})
 	go func() {
 		defer close(hbDone)
@@ -185,7 +281,12 @@ func (in *Instance) process(hard context.Context, claim *queue.Claim, run *monit
 			}
 		}
 	}()
-	defer func() { cancel(nil); <-hbDone }()
+	stop := func() { cancel(nil); <-hbDone }
+	defer func() {
+		if f == nil {
+			stop()
+		}
+	}()
 
 	// Causal wait: the procedure must see every write committed on the
 	// primary before the claim.
@@ -199,7 +300,7 @@ func (in *Instance) process(hard context.Context, claim *queue.Claim, run *monit
 	run.LagWait = time.Since(t0)
 	if err != nil {
 		in.giveUp(ctx, claim, run, log, err, errors.Is(err, monitor.ErrGTIDTimeout))
-		return
+		return nil
 	}
 
 	// The procedure, on the local replica, on the run's one session there:
@@ -218,9 +319,8 @@ func (in *Instance) process(hard context.Context, claim *queue.Claim, run *monit
 		// Busy: an older run's session that could not be ended holds the
 		// tables; not the topic's fault, and another replica may take it.
 		in.giveUp(ctx, claim, run, log, fmt.Errorf("replica: %w", err), errors.Is(err, transfer.ErrResultsBusy))
-		return
+		return nil
 	}
-	defer rs.Close()
 	// One log per topic, rewritten by each run (the run history keeps
 	// every run's figures; a failed run's log is kept beside it as
 	// <topic>.failed.log): the directory stays as big as the topic table.
@@ -237,6 +337,23 @@ func (in *Instance) process(hard context.Context, claim *queue.Claim, run *monit
 	if err != nil {
 		in.dropLocal(rs, log)
 		in.giveUp(ctx, claim, run, log, fmt.Errorf("procedure: %w", err), false)
+		return nil
+	}
+	return &inflight{claim: claim, run: run, ctx: ctx, rs: rs, log: log, stop: stop}
+}
+
+// ship ships and publishes a computed run's results, finishes its claim
+// and ends the run: its replica session, then its heartbeat.
+func (in *Instance) ship(f *inflight) {
+	defer f.stop()
+	defer f.rs.Close()
+	ctx, claim, run, rs, log := f.ctx, f.claim, f.run, f.rs, f.log
+	fence := func(ctx context.Context) error { return in.deps.Queue.Holds(ctx, claim) }
+
+	// Yield to the primary: no publish while the throttle is closed.
+	if err := in.awaitThrottle(ctx, claim.TopicID); err != nil {
+		in.dropLocal(rs, log)
+		in.giveUp(ctx, claim, run, log, err, errors.Is(err, monitor.ErrThrottled))
 		return
 	}
 
@@ -258,6 +375,7 @@ func (in *Instance) process(hard context.Context, claim *queue.Claim, run *monit
 		DropReplica:    true,
 		Dropper:        in.dropper,
 		ReplicaSession: rs,
+		AdmitFunc:      in.admit(run),
 	})
 	if ship != nil {
 		run.Bytes, run.Transfer, run.Publish = ship.Bytes, ship.TransferTime, ship.PublishTime
@@ -266,7 +384,7 @@ func (in *Instance) process(hard context.Context, claim *queue.Claim, run *monit
 		in.dropLocal(rs, log) // the shipment may have stopped before its own drop
 	}
 	if err != nil && !finished {
-		in.giveUp(ctx, claim, run, log, fmt.Errorf("transfer: %w", err), false)
+		in.giveUp(ctx, claim, run, log, fmt.Errorf("transfer: %w", err), errors.Is(err, monitor.ErrNoPublishSlot))
 		return
 	}
 	if err != nil {
@@ -351,13 +469,31 @@ func (in *Instance) record(run *monitor.Run) {
 }
 
 func (in *Instance) setState(ctx context.Context, state string, topicID int64, ran, failed int) {
-	ran += in.pendingRan
-	failed += in.pendingFailed
+	in.writeState(ctx, state, "", topicID, ran, failed)
+}
+
+// setStateReason records a waiting state and why (the throttle reasons).
+func (in *Instance) setStateReason(ctx context.Context, state, reason string, topicID int64) {
+	in.writeState(ctx, state, reason, topicID, 0, 0)
+}
+
+func (in *Instance) writeState(ctx context.Context, state, reason string, topicID int64, ran, failed int) {
+	in.stateMu.Lock()
+	defer in.stateMu.Unlock()
+	pendingRan, pendingFailed := in.pendingRan.Swap(0), in.pendingFailed.Swap(0)
+	ran += int(pendingRan)
+	failed += int(pendingFailed)
 	// A busy instance stays "running" from topic to topic: its row is
 	// written when the state changes and refreshed every registryRefresh
 	// (with the counters and the topic of the moment), not once per topic.
 	// The topic table says which topic an instance holds right now.
-	if state == in.lastState && time.Since(in.lastWrite) < registryRefresh {
+	// Counters not written go back for the next write.
+	unwritten := func() {
+		in.pendingRan.Add(pendingRan)
+		in.pendingFailed.Add(pendingFailed)
+	}
+	if state == in.lastState && reason == in.lastReason && time.Since(in.lastWrite) < registryRefresh {
+		unwritten()
 		return
 	}
 	if in.deps.StateFunc != nil && state != in.lastState {
@@ -365,12 +501,21 @@ func (in *Instance) setState(ctx context.Context, state string, topicID int64, r
 	}
 	ctx, cancel := cleanup.Context(ctx)
 	defer cancel()
-	if err := in.deps.History.SetState(ctx, in.ID, state, topicID, ran, failed); err != nil {
+	if err := in.deps.History.SetStateReason(ctx, in.ID, state, reason, topicID, ran, failed); err != nil {
 		in.log.DebugContext(ctx, "registry", "err", err)
+		unwritten()
 		return
 	}
-	in.lastState, in.lastWrite = state, time.Now()
-	in.pendingRan, in.pendingFailed = 0, 0
+	in.lastState, in.lastReason, in.lastWrite = state, reason, time.Now()
+	// Where the replica replicates from, for the dashboard's tree: written
+	// when the gate's sample first shows it or shows it changed.
+	if src := in.deps.Gate.Status().SourceServerID; src != 0 && src != in.lastSource {
+		if err := in.deps.History.SetSource(ctx, in.serverID, src); err != nil {
+			in.log.DebugContext(ctx, "registry", "err", err)
+			return
+		}
+		in.lastSource = src
+	}
 }
 
 // sleep waits d or until ctx is done.

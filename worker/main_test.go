@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -25,6 +26,7 @@ var env *testdb.Env
 func TestMain(m *testing.M) { os.Exit(testdb.Main(m, "worker", 2, &env)) }
 
 type bundle struct {
+	env     *testdb.Env // the topology: env, or a test's own (setupOn)
 	db      string
 	primary *sql.DB
 	q       *queue.Queue
@@ -32,9 +34,17 @@ type bundle struct {
 	logDir  string
 	// transferTweak, if set, changes the pools' transfer settings.
 	transferTweak func(*transfer.Config)
+	// depsTweak, if set, changes each pool's Deps (throttle, slots).
+	depsTweak func(*worker.Deps)
 }
 
 func setup(t *testing.T, lease time.Duration) *bundle {
+	t.Helper()
+	return setupOn(t, env, lease)
+}
+
+// setupOn is setup on topology e.
+func setupOn(t *testing.T, env *testdb.Env, lease time.Duration) *bundle {
 	t.Helper()
 	name := env.New(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
@@ -54,7 +64,7 @@ func setup(t *testing.T, lease time.Duration) *bundle {
 	if err := env.WaitReplicas(ctx, p); err != nil {
 		t.Fatal(err)
 	}
-	return &bundle{db: name, primary: p, q: q, ctx: ctx, logDir: t.TempDir()}
+	return &bundle{env: env, db: name, primary: p, q: q, ctx: ctx, logDir: t.TempDir()}
 }
 
 // addTopics inserts n topics with rows of source data each and requests
@@ -82,13 +92,17 @@ type pool struct {
 	done       chan error
 	runs       chan *monitor.Run
 	shipper    *transfer.Shipper
+	// ended maps each run (*monitor.Run) to when the worker reported it
+	// over (time.Time).
+	ended sync.Map
 }
 
 func (b *bundle) startPool(t *testing.T, replica, instances int, tweak func(*worker.Config, *monitor.GateConfig)) *pool {
 	t.Helper()
 	ctx := b.ctx
+	env := b.env
 	rdb := testdb.Open(t, env.Replica(replica, b.db))
-	rdb.SetMaxOpenConns(3*instances + 4)
+	rdb.SetMaxOpenConns(6*instances + 4) // as cmd/nonqueue's, pipelined: two runs per instance
 	pdb := testdb.Open(t, env.Primary(b.db))
 	f, err := flavor.Detect(ctx, rdb)
 	if err != nil {
@@ -134,12 +148,15 @@ func (b *bundle) startPool(t *testing.T, replica, instances int, tweak func(*wor
 		Config: wc, ServerID: serverID, Numbers: numbers, Version: "test",
 		Deps: &worker.Deps{
 			Queue: b.q, History: &monitor.History{Primary: pdb, Schema: b.db},
-			Gate:   &monitor.Gate{Replica: rdb, Flavor: f, Schema: b.db, WriterID: serverID, Config: gc.WithDefaults(), Logger: logger},
+			Gate: &monitor.Gate{Replica: rdb, Flavor: f, Schema: b.db, WriterID: serverID, Config: gc.WithDefaults(), Logger: logger},
+			Pause: &monitor.PauseWatch{Pauses: &monitor.Pauses{Primary: pdb, Schema: b.db}, ServerID: serverID,
+				Config: gc.WithDefaults(), Logger: logger},
 			Flavor: f, Primary: pdb, Replica: rdb,
 			Runner:         &procs.Runner{DB: rdb, Config: procs.Config{Procedure: b.db + ".calc", Marker: "SUMMARY", LogDir: wc.LogDir}.WithDefaults(), Logger: logger},
 			Shipper:        sh,
 			ReplicaDatadir: datadir, ReplicaName: fmt.Sprintf("replica%d", replica+1), Logger: logger,
 			Observer: func(r *monitor.Run) {
+				p.ended.Store(r, time.Now())
 				select {
 				case p.runs <- r:
 				default:
@@ -147,6 +164,9 @@ func (b *bundle) startPool(t *testing.T, replica, instances int, tweak func(*wor
 			},
 		},
 		Heartbeat: &monitor.Heartbeat{Primary: pdb, Schema: b.db, WriterID: serverID, Interval: 100 * time.Millisecond, Logger: logger},
+	}
+	if b.depsTweak != nil {
+		b.depsTweak(wp.Deps)
 	}
 	soft, cancelSoft := context.WithCancel(ctx)
 	hard, cancelHard := context.WithCancel(context.WithoutCancel(ctx))

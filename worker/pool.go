@@ -14,7 +14,8 @@ import (
 )
 
 // Pool runs a process's instances and the services they share: the lag
-// heartbeat writer, the lag gate's sampler and the reaper.
+// heartbeat writer, the lag gate's sampler, the pause watch and the
+// reaper.
 type Pool struct {
 	Config   Config
 	Deps     *Deps
@@ -55,7 +56,7 @@ func (p *Pool) Run(soft, hard context.Context) error {
 		if err != nil {
 			return err
 		}
-		in := &Instance{ID: id, Number: n, cfg: p.Config, deps: p.Deps, runs: runs, dropper: dropper, log: log.With("instance_id", id)}
+		in := &Instance{ID: id, Number: n, serverID: p.ServerID, cfg: p.Config, deps: p.Deps, runs: runs, dropper: dropper, log: log.With("instance_id", id)}
 		if err := p.Deps.History.Register(soft, monitor.InstanceInfo{
 			ID: id, Host: host, PID: os.Getpid(), Version: p.Version, ReplicaServerID: p.ServerID,
 		}); err != nil {
@@ -87,6 +88,16 @@ func (p *Pool) Run(soft, hard context.Context) error {
 		return err
 	}
 	defer p.Deps.Gate.Stop(context.Background())
+	if pw := p.Deps.Pause; pw != nil {
+		if err := pw.Start(hard); err != nil {
+			return err
+		}
+		defer pw.Stop(context.Background())
+	}
+	if err := p.Deps.Throttle.Start(hard); err != nil {
+		return err
+	}
+	defer p.Deps.Throttle.Stop(context.Background())
 	p.awaitGate(soft)
 	reaper := &queue.Reaper{Queue: p.Deps.Queue, ID: instances[0].ID, Interval: p.Config.ReapInterval, Logger: log, ReapedFunc: p.Deps.ReapedFunc}
 	if err := reaper.Start(soft); err != nil {
@@ -146,9 +157,10 @@ func (p *Pool) sweep(ctx context.Context, log *slog.Logger) {
 // loop runs the cycle until soft is done. Coordination failures back off
 // exponentially up to 30s so a primary outage is not hammered.
 func (in *Instance) loop(soft, hard context.Context) {
+	defer in.Wait()
 	backoff := time.Duration(0)
 	for soft.Err() == nil {
-		_, err := in.RunOnce(soft, hard)
+		_, err := in.runOnce(soft, hard, in.cfg.Pipelined())
 		if errors.Is(err, errStop) {
 			break
 		}

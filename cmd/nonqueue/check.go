@@ -6,11 +6,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/nonqueue/nonqueue/monitor"
+	"github.com/nonqueue/nonqueue/queue"
 )
 
 // check is one line of `nonqueue check`.
@@ -78,6 +81,13 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer, logg
 			}
 			return fmt.Sprintf("%s.%s, meta schema %s", c.Topics.Schema, c.Topics.Table, c.Topics.MetaSchema), nil
 		}},
+		{name: "periodic refresh", run: func(ctx context.Context) (string, error) {
+			msg, err := n.queue.CheckRefresh(ctx)
+			if errors.Is(err, queue.ErrNoRefreshColumn) {
+				return "", warning{err} // works: every topic takes the configured interval
+			}
+			return msg, err
+		}},
 		{name: "replication", run: func(ctx context.Context) (string, error) {
 			if err := n.gate.RunOnce(ctx); err != nil {
 				return "", err
@@ -88,12 +98,31 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer, logg
 			}
 			return fmt.Sprintf("IO and SQL threads running, Seconds_Behind_Master %v", st.SecondsBehind.Int64), nil
 		}},
+		{name: "pauses", run: func(ctx context.Context) (string, error) {
+			// The pause watch's own read: the table is readable, and a
+			// pause covering this replica is worth a warning.
+			if err := n.pause.RunOnce(ctx); err != nil {
+				return "", err
+			}
+			in, _ := n.pause.InForce()
+			if len(in) == 0 {
+				return "none in force for this replica", nil
+			}
+			var ps []string
+			for _, p := range in {
+				ps = append(ps, p.String())
+			}
+			return "", warning{fmt.Errorf("in force for this replica (nonqueue resume ends them): %s", strings.Join(ps, "; "))}
+		}},
 		{name: "replica's GTID domain", run: func(ctx context.Context) (string, error) {
 			msg, err := monitor.CheckLocalDomain(ctx, n.flavor, n.primary, n.replica)
 			if errors.Is(err, monitor.ErrSharedDomain) {
 				return "", warning{err}
 			}
 			return msg, err
+		}},
+		{name: "primary throttle", run: func(ctx context.Context) (string, error) {
+			return checkThrottle(ctx, c.throttleConfig(), n)
 		}},
 		{name: "procedure", run: func(ctx context.Context) (string, error) {
 			if err := n.runner.Exists(ctx); err != nil {
@@ -154,4 +183,44 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer, logg
 		return fmt.Errorf("check failed: %d problem(s)", failed)
 	}
 	return nil
+}
+
+// checkThrottle reads what the throttle would: the primary's
+// Threads_running and the throttle URL's answer. A reading that closes the
+// throttle now is a warning (the check works; the primary is busy); a URL
+// that does not answer, or answers in a way no freno-style check does, is
+// a failure.
+func checkThrottle(ctx context.Context, tc monitor.ThrottleConfig, n *node) (string, error) {
+	if !tc.Enabled() && tc.MaxConcurrentPublishes == 0 {
+		return "off (no [throttle] check configured)", nil
+	}
+	var parts, closed []string
+	if tc.MaxThreadsRunning > 0 {
+		tr, err := monitor.ReadThreadsRunning(ctx, n.primary)
+		if err != nil {
+			return "", err
+		}
+		parts = append(parts, fmt.Sprintf("Threads_running %d (limit %d)", tr, tc.MaxThreadsRunning))
+		if tr > int64(tc.MaxThreadsRunning) {
+			closed = append(closed, fmt.Sprintf("Threads_running %d is over max_threads_running %d", tr, tc.MaxThreadsRunning))
+		}
+	}
+	if tc.URL != "" {
+		start := time.Now()
+		code, err := monitor.ProbeURL(ctx, nil, tc.URL, tc.URLTimeout)
+		if err != nil {
+			return "", fmt.Errorf("throttle_url (timeout %v): %w", tc.URLTimeout, err)
+		}
+		parts = append(parts, fmt.Sprintf("throttle URL answered %d in %v", code, time.Since(start).Round(time.Millisecond)))
+		if code != http.StatusOK {
+			closed = append(closed, fmt.Sprintf("throttle URL answered %d, not 200", code))
+		}
+	}
+	if tc.MaxConcurrentPublishes > 0 {
+		parts = append(parts, fmt.Sprintf("at most %d publishes at once", tc.MaxConcurrentPublishes))
+	}
+	if len(closed) > 0 {
+		return "", warning{fmt.Errorf("the throttle is closed now, workers would wait: %s", strings.Join(closed, "; "))}
+	}
+	return strings.Join(parts, "; "), nil
 }

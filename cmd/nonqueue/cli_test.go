@@ -138,6 +138,9 @@ func TestCLIErrors(t *testing.T) {
 		{"request", "1"},
 		{"sandbox", "up"},
 		{"sandbox", "up", "--dir", t.TempDir(), "--replicas", "12"},
+		{"sandbox", "up", "--dir", t.TempDir(), "--replicas", "5", "--tiers", "2"},
+		{"sandbox", "up", "--dir", t.TempDir(), "--parallel", "-1"},
+		{"demo", "--dir", t.TempDir(), "--tiers", "0"},
 		{"request", "--config", "/nonexistent/nq.toml", "1"},
 	} {
 		if out, err := run(t, args...); err == nil {

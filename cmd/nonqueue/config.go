@@ -155,6 +155,17 @@ type Lag struct {
 	SampleInterval time.Duration `toml:"sample_interval"` // default 250ms
 }
 
+// Throttle is the [throttle] section: yielding to the primary (see
+// monitor.ThrottleConfig). Every check is off by default.
+type Throttle struct {
+	MaxThreadsRunning      int           `toml:"max_threads_running"`      // the primary's Threads_running above this closes the throttle; off when absent
+	URL                    string        `toml:"throttle_url"`             // freno-style check: only HTTP 200 lets work through; off when absent
+	URLTimeout             time.Duration `toml:"throttle_url_timeout"`     // no answer within this closes the throttle; default 1s
+	SampleInterval         time.Duration `toml:"sample_interval"`          // each process reads Threads_running and asks the URL this often; default 1s
+	MaxConcurrentPublishes int           `toml:"max_concurrent_publishes"` // fleet-wide cap on publishes at once on the primary; no cap when absent
+	PublishWait            time.Duration `toml:"publish_wait"`             // a finished run waits at most this for the throttle and a slot; default 10m
+}
+
 // Config is the whole configuration file.
 type Config struct {
 	Primary   Server          `toml:"primary"`
@@ -165,6 +176,7 @@ type Config struct {
 	Procedure Procedure       `toml:"procedure"`
 	Results   Results         `toml:"results"`
 	Lag       Lag             `toml:"lag"`
+	Throttle  Throttle        `toml:"throttle"`
 	Dashboard DashboardConfig `toml:"dashboard"`
 
 	path string
@@ -220,6 +232,9 @@ func LoadConfig(path string) (*Config, error) {
 		}
 	}
 	if err := c.transferConfig().ValidateSwap(); err != nil {
+		return nil, err
+	}
+	if err := c.throttleConfig().Validate(); err != nil {
 		return nil, err
 	}
 	if md.IsDefined("ssh") {

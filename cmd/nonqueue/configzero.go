@@ -19,11 +19,15 @@ var zeroMeansDefault = map[string]bool{
 	"topics.max_attempts": true,
 	"worker.id_base":      true, "worker.id_multiplier": true, "worker.max_procs": true,
 	"results.backup_keep": true,
+	// 0 would silently mean "off", the default.
+	"throttle.max_threads_running": true, "throttle.max_concurrent_publishes": true,
 }
 
 // zeroAllowed are duration keys for which an explicit 0 has a meaning of
-// its own; none so far.
-var zeroAllowed = map[string]bool{}
+// its own.
+var zeroAllowed = map[string]bool{
+	"topics.refresh_interval": true, // 0: no periodic refresh (also the default)
+}
 
 var durationType = reflect.TypeFor[time.Duration]()
 

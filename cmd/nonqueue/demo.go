@@ -32,7 +32,8 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer, logge
 	keep := fs.Bool("keep", false, "leave the sandbox running at the end")
 	topics := fs.Int("topics", 300, "number of topics to request")
 	instances := fs.Int("instances", 4, "instances per replica")
-	replicas := fs.Int("replicas", 2, "replicas")
+	replicas := fs.Int("replicas", 2, "replicas of the primary")
+	tiers, parallel := shapeFlags(fs)
 	sqlDir := fs.String("sql-dir", "", "directory with tables.sql, primary.sql, proc.sql and replica.sql (default: the copy of sql/demo built into the binary)")
 	timeout := fs.Duration("timeout", 10*time.Minute, "give up if the topics are not done by then")
 	if _, err := parseInterleaved(fs, args); err != nil {
@@ -40,6 +41,9 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer, logge
 	}
 	if *topics < 1 || *topics > 100000 || *instances < 1 || *instances > 50 || *replicas < 1 || *replicas > 9 {
 		return errors.New("demo: want 1..100000 topics, 1..50 instances, 1..9 replicas")
+	}
+	if err := checkShapeFlags(*replicas, *tiers, *parallel); err != nil {
+		return fmt.Errorf("demo: %w", err)
 	}
 	if err := sandbox.Check(); err != nil {
 		return err
@@ -51,8 +55,8 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer, logge
 	}
 	say := func(format string, a ...any) { fmt.Fprintf(stdout, "==> "+format+"\n", a...) }
 
-	say("starting a primary, %d replicas and sshd in %s", *replicas, *dir)
-	sb, err := sandbox.Up(ctx, sandbox.Options{Dir: *dir, Replicas: *replicas, Logger: slog.New(slog.DiscardHandler)})
+	say("starting a primary, %d replicas (%d tier(s), %d parallel appliers) and sshd in %s", *replicas**tiers, *tiers, *parallel, *dir)
+	sb, err := sandbox.Up(ctx, sandbox.Options{Dir: *dir, Replicas: *replicas, Tiers: *tiers, Parallel: *parallel, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		return err
 	}
@@ -75,7 +79,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer, logge
 		say("sandbox stopped (datadirs removed; logs kept in %s)", sb.Dir)
 	}()
 	for _, s := range sb.Servers() {
-		fmt.Fprintf(stdout, "    %-9s 127.0.0.1:%d (server_id %d)\n", s.Name, s.Port, s.ServerID)
+		fmt.Fprintf(stdout, "    %-9s 127.0.0.1:%d (server_id %d)%s\n", s.Name, s.Port, s.ServerID, replicationNote(s))
 	}
 
 	say("loading the example: blog posts and topics on the primary; Blackhole + trigger and FederatedX on the replicas")
@@ -115,7 +119,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer, logge
 	}
 	fmt.Fprintf(stdout, "    %d topics, %d blog posts\n", *topics, posts)
 
-	say("starting %d instances on each of %d replicas", *instances, *replicas)
+	say("starting %d instances on each of %d replicas", *instances, len(sb.Replicas))
 	exe, err := os.Executable()
 	if err != nil {
 		return err

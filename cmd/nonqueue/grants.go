@@ -212,7 +212,7 @@ func (c *Config) neededGrants(r serverRole, needSuper bool) []need {
 	meta, topic := t.MetaSchema+".*", t.Schema+"."+t.Table
 	results := c.Results.Schema + ".*"
 	if r.primary {
-		add(meta, "run history, instance registry and lag heartbeat; CREATE: schema apply creates them", "SELECT", "INSERT", "UPDATE", "CREATE")
+		add(meta, "run history, instance registry, lag heartbeat, pauses and replication sources; CREATE and ALTER: schema apply creates them and adds later columns", "SELECT", "INSERT", "UPDATE", "CREATE", "ALTER")
 		if t.Mapped {
 			add(topic, "claims, leases and requests; ALTER and TRIGGER: schema apply adds nonqueue's columns, indexes and request trigger", "SELECT", "INSERT", "UPDATE", "ALTER", "TRIGGER")
 		} else {

@@ -197,6 +197,12 @@ func leastPrivilegeFlow(t *testing.T, b *grantsBundle, drop string) error {
 	if out, err := run(t, "status", "--config", b.cfg); err != nil {
 		return fmt.Errorf("status: %w\n%s", err, out)
 	}
+	if out, err := run(t, "pause", "--config", b.cfg, "--for", "1h", "--reason", "least privilege"); err != nil {
+		return fmt.Errorf("pause: %w\n%s", err, out)
+	}
+	if out, err := run(t, "resume", "--config", b.cfg, "--all"); err != nil || !strings.Contains(out, "resumed: pause") {
+		return fmt.Errorf("resume: %v\n%s", err, out)
+	}
 	url, _, stop := startDashboard(t, "--config", b.cfg)
 	if code, body := httpGet(t, url); code != 200 || strings.Contains(body, "denied") {
 		return fmt.Errorf("dashboard overview: %d\n%s", code, body)

@@ -28,15 +28,22 @@ Usage:
                                             mark topics for recalc (see nonqueue request -h)
   nonqueue work --config FILE (--instances N | --instance K)
                                             run worker instances on this replica host
+  nonqueue pause --config FILE [--replica SERVER_ID] [--below-priority N] [--for 30m] [--reason TEXT]
+                                            stop claims (all, one replica's, or below a priority)
+                                            within one sample interval; runs in flight finish
+  nonqueue resume --config FILE [--replica SERVER_ID] [--below-priority N] | --id ID | --all
+                                            end pauses (see nonqueue resume -h)
   nonqueue check --config FILE [--grants]   check everything a worker needs, in plain words,
                                             and print the least GRANTs (--grants: only those)
   nonqueue status --config FILE [--json]    the overview: topics by state, backlog, runs, instances
   nonqueue dashboard --config FILE [--listen ADDR] [--prefix /PATH]
                                             serve the ops dashboard (web; default 127.0.0.1:8080)
-  nonqueue sandbox up --dir DIR [--replicas N] [--latency 1ms]
-                                            start a local primary, replicas and sshd
+  nonqueue sandbox up --dir DIR [--replicas N] [--tiers T] [--parallel P] [--latency 1ms]
+                                            start a local primary, replicas and sshd (--tiers 2:
+                                            replicas of replicas; --parallel: parallel appliers;
+                                            --latency: a simulated network to the primary)
   nonqueue sandbox down --dir DIR           stop what sandbox up started
-  nonqueue demo [--keep] [--topics N] [--instances N]
+  nonqueue demo [--keep] [--topics N] [--instances N] [--tiers T] [--parallel P]
                                             the whole system on a local sandbox, end to end
   nonqueue version
 `
@@ -68,6 +75,10 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runRequest(ctx, args[1:], stdout, stderr)
 	case "work":
 		return runWork(ctx, args[1:], stdout, stderr)
+	case "pause":
+		return runPause(ctx, args[1:], stdout, stderr)
+	case "resume":
+		return runResume(ctx, args[1:], stdout, stderr)
 	case "check":
 		return runCheck(ctx, args[1:], stdout, stderr, logger)
 	case "status":

@@ -54,9 +54,11 @@ func checkMetricsListen(addr string) error {
 // an idle *workerMetrics. The listener is bound before it returns, so a
 // busy port fails the start instead of a later scrape. The endpoint has
 // no authentication: a non-loopback addr is served but warned about. The
-// metrics read q's claim counters and gate's last sample at scrape time;
+// metrics read q's claim counters, gate's last sample, the reasons gate
+// and throttle hold work back, and pause's last read (nil: no
+// nonqueue_paused) at scrape time;
 // runs, instance states and reaped leases arrive through the hooks.
-func startWorkerMetrics(ctx context.Context, addr string, q *queue.Queue, gate *monitor.Gate, log *slog.Logger) (*workerMetrics, error) {
+func startWorkerMetrics(ctx context.Context, addr string, q *queue.Queue, gate *monitor.Gate, throttle *monitor.Throttle, pause *monitor.PauseWatch, log *slog.Logger) (*workerMetrics, error) {
 	wm := &workerMetrics{}
 	if addr == "" {
 		return wm, nil
@@ -68,7 +70,18 @@ func startWorkerMetrics(ctx context.Context, addr string, q *queue.Queue, gate *
 		return nil, err
 	}
 	reg := metrics.NewRegistry()
-	m, err := metrics.NewWorker(reg, metrics.WorkerConfig{ClaimStatsFunc: q.Stats, ReplicaStatusFunc: gate.Status})
+	wc := metrics.WorkerConfig{ClaimStatsFunc: q.Stats, ReplicaStatusFunc: gate.Status,
+		ThrottledFunc: func() []string {
+			reasons := throttle.Reasons()
+			if _, err := gate.Check(); err != nil {
+				reasons = append(reasons, monitor.GateReason(err))
+			}
+			return reasons
+		}}
+	if pause != nil {
+		wc.PausesFunc = pause.InForce
+	}
+	m, err := metrics.NewWorker(reg, wc)
 	if err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}

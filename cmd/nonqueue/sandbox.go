@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -16,11 +17,12 @@ import (
 
 func runSandbox(ctx context.Context, args []string, stdout, stderr io.Writer, logger *slog.Logger) error {
 	if len(args) == 0 || (args[0] != "up" && args[0] != "down" && args[0] != "proxy") {
-		return errors.New("usage: nonqueue sandbox up --dir DIR [--replicas N] [--latency 1ms] | nonqueue sandbox down --dir DIR")
+		return errors.New("usage: nonqueue sandbox up --dir DIR [--replicas N] [--tiers T] [--parallel P] [--latency 1ms] | nonqueue sandbox down --dir DIR")
 	}
 	fs := newFlags("sandbox "+args[0], stderr)
 	dir := fs.String("dir", "", "directory for datadirs, keys, logs and the generated config")
-	replicas := fs.Int("replicas", 2, "number of replicas (0-9)")
+	replicas := fs.Int("replicas", 2, "number of replicas of the primary (0-9)")
+	tiers, parallel := shapeFlags(fs)
 	latency := fs.Duration("latency", 0, "put a simulated network with this round trip (whole milliseconds) between the workers and the primary: a `nonqueue sandbox proxy` process (toxiproxy) relays the primary's MySQL port and sshd, and the generated configs connect through it")
 	ready := fs.String("ready", "", "(sandbox proxy) where to write the proxy's ports once it listens")
 	if _, err := parseInterleaved(fs, args[1:]); err != nil {
@@ -45,11 +47,14 @@ func runSandbox(ctx context.Context, args []string, stdout, stderr io.Writer, lo
 	if *replicas < 0 || *replicas > 9 {
 		return fmt.Errorf("--replicas %d: want 0 to 9", *replicas)
 	}
+	if err := checkShapeFlags(*replicas, *tiers, *parallel); err != nil {
+		return err
+	}
 	if err := sandbox.Check(); err != nil {
 		return err
 	}
 	start := time.Now()
-	sb, err := sandbox.Up(ctx, sandbox.Options{Dir: *dir, Replicas: *replicas, Logger: logger})
+	sb, err := sandbox.Up(ctx, sandbox.Options{Dir: *dir, Replicas: *replicas, Tiers: *tiers, Parallel: *parallel, Logger: logger})
 	if err != nil {
 		return fmt.Errorf("sandbox up: %w", err)
 	}
@@ -70,7 +75,7 @@ func runSandbox(ctx context.Context, args []string, stdout, stderr io.Writer, lo
 	}
 	fmt.Fprintf(stdout, "sandbox up in %s (%.1fs)\n", sb.Dir, time.Since(start).Seconds())
 	for _, s := range sb.Servers() {
-		fmt.Fprintf(stdout, "  %-9s mariadbd pid %-7d 127.0.0.1:%d  server_id %d  socket %s\n", s.Name, s.PID, s.Port, s.ServerID, s.Socket)
+		fmt.Fprintf(stdout, "  %-9s mariadbd pid %-7d 127.0.0.1:%d  server_id %d  socket %s%s\n", s.Name, s.PID, s.Port, s.ServerID, s.Socket, replicationNote(s))
 	}
 	fmt.Fprintf(stdout, "  %-9s sshd     pid %-7d 127.0.0.1:%d  user %s  known_hosts %s\n", "ssh", sb.SSH.PID, sb.SSH.Port, sb.SSH.User, sb.SSH.KnownHosts)
 	if p := sb.Proxy; p != nil {
@@ -148,4 +153,40 @@ func applySandboxSchema(ctx context.Context, path string) error {
 	}
 	defer q.Close()
 	return q.ApplySchema(ctx)
+}
+
+// shapeFlags declares --tiers and --parallel, shared by `sandbox up` and
+// `demo`: the replication shapes of sandbox.Options.
+func shapeFlags(fs *flag.FlagSet) (tiers, parallel *int) {
+	tiers = fs.Int("tiers", 1, "replication depth: 2 gives each replica of the primary a replica of its own (log_slave_updates on the middle tier)")
+	parallel = fs.Int("parallel", 0, "replicas apply with slave_parallel_threads = N in optimistic mode (0: serial)")
+	return tiers, parallel
+}
+
+// checkShapeFlags checks --replicas, --tiers and --parallel together, with
+// the flags' names in the message.
+func checkShapeFlags(replicas, tiers, parallel int) error {
+	if tiers < 1 || replicas*tiers > 9 {
+		return fmt.Errorf("--tiers %d: want 1 or more, with --replicas × --tiers at most 9 (got %d × %d)", tiers, replicas, tiers)
+	}
+	if tiers > 1 && replicas < 1 {
+		return fmt.Errorf("--tiers %d needs --replicas 1 or more", tiers)
+	}
+	if parallel < 0 || parallel > 64 {
+		return fmt.Errorf("--parallel %d: want 0 to 64", parallel)
+	}
+	return nil
+}
+
+// replicationNote says where a replica replicates from and how it applies,
+// for the listing `sandbox up` and `demo` print.
+func replicationNote(s sandbox.Server) string {
+	if s.Source == "" {
+		return ""
+	}
+	note := "  ← " + s.Source
+	if s.ParallelThreads > 0 {
+		note += fmt.Sprintf(" (%d parallel appliers)", s.ParallelThreads)
+	}
+	return note
 }

@@ -62,8 +62,14 @@ func runSchema(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	if plan != nil {
+	switch {
+	case plan != nil && len(plan.Steps) > 0:
 		fmt.Fprintf(stdout, "ran without an online path (--allow-blocking):\n%s", plan)
+	case plan != nil:
+		fmt.Fprintf(stdout, "left out, with no online path on this table: the %s column (per-topic refresh intervals);\n"+
+			"every topic takes [topics] refresh_interval. To add it, rerun with --allow-blocking at a quiet time,\n"+
+			"or use the gh-ost or pt-online-schema-change command of `nonqueue schema print --config FILE`.\n%s",
+			cfg.Columns.Refresh, plan)
 	}
 	took := time.Since(start)
 	fmt.Fprintf(stdout, "schema applied in %.1fs: topics %s.%s (%s), meta tables in %s\n",

@@ -99,8 +99,8 @@ func TestSchemaApplyRefusesBlocking(t *testing.T) {
 	if !strings.Contains(out, "ran without an online path (--allow-blocking)") || !strings.Contains(out, "; ran in its plain form") {
 		t.Errorf("schema apply --allow-blocking does not say what ran blocking:\n%s", out)
 	}
-	if n := columnCount(t, db, "TopicFilter"); n != 17 {
-		t.Fatalf("TopicFilter has %d columns after apply --allow-blocking, want 17", n)
+	if n := columnCount(t, db, "TopicFilter"); n != 18 {
+		t.Fatalf("TopicFilter has %d columns after apply --allow-blocking, want 18", n)
 	}
 	out, err = run(t, "schema", "apply", "--config", path)
 	if err != nil || strings.Contains(out, "ran without") {
@@ -158,8 +158,8 @@ func TestSchemaPrintTools(t *testing.T) {
 	if err != nil {
 		t.Fatalf("printed pt-online-schema-change command: %v\n%s", err, out)
 	}
-	if n := columnCount(t, db, "TopicFilter"); n != 17 {
-		t.Fatalf("TopicFilter has %d columns after pt-online-schema-change, want 17", n)
+	if n := columnCount(t, db, "TopicFilter"); n != 18 {
+		t.Fatalf("TopicFilter has %d columns after pt-online-schema-change, want 18", n)
 	}
 	if out, err := run(t, "schema", "apply", "--config", path); err != nil || strings.Contains(out, "ran without") {
 		t.Fatalf("schema apply after pt-online-schema-change: %v\n%s", err, out)

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -46,7 +48,11 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		enc.SetIndent("", "  ")
 		return enc.Encode(sum)
 	}
-	return writeStatus(stdout, sum)
+	if err := writeStatus(stdout, sum); err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(stdout, "\nperiodic refresh: %s\n", c.Topics.RefreshSummary())
+	return err
 }
 
 // writeStatus prints the overview as aligned tables.
@@ -54,8 +60,28 @@ func writeStatus(w io.Writer, s *dashboard.Summary) error {
 	t := s.Topics
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	p := func(format string, a ...any) { fmt.Fprintf(tw, format, a...) }
+	if len(s.Pauses) > 0 {
+		// First: a paused fleet must read as paused.
+		p("PAUSED\tSCOPE\tBY\tSINCE\tUNTIL\tREASON\n")
+		for _, ps := range s.Pauses {
+			reason := "-"
+			if ps.Reason != "" {
+				reason = strconv.Quote(ps.Reason)
+			}
+			p("pause %d\t%s\t%s\t%s (%s ago)\t%s\t%s\n", ps.ID, ps.Scope, ps.By, ps.CreatedAt.Format("2006-01-02 15:04:05"),
+				short(ps.Age), ps.Until(), reason)
+		}
+		p("(nonqueue resume --config FILE --id ID ends one; runs in flight finish meanwhile)\n\n")
+	}
 	p("topics %s, required %s; counted in %s at %s (primary's clock)\n\n", format.Thousands(t.Total), format.Thousands(t.Required),
 		short(t.Elapsed), t.At.Format("2006-01-02 15:04:05"))
+	if len(s.Throttled) > 0 {
+		var rs []string
+		for _, r := range slices.Sorted(maps.Keys(s.Throttled)) {
+			rs = append(rs, fmt.Sprintf("%s (%d instances)", r, s.Throttled[r]))
+		}
+		p("THROTTLED: the primary is busy, nobody claims or publishes: %s\n\n", strings.Join(rs, ", "))
+	}
 	p("STATE\tTOPICS\n")
 	for _, st := range queue.TopicStates() {
 		p("%s\t%s\n", st, format.Thousands(t.States[st]))
@@ -108,7 +134,11 @@ func writeStatus(w io.Writer, s *dashboard.Summary) error {
 			if in.Stale {
 				stale = " (silent past the lease)"
 			}
-			p("%d\t%d\t%s\t%s%s\t%s\t%s\t%s\t%s\t%s\t\n", in.ID, in.ReplicaServerID, in.Host, in.State, stale, topic,
+			reason := ""
+			if in.Reason != "" {
+				reason = " (" + in.Reason + ")"
+			}
+			p("%d\t%d\t%s\t%s%s%s\t%s\t%s\t%s\t%s\t%s\t\n", in.ID, in.ReplicaServerID, in.Host, in.State, reason, stale, topic,
 				short(in.StateAge), short(in.LastSeen), format.Thousands(in.Runs), format.Thousands(in.Failures))
 		}
 	} else {

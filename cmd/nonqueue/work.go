@@ -36,6 +36,9 @@ type node struct {
 	shipper  *transfer.Shipper
 	runner   *procs.Runner
 	gate     *monitor.Gate
+	pause    *monitor.PauseWatch
+	throttle *monitor.Throttle
+	slots    *monitor.PublishSlots
 	log      *slog.Logger
 }
 
@@ -88,6 +91,14 @@ func (c *Config) procsConfig() procs.Config {
 func (c *Config) gateConfig() monitor.GateConfig {
 	return monitor.GateConfig{
 		MaxLag: c.Lag.MaxLag, StoppedBackoff: c.Lag.StoppedBackoff, BehindBackoff: c.Lag.BehindBackoff, SampleInterval: c.Lag.SampleInterval,
+	}.WithDefaults()
+}
+
+func (c *Config) throttleConfig() monitor.ThrottleConfig {
+	t := c.Throttle
+	return monitor.ThrottleConfig{
+		MaxThreadsRunning: t.MaxThreadsRunning, URL: t.URL, URLTimeout: t.URLTimeout, SampleInterval: t.SampleInterval,
+		MaxConcurrentPublishes: t.MaxConcurrentPublishes, PublishWait: t.PublishWait,
 	}.WithDefaults()
 }
 
@@ -155,9 +166,17 @@ func openNode(ctx context.Context, c *Config, instances int, log *slog.Logger) (
 	if err != nil {
 		return nil, err
 	}
-	if n.primary, err = openPool(pmc, instances+4); err != nil {
+	// With the pipeline (worker.Config.Pipeline), an instance has up to
+	// two runs at once: one computing, one shipping.
+	runs := instances
+	if c.Worker.Pipelined() {
+		runs = 2 * instances
+	}
+	if n.primary, err = openPool(pmc, runs+4); err != nil {
 		return nil, fmt.Errorf("open primary: %w", err)
 	}
+	// A capped publish holds its slot on its own session: no extra
+	// connection. The throttle's sample borrows one of primary's.
 	pub := noBinlog(pmc)
 	pub.MultiStatements = true // transfer.Config.MultiStatementPools
 	if n.publish, err = openPool(pub, instances+2); err != nil {
@@ -168,8 +187,8 @@ func openNode(ctx context.Context, c *Config, instances int, log *slog.Logger) (
 		return nil, err
 	}
 	// The procedure, the export lock and the GTID wait each hold a
-	// connection per instance.
-	if n.replica, err = openPool(noBinlog(rmc), 3*instances+4); err != nil {
+	// connection per run.
+	if n.replica, err = openPool(noBinlog(rmc), 3*runs+4); err != nil {
 		return nil, fmt.Errorf("open replica: %w", err)
 	}
 	if err := n.replica.PingContext(ctx); err != nil {
@@ -190,6 +209,11 @@ func openNode(ctx context.Context, c *Config, instances int, log *slog.Logger) (
 	n.runner = &procs.Runner{DB: n.replica, Config: c.procsConfig(), Logger: log}
 	n.gate = &monitor.Gate{Replica: n.replica, Flavor: n.flavor, Schema: c.Topics.MetaSchema, WriterID: n.serverID,
 		Config: c.gateConfig(), Logger: log}
+	n.pause = &monitor.PauseWatch{Pauses: &monitor.Pauses{Primary: n.primary, Schema: c.Topics.MetaSchema},
+		ServerID: n.serverID, Config: c.gateConfig(), Logger: log}
+	tc := c.throttleConfig()
+	n.throttle = &monitor.Throttle{Primary: n.primary, Config: tc, Logger: log}
+	n.slots = &monitor.PublishSlots{Schema: c.Topics.MetaSchema, Max: tc.MaxConcurrentPublishes, Wait: tc.PublishWait}
 	return n, nil
 }
 
@@ -293,7 +317,7 @@ func runWork(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		logger.Warn("check the replica's GTID domain", "err", err)
 	}
 	// On hard, not ctx: scrapes keep working through the grace period.
-	wm, err := startWorkerMetrics(hard, *metricsListen, n.queue, n.gate, logger)
+	wm, err := startWorkerMetrics(hard, *metricsListen, n.queue, n.gate, n.throttle, n.pause, logger)
 	if err != nil {
 		return err
 	}
@@ -302,7 +326,7 @@ func runWork(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		Config: c.Worker, ServerID: n.serverID, Numbers: numbers, Version: version,
 		Deps: &worker.Deps{
 			Queue: n.queue, History: &monitor.History{Primary: n.primary, Schema: c.Topics.MetaSchema},
-			Gate: n.gate, Flavor: n.flavor, Primary: n.publish, Replica: n.replica, Runner: n.runner, Shipper: n.shipper,
+			Gate: n.gate, Pause: n.pause, Throttle: n.throttle, Slots: n.slots, Flavor: n.flavor, Primary: n.publish, Replica: n.replica, Runner: n.runner, Shipper: n.shipper,
 			ReplicaDatadir: n.datadir, ReplicaName: c.Replica.addr(), Logger: logger,
 			Observer: wm.observer(), StateFunc: wm.stateFunc(), ReapedFunc: wm.reapedFunc(),
 		},

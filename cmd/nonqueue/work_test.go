@@ -369,6 +369,37 @@ func TestDemo(t *testing.T) {
 	}
 }
 
+// TestDemoTiers runs the demo on the seeds' replication shapes: a replica
+// of a replica with parallel appliers. The Blackhole trick's rows reach the
+// second tier through the middle one, and workers on both tiers do topics.
+func TestDemoTiers(t *testing.T) {
+	requireSandbox(t)
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, exe, "demo", "--dir", t.TempDir(), "--replicas", "1", "--tiers", "2", "--parallel", "2",
+		"--topics", "30", "--instances", "2", "--timeout", "2m")
+	cmd.Dir = t.TempDir()
+	cmd.Env = append(os.Environ(), "NQ_TEST_AS_NONQUEUE=1")
+	cmd.WaitDelay = 10 * time.Second
+	b, err := cmd.CombinedOutput()
+	out := string(b)
+	if err != nil {
+		t.Fatalf("demo --tiers 2: %v\n%s", err, out)
+	}
+	for _, want := range []string{"replica2 ", "← replica1 (2 parallel appliers)", "done   30  running  0  pending    0", "0 parked as failed", "sandbox stopped"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("demo output lacks %q:\n%s", want, out)
+		}
+	}
+	if n := strings.Count(out, "did "); n != 2 {
+		t.Errorf("expected both tiers to do topics:\n%s", out)
+	}
+}
+
 // serversTOML is the [primary], [replica] (replica i) and the start of
 // the [topics] section of a test configuration on the package's sandbox,
 // with topics and nonqueue's tables in database db.

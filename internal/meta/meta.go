@@ -1,5 +1,5 @@
 // Package meta owns nonqueue's own tables in the meta schema: the run
-// history, the instance registry and the lag heartbeat. queue creates them
+// history, the instance registry, the lag heartbeat and the pauses. queue creates them
 // (its DDL) and records reaped and released runs; monitor writes and reads
 // them (History, Heartbeat, Gate, the reports). Their names, the values of
 // their outcome and state columns and their DDL live here, once, so the two
@@ -13,10 +13,14 @@ const (
 	RunTable       = "run"
 	InstanceTable  = "instance"
 	HeartbeatTable = "heartbeat"
+	PauseTable     = "pause"
+	// SourceTable records, per replica that runs workers, the server it
+	// replicates from, so the dashboard can draw the replication tree.
+	SourceTable = "replica_source"
 )
 
 // Tables lists the meta tables in creation order.
-var Tables = [...]string{RunTable, InstanceTable, HeartbeatTable}
+var Tables = [...]string{RunTable, InstanceTable, HeartbeatTable, PauseTable, SourceTable}
 
 // Outcome is the run history's outcome column: how one claim of one topic
 // ended.
@@ -37,13 +41,15 @@ type State string
 
 // Instance states shown in the registry.
 const (
-	StateStarting State = "starting"
-	StateIdle     State = "idle"
-	StateLagWait  State = "waiting for lag"
-	StateStopped  State = "replica stopped"
-	StateRunning  State = "running"
-	StateStopping State = "stopping"
-	StateExited   State = "exited"
+	StateStarting  State = "starting"
+	StateIdle      State = "idle"
+	StateLagWait   State = "waiting for lag"
+	StateThrottled State = "throttled" // the primary throttle holds the work back; the reason column says why
+	StateStopped   State = "replica stopped"
+	StatePaused    State = "paused" // an operator's pause covers everything it may claim
+	StateRunning   State = "running"
+	StateStopping  State = "stopping"
+	StateExited    State = "exited"
 )
 
 // DDL returns the CREATE TABLE IF NOT EXISTS statements of the meta tables
@@ -69,6 +75,8 @@ func DDL(schema string) []string {
   transfer_us BIGINT UNSIGNED NOT NULL DEFAULT 0,
   publish_us BIGINT UNSIGNED NOT NULL DEFAULT 0,
   log_path VARCHAR(1000) NULL,
+  publish_started_at DATETIME(6) NULL COMMENT 'publish slot held from (primary clock); NULL without max_concurrent_publishes',
+  publish_finished_at DATETIME(6) NULL COMMENT 'publish slot held until (primary clock)',
   PRIMARY KEY (id),
   KEY topic (topic_id, id),
   KEY finished (finished_at),
@@ -87,11 +95,39 @@ func DDL(schema string) []string {
   heartbeat_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
   runs BIGINT UNSIGNED NOT NULL DEFAULT 0,
   failures BIGINT UNSIGNED NOT NULL DEFAULT 0,
+  reason VARCHAR(255) NULL COMMENT 'why the instance waits: throttle reasons',
   PRIMARY KEY (id)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4`,
+		// Columns added after the tables first shipped, for schemas
+		// created before (IF NOT EXISTS: a no-op on current ones; a
+		// nullable column at the end is added instantly).
+		"ALTER TABLE " + q(RunTable) + ` ADD COLUMN IF NOT EXISTS publish_started_at DATETIME(6) NULL COMMENT 'publish slot held from (primary clock); NULL without max_concurrent_publishes',
+  ADD COLUMN IF NOT EXISTS publish_finished_at DATETIME(6) NULL COMMENT 'publish slot held until (primary clock)'`,
+		"ALTER TABLE " + q(InstanceTable) + ` ADD COLUMN IF NOT EXISTS reason VARCHAR(255) NULL COMMENT 'why the instance waits: throttle reasons'`,
 		"CREATE TABLE IF NOT EXISTS " + q(HeartbeatTable) + ` (
   id INT UNSIGNED NOT NULL COMMENT 'writer: one row per writing process',
   ts_us BIGINT NOT NULL COMMENT 'writer clock, microseconds since the epoch',
+  PRIMARY KEY (id)
+) ENGINE=InnoDB`,
+		// One row per operator pause. A row is in force from created_at
+		// until expires_at (NULL: until resumed); resume sets expires_at,
+		// so the rows stay as the record of who paused and resumed what.
+		"CREATE TABLE IF NOT EXISTS " + q(PauseTable) + ` (
+  id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
+  replica_server_id INT UNSIGNED NULL COMMENT 'NULL: every replica; else only workers on this replica',
+  below_priority INT NULL COMMENT 'NULL: every topic; else only topics with a lower priority',
+  paused_by VARCHAR(255) NOT NULL COMMENT 'user@host, or the dashboard operator',
+  reason VARCHAR(500) NOT NULL DEFAULT '',
+  created_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+  expires_at DATETIME(6) NULL COMMENT 'NULL: until resumed',
+  resumed_by VARCHAR(255) NULL,
+  PRIMARY KEY (id),
+  KEY expires (expires_at)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4`,
+		"CREATE TABLE IF NOT EXISTS " + q(SourceTable) + ` (
+  id INT UNSIGNED NOT NULL COMMENT 'a replica running workers: its server_id',
+  source_id INT UNSIGNED NOT NULL COMMENT 'server_id it replicates from (SHOW SLAVE STATUS Master_Server_Id)',
+  sampled_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
   PRIMARY KEY (id)
 ) ENGINE=InnoDB`,
 	}

@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"errors"
@@ -244,7 +245,7 @@ func serverArgs(srv Server, port int) []string {
 		"--innodb-flush-log-at-trx-commit=2",
 		"--sync-binlog=0",
 		"--max-connections=500",
-		"--slave-run-triggers-for-rbr=YES",
+		"--slave-run-triggers-for-rbr="+replicaTriggers(srv),
 		"--local-infile=0",
 		"--character-set-server=utf8mb4",
 		"--plugin-load-add=ha_blackhole",
@@ -260,13 +261,39 @@ func serverArgs(srv Server, port int) []string {
 	domain := 0
 	if srv.Name != "primary" {
 		domain = int(srv.ServerID)
-		args = append(args, "--relay-log=relay-bin", "--slave-parallel-threads=0")
+		args = append(args, "--relay-log=relay-bin", "--slave-parallel-threads="+strconv.Itoa(max(srv.ParallelThreads, 0)))
+		if srv.ParallelThreads > 0 {
+			// Optimistic: transactions apply in parallel and a conflict
+			// rolls the later one back and retries it; commits stay in
+			// the primary's order, so gtid_slave_pos (what
+			// MASTER_GTID_WAIT waits for) never passes a transaction that
+			// is not yet committed.
+			args = append(args, "--slave-parallel-mode=optimistic")
+		}
 	}
 	args = append(args, "--gtid-domain-id="+strconv.Itoa(domain))
 	if testExtraServerArgs != nil {
 		args = append(args, testExtraServerArgs(srv.Name)...)
 	}
 	return args
+}
+
+// replicaTriggers is srv's slave_run_triggers_for_rbr. A replica of the
+// primary runs its own triggers on replicated rows (the demo's Blackhole
+// trick needs it: YES). In a tiered sandbox it also logs what they change
+// (LOGGING) when replicas replicate from it, and those replicas take the
+// changes as rows and run no trigger of their own (NO): otherwise a
+// second tier would apply the middle tier's event, whose table map names
+// the trigger's table too, and its own trigger on that table fails (error
+// 1442).
+func replicaTriggers(srv Server) string {
+	switch {
+	case srv.Source != "" && srv.Source != "primary":
+		return "NO"
+	case srv.Relay:
+		return "LOGGING"
+	}
+	return "YES"
 }
 
 // rootConfig is root over the unix socket, no password: the administrative
@@ -387,19 +414,44 @@ func (u *upState) setupReplication(ctx context.Context) error {
 	}
 	u.log.Debug("sandbox: primary accounts created", "gtid_binlog_pos", pos)
 
-	var wg sync.WaitGroup
-	errs := make([]error, len(sb.Replicas))
-	for i, r := range sb.Replicas {
-		wg.Go(func() {
-			if err := startReplica(ctx, r, p, sb.ReplUser, sb.ReplPassword, pos); err != nil {
-				errs[i] = withLogTail(fmt.Errorf("%s: %w", r.Name, err), filepath.Join(filepath.Dir(r.Datadir), "error.log"), 0)
-				return
+	// Tier by tier: a replica of a replica starts once its source has
+	// applied pos, so the accounts it connects with are there (they
+	// reached the source by replication).
+	done := map[string]bool{p.Name: true}
+	for len(done) < 1+len(sb.Replicas) {
+		var wg sync.WaitGroup
+		var tier []Server
+		for _, r := range sb.Replicas {
+			if !done[r.Name] && done[cmp.Or(r.Source, p.Name)] {
+				tier = append(tier, r)
 			}
-			u.log.Info("sandbox: replica replicating", "name", r.Name, "port", r.Port, "pid", r.PID, "gtid", pos)
-		})
+		}
+		if len(tier) == 0 {
+			return errors.New("replication sources form no tree (a Source names no started server)")
+		}
+		errs := make([]error, len(tier))
+		for i, r := range tier {
+			src := p
+			if s := sb.server(r.Source); s != nil {
+				src = *s
+			}
+			wg.Go(func() {
+				if err := startReplica(ctx, r, src, sb.ReplUser, sb.ReplPassword, pos); err != nil {
+					errs[i] = withLogTail(fmt.Errorf("%s: %w", r.Name, err), filepath.Join(filepath.Dir(r.Datadir), "error.log"), 0)
+					return
+				}
+				u.log.Info("sandbox: replica replicating", "name", r.Name, "source", src.Name, "port", r.Port, "pid", r.PID, "gtid", pos)
+			})
+		}
+		wg.Wait()
+		if err := errors.Join(errs...); err != nil {
+			return err
+		}
+		for _, r := range tier {
+			done[r.Name] = true
+		}
 	}
-	wg.Wait()
-	return errors.Join(errs...)
+	return nil
 }
 
 func redact(stmt string) string {
@@ -409,8 +461,9 @@ func redact(stmt string) string {
 	return stmt
 }
 
-// startReplica points r at the primary by GTID and waits until both
-// replication threads run and r has applied primary position pos.
+// startReplica points r at its source p (the primary, or a replica for a
+// replica of a replica) by GTID and waits until both replication threads
+// run and r has applied primary position pos.
 func startReplica(ctx context.Context, r, p Server, user, pass, pos string) error {
 	db, err := openRoot(r.Socket)
 	if err != nil {

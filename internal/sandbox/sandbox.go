@@ -1,5 +1,7 @@
 // Package sandbox starts, on loopback, a real local nonqueue topology: one
-// MariaDB primary, N GTID replicas of it, and one OpenSSH sshd whose login
+// MariaDB primary, N GTID replicas of it (optionally with replicas of
+// those, Options.Tiers, and parallel appliers, Options.Parallel), and one
+// OpenSSH sshd whose login
 // can write the primary's datadir (where nonqueue ships result table files
 // over SFTP).
 //
@@ -36,10 +38,14 @@ import (
 // records the running sandbox.
 const stateFile = "sandbox.json"
 
-// maxReplicas bounds Options.Replicas: replica k gets server_id 1000+k and
+// maxReplicas bounds Options.Replicas (times Options.Tiers): replica k gets server_id 1000+k and
 // nonqueue derives instance ids as (server_id-1000)*100+instance, so more
 // than 9 replicas would not fit the scheme's single digit.
 const maxReplicas = 9
+
+// maxParallel bounds Options.Parallel: more applier threads than that on a
+// sandbox only cost memory.
+const maxParallel = 64
 
 // ErrMissing is wrapped by Check and Up when a required binary (mariadbd,
 // mariadb-install-db or sshd) cannot be found, so callers (the CLI, test
@@ -54,8 +60,24 @@ type Options struct {
 	// (it appears in their command lines). Up refuses to run when
 	// Dir/sandbox.json exists and any process it records is still alive.
 	Dir string
-	// Replicas is the number of GTID replicas to start, 0 to 9.
+	// Replicas is the number of GTID replicas of the primary to start (the
+	// first tier). With Tiers <= 1 it is the whole topology: 0 to 9.
 	Replicas int
+	// Tiers is the depth of the replication tree; 0 or 1 is flat (every
+	// replica replicates from the primary). With Tiers = T each of the
+	// Replicas first-tier replicas heads a chain of T-1 more: replica K of
+	// tier t replicates from replica K of tier t-1, which writes what it
+	// applies to its own binary log (log_slave_updates, GTIDs preserved),
+	// the hierarchical shape of the Drizzle seed. Replicas*Tiers must be
+	// 9 or fewer (server ids 1001..1009); tier t's replicas are numbered
+	// after tier t-1's: with Replicas 2 and Tiers 2, replica3 replicates
+	// from replica1 and replica4 from replica2.
+	Tiers int
+	// Parallel, when positive, runs every replica's SQL applier with
+	// slave_parallel_threads = Parallel in slave_parallel_mode =
+	// optimistic (the Tungsten seed's parallel appliers); 0 applies
+	// serially. At most 64.
+	Parallel int
 	// Logger receives progress (each started daemon at Info). Nil discards.
 	Logger *slog.Logger
 }
@@ -82,6 +104,17 @@ type Server struct {
 	// PID is the mariadbd process id; Down only signals it while its command
 	// line still names the sandbox directory.
 	PID int
+	// Source is the Name of the server this one replicates from: "primary"
+	// for a first-tier replica, "replicaK" for a replica of a replica (see
+	// Options.Tiers); empty for the primary.
+	Source string `json:",omitempty"`
+	// Relay is true for a replica that other replicas replicate from (a
+	// middle tier).
+	Relay bool `json:",omitempty"`
+	// ParallelThreads is the replica's slave_parallel_threads (optimistic
+	// mode when positive; see Options.Parallel); kept so Restart starts
+	// the server the same way.
+	ParallelThreads int `json:",omitempty"`
 }
 
 // SSH describes the sandbox's sshd, through which nonqueue ships files into
@@ -107,7 +140,8 @@ type SSH struct {
 type Sandbox struct {
 	// Dir is the absolute sandbox root.
 	Dir string
-	// Primary is the replication source; Replicas replicate from it with
+	// Primary is the replication source; Replicas replicate from it, or
+	// from one another in a tiered sandbox (each Server's Source), with
 	// master_use_gtid=slave_pos.
 	Primary  Server
 	Replicas []Server

@@ -69,6 +69,9 @@ func Up(ctx context.Context, opt Options) (_ *Sandbox, err error) {
 	if opt.Replicas < 0 || opt.Replicas > maxReplicas {
 		return nil, fmt.Errorf("sandbox: Replicas must be 0..%d, got %d", maxReplicas, opt.Replicas)
 	}
+	if err := checkShape(opt); err != nil {
+		return nil, err
+	}
 	if opt.Dir == "" {
 		return nil, errors.New("sandbox: Options.Dir is required")
 	}
@@ -101,7 +104,7 @@ func Up(ctx context.Context, opt Options) (_ *Sandbox, err error) {
 		return nil, fmt.Errorf("sandbox: Dir %s is too long for unix socket paths (%d bytes > 100); use a shorter directory", dir, n)
 	}
 
-	u := &upState{bin: bin, log: log, sb: newSandbox(dir, opt.Replicas), ready: map[int]bool{}}
+	u := &upState{bin: bin, log: log, sb: newSandbox(dir, opt), ready: map[int]bool{}}
 	defer func() {
 		if err == nil {
 			return
@@ -133,7 +136,8 @@ func Up(ctx context.Context, opt Options) (_ *Sandbox, err error) {
 	// cancels the others' waits so Up fails fast.
 	var (
 		wg             sync.WaitGroup
-		errs           = make([]error, 2+opt.Replicas)
+		servers        = 1 + len(u.sb.Replicas)
+		errs           = make([]error, 1+servers)
 		startCtx, stop = context.WithCancelCause(ctx)
 	)
 	defer stop(nil)
@@ -145,7 +149,7 @@ func Up(ctx context.Context, opt Options) (_ *Sandbox, err error) {
 		})
 	}
 	run(0, u.startSSH)
-	for i := range 1 + opt.Replicas {
+	for i := range servers {
 		run(1+i, func(ctx context.Context) error { return u.startServer(ctx, i) })
 	}
 	wg.Wait()
@@ -158,7 +162,7 @@ func Up(ctx context.Context, opt Options) (_ *Sandbox, err error) {
 	if err := u.update(func(*Sandbox) {}); err != nil {
 		return nil, fmt.Errorf("sandbox: %w", err)
 	}
-	log.Info("sandbox up", "dir", dir, "replicas", opt.Replicas, "elapsed", time.Since(start).Round(time.Millisecond))
+	log.Info("sandbox up", "dir", dir, "replicas", opt.Replicas, "tiers", max(opt.Tiers, 1), "parallel", opt.Parallel, "elapsed", time.Since(start).Round(time.Millisecond))
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	out := *u.sb
@@ -203,7 +207,27 @@ func firstCauses(ctx context.Context, errs []error) error {
 	return errors.Join(real...)
 }
 
-func newSandbox(dir string, replicas int) *Sandbox {
+// checkShape validates Options.Tiers and Options.Parallel.
+func checkShape(opt Options) error {
+	if opt.Tiers < 0 {
+		return fmt.Errorf("sandbox: Tiers must be 0 or more, got %d", opt.Tiers)
+	}
+	if t := max(opt.Tiers, 1); opt.Replicas*t > maxReplicas {
+		return fmt.Errorf("sandbox: Replicas × Tiers must be at most %d (server ids 1001..1009), got %d × %d", maxReplicas, opt.Replicas, t)
+	}
+	if opt.Tiers > 1 && opt.Replicas == 0 {
+		return fmt.Errorf("sandbox: Tiers %d needs at least one replica", opt.Tiers)
+	}
+	if opt.Parallel < 0 || opt.Parallel > maxParallel {
+		return fmt.Errorf("sandbox: Parallel must be 0..%d, got %d", maxParallel, opt.Parallel)
+	}
+	return nil
+}
+
+// newSandbox lays out the servers: the primary, then the replicas tier by
+// tier (Options.Tiers), replica K of tier t (t > 1) replicating from
+// replica K of tier t-1.
+func newSandbox(dir string, opt Options) *Sandbox {
 	srv := func(name string, id uint32) Server {
 		return Server{
 			Name:     name,
@@ -227,8 +251,18 @@ func newSandbox(dir string, replicas int) *Sandbox {
 			KnownHosts: filepath.Join(dir, "known_hosts"),
 		},
 	}
-	for k := 1; k <= replicas; k++ {
-		sb.Replicas = append(sb.Replicas, srv("replica"+strconv.Itoa(k), uint32(1000+k)))
+	for t := range max(opt.Tiers, 1) {
+		for k := 1; k <= opt.Replicas; k++ {
+			n := t*opt.Replicas + k
+			r := srv("replica"+strconv.Itoa(n), uint32(1000+n))
+			r.Source = "primary"
+			if t > 0 {
+				r.Source = "replica" + strconv.Itoa(n-opt.Replicas)
+			}
+			r.Relay = t+1 < max(opt.Tiers, 1)
+			r.ParallelThreads = opt.Parallel
+			sb.Replicas = append(sb.Replicas, r)
+		}
 	}
 	return sb
 }

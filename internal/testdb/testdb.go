@@ -255,3 +255,43 @@ func Tool(t testing.TB, name, debianPackage string) string {
 	}
 	return p
 }
+
+// Start starts a topology of its own for one test, in a shape the
+// package's TestMain does not run (a tiered sandbox, parallel appliers),
+// and stops it when t ends (its logs are kept, and named, when t failed).
+// opt.Dir is set here. Without mariadbd or sshd it skips t locally and
+// fails it under CI, as Main does.
+func Start(t testing.TB, pkg string, opt sandbox.Options) *Env {
+	t.Helper()
+	if err := sandbox.Check(); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("testdb: %v", err)
+		}
+		t.Skipf("testdb: %v", err)
+	}
+	dir, err := os.MkdirTemp("", "nq-"+pkg+"-")
+	if err != nil {
+		t.Fatalf("testdb: %v", err)
+	}
+	opt.Dir = dir
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	sb, err := sandbox.Up(ctx, opt)
+	if err != nil {
+		t.Fatalf("testdb: start sandbox: %v (logs kept in %s)", err, dir)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := sb.Down(ctx); err != nil {
+			t.Errorf("testdb: stop sandbox: %v (logs kept in %s)", err, dir)
+			return
+		}
+		if t.Failed() {
+			t.Logf("testdb: sandbox logs kept in %s", dir)
+			return
+		}
+		os.RemoveAll(dir)
+	})
+	return &Env{SB: sb, pkg: pkg}
+}

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nonqueue/nonqueue/monitor"
 	"github.com/nonqueue/nonqueue/queue"
 )
 
@@ -153,7 +154,7 @@ func (s *Server) actionError(w http.ResponseWriter, r *http.Request, what string
 		msg = "the claim changed since the page was loaded (finished, reaped or claimed again); nothing was released. " + msg
 	case errors.Is(err, queue.ErrTopicRunning), errors.Is(err, queue.ErrTopicLocked):
 		status = http.StatusConflict
-	case errors.Is(err, queue.ErrBadFilter), errors.Is(err, queue.ErrTooMany), errors.Is(err, queue.ErrBadID):
+	case errors.Is(err, queue.ErrBadFilter), errors.Is(err, queue.ErrTooMany), errors.Is(err, queue.ErrBadID), errors.Is(err, monitor.ErrBadPause):
 		status = http.StatusBadRequest
 	}
 	s.log.WarnContext(r.Context(), "dashboard action failed", "action", what, "status", status, "err", err)
@@ -345,4 +346,77 @@ func (s *Server) actUnpark(w http.ResponseWriter, r *http.Request, a *actor) {
 		code = "not-parked"
 	}
 	s.succeeded(w, r, a, "unpark", s.topicURL(id), code, 0, "topic_id", id)
+}
+
+// parsePauseScope reads a pause's scope from the form: replica (a server
+// id) and below_priority, each optional.
+func parsePauseScope(f url.Values) (monitor.PauseScope, error) {
+	var sc monitor.PauseScope
+	if v := strings.TrimSpace(f.Get("replica")); v != "" {
+		id, err := strconv.ParseUint(v, 10, 32)
+		if err != nil || id == 0 {
+			return sc, fmt.Errorf("replica %q: want a replica's server id, a positive integer", v)
+		}
+		sc.ReplicaServerID = uint32(id)
+	}
+	if v := strings.TrimSpace(f.Get("below_priority")); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return sc, fmt.Errorf("below priority %q: not an integer", v)
+		}
+		sc.BelowPriority = &n
+	}
+	return sc, sc.Validate()
+}
+
+// actPause: replica, below_priority (optional scope), for (optional
+// duration), reason.
+func (s *Server) actPause(w http.ResponseWriter, r *http.Request, a *actor) {
+	scope, err := parsePauseScope(r.PostForm)
+	if err != nil {
+		s.fail(w, r, http.StatusBadRequest, err.Error())
+		return
+	}
+	p := &monitor.PauseParams{Scope: scope, By: a.String(), Reason: strings.TrimSpace(r.PostForm.Get("reason"))}
+	if v := strings.TrimSpace(r.PostForm.Get("for")); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			s.fail(w, r, http.StatusBadRequest, fmt.Sprintf("for %q: want a positive duration such as 30m or 2h, or nothing (until resumed)", v))
+			return
+		}
+		p.For = d
+	}
+	if err := p.Validate(); err != nil {
+		s.fail(w, r, http.StatusBadRequest, err.Error())
+		return
+	}
+	got, err := s.src.pauses().Add(r.Context(), p)
+	if err != nil {
+		s.actionError(w, r, "pause", err)
+		return
+	}
+	s.summary.invalidate()
+	s.paused.invalidate()
+	s.succeeded(w, r, a, "pause", s.cfg.Prefix+"/", "paused", 0, "pause_id", got.ID, "scope", got.Scope.String(), "for", p.For, "reason", p.Reason)
+}
+
+// actResume: id, the pause to end.
+func (s *Server) actResume(w http.ResponseWriter, r *http.Request, a *actor) {
+	id, err := parseID("pause id", r.PostForm.Get("id"))
+	if err != nil {
+		s.fail(w, r, http.StatusBadRequest, err.Error())
+		return
+	}
+	ended, err := s.src.pauses().Resume(r.Context(), &monitor.ResumeParams{ID: id, By: a.String()})
+	if err != nil {
+		s.actionError(w, r, "resume", err)
+		return
+	}
+	s.summary.invalidate()
+	s.paused.invalidate()
+	code := "resumed"
+	if len(ended) == 0 {
+		code = "not-paused"
+	}
+	s.succeeded(w, r, a, "resume", s.cfg.Prefix+"/", code, 0, "pause_id", id)
 }

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"regexp"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -37,6 +38,11 @@ type Sources struct {
 	// Metrics, if set, is served at /metrics (Prometheus exposition of
 	// the topic table: monitor/metrics.NewTopicCollector).
 	Metrics http.Handler
+}
+
+// pauses is the pause table, beside the history's tables.
+func (s *Sources) pauses() *monitor.Pauses {
+	return &monitor.Pauses{Primary: s.History.Primary, Schema: s.History.Schema}
 }
 
 func (s *Sources) check() error {
@@ -70,8 +76,15 @@ type Summary struct {
 	Instances []InstanceView   `json:"instances"`
 	// InstanceStates counts instances by state, exited ones included.
 	InstanceStates map[string]int `json:"instance_states"`
-	Lease          time.Duration  `json:"lease_ns"`
-	Elapsed        time.Duration  `json:"elapsed_ns"`
+	// Throttled counts the instances the throttle holds back, by reason
+	// (the registry's reason column: threads_running, throttle_url); an
+	// instance held for two reasons counts under each.
+	Throttled map[string]int `json:"throttled,omitempty"`
+	Lease     time.Duration  `json:"lease_ns"`
+	Elapsed   time.Duration  `json:"elapsed_ns"`
+	// Pauses are the operators' pauses in force, oldest first (none
+	// before schema apply created the pause table).
+	Pauses []monitor.Pause `json:"pauses"`
 }
 
 // Windows of the summary.
@@ -92,7 +105,7 @@ func (s *Sources) Summary(ctx context.Context) (*Summary, error) {
 	sum := &Summary{Lease: s.Queue.Config().Lease}
 	var instances []monitor.InstanceRecord
 	var wg sync.WaitGroup
-	errs := make([]error, 6)
+	errs := make([]error, 7)
 	run := func(i int, f func() error) {
 		wg.Add(1)
 		go func() { defer wg.Done(); errs[i] = f() }()
@@ -104,6 +117,13 @@ func (s *Sources) Summary(ctx context.Context) (*Summary, error) {
 	var running []queue.TopicRow // all of them (to date instances' signs of life), the first few shown
 	run(4, func() (err error) { running, err = s.Queue.Running(ctx, queue.MaxTopicLimit); return })
 	run(5, func() (err error) { instances, err = s.History.Instances(ctx); return })
+	run(6, func() (err error) {
+		sum.Pauses, err = s.pauses().Active(ctx)
+		if errors.Is(err, monitor.ErrNoPauseTable) {
+			err = nil
+		}
+		return
+	})
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("read overview: %w", err)
@@ -113,6 +133,14 @@ func (s *Sources) Summary(ctx context.Context) (*Summary, error) {
 	sum.InstanceStates = map[string]int{}
 	for _, in := range sum.Instances {
 		sum.InstanceStates[in.State]++
+		if in.State == monitor.StateThrottled && !in.Stale && in.Reason != "" {
+			if sum.Throttled == nil {
+				sum.Throttled = map[string]int{}
+			}
+			for _, r := range strings.Split(in.Reason, ",") {
+				sum.Throttled[r]++
+			}
+		}
 	}
 	sum.Elapsed = time.Since(start)
 	return sum, nil
@@ -168,6 +196,26 @@ type ReplicaGroup struct {
 	LastRun *monitor.RunRecord `json:"last_run,omitempty"`
 	// Live is the live read of a configured replica with this server id.
 	Live *monitor.ReplicaView `json:"live,omitempty"`
+	// SourceServerID is the server it replicates from: the live read's
+	// when there is one, else what its instances last recorded
+	// (History.SetSource); 0 when unknown.
+	SourceServerID uint32 `json:"source_server_id,omitempty"`
+	// Depth is its depth in Tree: 1 under the primary, 2 under a
+	// first-tier replica; 0 when its source is unknown.
+	Depth int `json:"depth"`
+}
+
+// ReplicaNode is one server of the replication tree the replicas page
+// draws: the primary, a replica with instances, or a replica known only as
+// the source of another (a middle tier that runs no worker).
+type ReplicaNode struct {
+	ServerID uint32 `json:"server_id"`
+	// Primary marks the primary (the dashboard's own connection's
+	// @@server_id).
+	Primary bool `json:"primary,omitempty"`
+	// Group is false for a server known only as another's source.
+	Group    bool           `json:"group"`
+	Children []*ReplicaNode `json:"children,omitempty"`
 }
 
 // ReplicasView is the replicas page.
@@ -177,6 +225,13 @@ type ReplicasView struct {
 	// that could not be read).
 	Unmatched []*monitor.ReplicaView `json:"unmatched,omitempty"`
 	Lease     time.Duration          `json:"lease_ns"`
+	// Tree is the replication tree: the primary first, with the replicas
+	// under their sources, then the replicas (or chains) whose source is
+	// unknown. Groups are in the same depth-first order.
+	Tree []*ReplicaNode `json:"tree"`
+	// SourcesError is why the recorded sources could not be read (the
+	// tree then has only the live reads' sources); empty when they were.
+	SourcesError string `json:"sources_error,omitempty"`
 }
 
 // recentRunsScanned bounds how far back the replicas page looks for each
@@ -258,7 +313,101 @@ func (s *Sources) ReplicaGroups(ctx context.Context) (*ReplicasView, error) {
 		v.Groups = append(v.Groups, *g)
 	}
 	slices.SortFunc(v.Groups, func(a, b ReplicaGroup) int { return cmp.Compare(a.ServerID, b.ServerID) })
+	var primaryID uint32
+	if err := s.History.Primary.QueryRowContext(ctx, "SELECT /* nonqueue report */ @@server_id").Scan(&primaryID); err != nil {
+		primaryID = 0 // the tree then starts at the first tier's replicas
+	}
+	recorded, err := s.History.Sources(ctx)
+	if err != nil {
+		// A schema from before the table (schema apply not run yet):
+		// the tree shows what the live reads know.
+		v.SourcesError = err.Error()
+	}
+	v.Tree, v.Groups = replicaTree(primaryID, v.Groups, recorded)
 	return v, nil
+}
+
+// replicaTree sets each group's SourceServerID (a live read first, else
+// what its instances recorded) and returns the replication tree and the
+// groups in its depth-first order, with their Depth. A source that is
+// neither the primary nor a group becomes a node of its own. The primary
+// comes first among the roots; other roots and siblings go by server id.
+func replicaTree(primaryID uint32, groups []ReplicaGroup, recorded map[uint32]uint32) ([]*ReplicaNode, []ReplicaGroup) {
+	nodes := map[uint32]*ReplicaNode{}
+	node := func(id uint32) *ReplicaNode {
+		n := nodes[id]
+		if n == nil {
+			n = &ReplicaNode{ServerID: id, Primary: id != 0 && id == primaryID}
+			nodes[id] = n
+		}
+		return n
+	}
+	if primaryID != 0 {
+		node(primaryID)
+	}
+	byID := map[uint32]*ReplicaGroup{}
+	for i := range groups {
+		g := &groups[i]
+		byID[g.ServerID] = g
+		if g.Live != nil && g.Live.Status.SourceServerID != 0 {
+			g.SourceServerID = g.Live.Status.SourceServerID
+		} else {
+			g.SourceServerID = recorded[g.ServerID]
+		}
+		node(g.ServerID).Group = true
+	}
+	parent := map[uint32]uint32{}
+	for _, g := range groups {
+		src := g.SourceServerID
+		if src == 0 || src == g.ServerID {
+			continue
+		}
+		// A chain of sources that leads back here (records from before a
+		// replica was re-pointed) is cut where it would close.
+		loop := false
+		for a, n := src, 0; a != 0 && n <= len(groups); a, n = parent[a], n+1 {
+			if a == g.ServerID {
+				loop = true
+				break
+			}
+		}
+		if loop {
+			continue
+		}
+		parent[g.ServerID] = src
+		node(src).Children = append(node(src).Children, node(g.ServerID))
+	}
+	var roots []*ReplicaNode
+	for _, n := range nodes {
+		if _, has := parent[n.ServerID]; !has {
+			roots = append(roots, n)
+		}
+	}
+	slices.SortFunc(roots, func(a, b *ReplicaNode) int {
+		if a.Primary != b.Primary {
+			if a.Primary {
+				return -1
+			}
+			return 1
+		}
+		return cmp.Compare(a.ServerID, b.ServerID)
+	})
+	out := make([]ReplicaGroup, 0, len(groups))
+	var walk func(n *ReplicaNode, depth int)
+	walk = func(n *ReplicaNode, depth int) {
+		slices.SortFunc(n.Children, func(a, b *ReplicaNode) int { return cmp.Compare(a.ServerID, b.ServerID) })
+		if g := byID[n.ServerID]; g != nil {
+			g.Depth = depth
+			out = append(out, *g)
+		}
+		for _, c := range n.Children {
+			walk(c, depth+1)
+		}
+	}
+	for _, r := range roots {
+		walk(r, 0)
+	}
+	return roots, out
 }
 
 // FailureGroup is the failed runs that share one error, numbers aside.

@@ -192,7 +192,7 @@ func TestActionsDisabledWithoutToken(t *testing.T) {
 	if strings.Contains(r.body, "<form method=\"post\"") {
 		t.Error("read-only topic page has a POST form")
 	}
-	for _, path := range []string{"/login", "/logout", "/actions/priority", "/actions/request", "/actions/release", "/actions/park", "/actions/unpark", "/actions/request-matching"} {
+	for _, path := range []string{"/login", "/logout", "/actions/priority", "/actions/request", "/actions/release", "/actions/park", "/actions/unpark", "/actions/request-matching", "/actions/pause", "/actions/resume"} {
 		r := c.post(path, url.Values{"id": {"1"}, "priority": {"77"}, "token": {testToken}, "name": {"eve"}, "csrf": {"x"}}, "")
 		expect(t, "POST "+path, r, 403, "actions are disabled")
 	}

@@ -285,6 +285,12 @@ func flashText(code, n string) string {
 		return "Topic unparked."
 	case "not-parked":
 		return "The topic was not parked; nothing changed."
+	case "paused":
+		return "Paused: workers claim nothing the pause covers within one sample interval; runs in flight finish."
+	case "resumed":
+		return "Pause ended; workers claim again within one sample interval unless another pause covers them."
+	case "not-paused":
+		return "That pause was no longer in force; nothing changed."
 	case "login":
 		return "Logged in."
 	case "logout":
@@ -308,6 +314,7 @@ func parsePages() (map[string]*template.Template, error) {
 		"dayChart": func(t *monitor.Throughput) template.HTML {
 			return throughputChart(t, "runs per minute, last 24 hours (15-minute buckets)")
 		},
+		"refresh": refreshText,
 		"due": func(t queue.TopicRow) string {
 			if t.DueIn <= 0 {
 				return "due " + fmtDuration(-t.DueIn) + " ago"
@@ -347,6 +354,18 @@ func scopeName(scope int) string {
 		return "full"
 	}
 	return strconv.Itoa(scope)
+}
+
+// refreshText is a topic's periodic refresh for the topic pages: "off",
+// "every 1h", or "every 1h (own)" when the topic's own column sets it.
+func refreshText(t queue.TopicRow) string {
+	if t.RefreshInterval <= 0 {
+		return "off"
+	}
+	if t.RefreshOwn {
+		return "every " + fmtDuration(t.RefreshInterval) + " (own)"
+	}
+	return "every " + fmtDuration(t.RefreshInterval)
 }
 
 // fmtDuration is short and human: 850ms, 12.3s, 4m05s, 3h12m, 2d4h.

@@ -15,6 +15,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/nonqueue/nonqueue/monitor"
 )
 
 //go:embed templates/*.html static/*
@@ -30,6 +32,7 @@ type Server struct {
 	sessions *sessions
 	trusted  []netip.Prefix // Config.TrustedProxies, parsed
 	summary  cache[*Summary]
+	paused   cache[[]monitor.Pause] // for every page's banner
 	handler  http.Handler
 
 	mu   sync.Mutex // guards srv, ln, done
@@ -53,6 +56,7 @@ func New(cfg Config, src *Sources, logger *slog.Logger) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, src: src, log: logger, sessions: newSessions(cfg.SessionTTL)}
 	s.summary.ttl = cfg.CacheTTL
+	s.paused.ttl = cfg.CacheTTL
 	s.trusted, _ = cfg.trustedProxies() // checked by Validate
 	pages, err := parsePages()
 	if err != nil {
@@ -168,6 +172,8 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("POST /actions/release", s.action(s.actRelease))
 	mux.HandleFunc("POST /actions/park", s.action(s.actPark))
 	mux.HandleFunc("POST /actions/unpark", s.action(s.actUnpark))
+	mux.HandleFunc("POST /actions/pause", s.action(s.actPause))
+	mux.HandleFunc("POST /actions/resume", s.action(s.actResume))
 	// The catch-all answers 404, or 405 when the path exists for another
 	// method (the mux would route a wrong method here, not to its 405).
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
@@ -216,6 +222,9 @@ func securityHeaders(h http.Handler) http.Handler {
 	})
 }
 
+// pausesTimeout bounds the read of the pauses for a page's banner.
+const pausesTimeout = 2 * time.Second
+
 // healthz answers 200 when the primary answers a ping within 2s, 503
 // otherwise.
 func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
@@ -243,7 +252,10 @@ type view struct {
 	RefreshS       int64
 	Flash          string
 	Path           string // the request's path and query, for login's return
-	Data           any
+	// Pauses are the pauses in force, for the banner every page shows
+	// (none when they cannot be read).
+	Pauses []monitor.Pause
+	Data   any
 }
 
 func (s *Server) newView(w http.ResponseWriter, r *http.Request, title, nav string, data any) *view {
@@ -257,6 +269,7 @@ func (s *Server) newView(w http.ResponseWriter, r *http.Request, title, nav stri
 		}
 	}
 	v.Flash = flashText(r.URL.Query().Get("msg"), r.URL.Query().Get("n"))
+	v.Pauses, _ = s.paused.get(r.Context(), pausesTimeout, s.src.pauses().Active)
 	return v
 }
 
@@ -299,6 +312,14 @@ type cache[T any] struct {
 	val T
 	at  time.Time
 	ok  bool
+}
+
+// invalidate makes the next get compute afresh (after an action that
+// changes what the value shows).
+func (c *cache[T]) invalidate() {
+	c.mu.Lock()
+	c.ok = false
+	c.mu.Unlock()
 }
 
 // get returns the cached value when fresh, else computes it. The

@@ -15,7 +15,9 @@
 //     queue.Reaper's ReapedFunc.
 //   - State that something else already keeps is read at scrape time by a
 //     collector, never copied: the queue's claim counters (queue.Queue.Stats),
-//     the lag gate's last sample (monitor.Gate.Status), and the topic table
+//     the lag gate's last sample (monitor.Gate.Status), the pause watch's
+//     last read (monitor.PauseWatch.InForce: nonqueue_paused{scope}, with
+//     scope "unknown" at 1 while the pauses cannot be read), and the topic table
 //     itself (NewTopicCollector runs queue.Queue.StateCounts on the primary,
 //     bounded by a timeout, per scrape).
 //

@@ -28,9 +28,17 @@ import (
 // fakeSources are the scrape-time sources a Worker reads, changeable by
 // the test while the Worker is live.
 type fakeSources struct {
-	mu     sync.Mutex
-	claims queue.ClaimStats
-	status monitor.ReplicaStatus
+	mu          sync.Mutex
+	claims      queue.ClaimStats
+	status      monitor.ReplicaStatus
+	pauses      []monitor.Pause
+	pausesFresh bool
+}
+
+func (f *fakeSources) inForce() ([]monitor.Pause, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.pauses, f.pausesFresh
 }
 
 func (f *fakeSources) claimStats() queue.ClaimStats {
@@ -61,7 +69,7 @@ func setupWorker(t *testing.T) *workerBundle {
 	t.Helper()
 	src := &fakeSources{}
 	reg := prometheus.NewRegistry()
-	w, err := NewWorker(reg, WorkerConfig{ClaimStatsFunc: src.claimStats, ReplicaStatusFunc: src.replicaStatus})
+	w, err := NewWorker(reg, WorkerConfig{ClaimStatsFunc: src.claimStats, ReplicaStatusFunc: src.replicaStatus, PausesFunc: src.inForce})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -196,18 +204,54 @@ func TestWorkerInstanceStates(t *testing.T) {
 	b.w.SetInstanceState(103, monitor.StateRunning)
 	b.w.SetInstanceState(102, monitor.StateRunning) // moves, not adds
 	b.w.SetInstanceState(104, monitor.StateLagWait)
-	want := `# HELP nonqueue_instances Worker instances of this process per state (starting, idle, waiting for lag, replica stopped, running, stopping, exited).
+	want := `# HELP nonqueue_instances Worker instances of this process per state (starting, idle, waiting for lag, replica stopped, throttled, paused, running, stopping, exited).
 # TYPE nonqueue_instances gauge
 nonqueue_instances{state="exited"} 0
 nonqueue_instances{state="idle"} 1
+nonqueue_instances{state="paused"} 0
 nonqueue_instances{state="replica stopped"} 0
 nonqueue_instances{state="running"} 2
 nonqueue_instances{state="starting"} 0
 nonqueue_instances{state="stopping"} 0
+nonqueue_instances{state="throttled"} 0
 nonqueue_instances{state="waiting for lag"} 1
 `
 	if err := testutil.GatherAndCompare(b.reg, strings.NewReader(want), "nonqueue_instances"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestWorkerThrottled: nonqueue_throttled is 1 for each reason the
+// source reports at scrape time and 0 for every other known reason.
+func TestWorkerThrottled(t *testing.T) {
+	t.Parallel()
+	reg := prometheus.NewPedanticRegistry()
+	var reasons []string
+	if _, err := NewWorker(reg, WorkerConfig{ThrottledFunc: func() []string { return reasons }}); err != nil {
+		t.Fatal(err)
+	}
+	head := `# HELP nonqueue_throttled 1 while this reason holds this process's work back (no claims; no publishes for the primary's: threads_running, throttle_url; no claims for the lag gate's: replica_lag, replica_stopped), 0 otherwise.
+# TYPE nonqueue_throttled gauge
+`
+	for _, c := range []struct {
+		reasons []string
+		want    string
+	}{
+		{nil, `nonqueue_throttled{reason="replica_lag"} 0
+nonqueue_throttled{reason="replica_stopped"} 0
+nonqueue_throttled{reason="threads_running"} 0
+nonqueue_throttled{reason="throttle_url"} 0
+`},
+		{[]string{monitor.ThrottleThreadsRunning, monitor.ThrottleURL, monitor.ThrottleReplicaLag}, `nonqueue_throttled{reason="replica_lag"} 1
+nonqueue_throttled{reason="replica_stopped"} 0
+nonqueue_throttled{reason="threads_running"} 1
+nonqueue_throttled{reason="throttle_url"} 1
+`},
+	} {
+		reasons = c.reasons
+		if err := testutil.GatherAndCompare(reg, strings.NewReader(head+c.want), "nonqueue_throttled"); err != nil {
+			t.Errorf("%v: %v", c.reasons, err)
+		}
 	}
 }
 
@@ -304,11 +348,44 @@ func TestWorkerOptionalSources(t *testing.T) {
 			t.Errorf("%s missing", name)
 		}
 	}
-	for _, name := range []string{"nonqueue_claims_total", "nonqueue_replication_running"} {
+	for _, name := range []string{"nonqueue_claims_total", "nonqueue_replication_running", "nonqueue_paused"} {
 		if fams[name] != nil {
 			t.Errorf("%s present without a source", name)
 		}
 	}
+}
+
+// TestWorkerPaused: nonqueue_paused{scope} says which kinds of pause
+// cover the process at scrape time, every scope present at 0 or 1, and
+// "unknown" while the pauses cannot be read (the worker claims nothing).
+func TestWorkerPaused(t *testing.T) {
+	t.Parallel()
+	b := setupWorker(t)
+	gauge := func(scope string) float64 {
+		m := find(families(t, b.reg), "nonqueue_paused", map[string]string{"scope": scope})
+		if m == nil {
+			t.Fatalf("nonqueue_paused{scope=%q} missing", scope)
+		}
+		return m.GetGauge().GetValue()
+	}
+	check := func(what string, want map[string]float64) {
+		t.Helper()
+		for _, s := range PauseScopes() {
+			if got := gauge(s); got != want[s] {
+				t.Errorf("%s: nonqueue_paused{scope=%q} = %v, want %v", what, s, got, want[s])
+			}
+		}
+	}
+	check("before the first read", map[string]float64{"unknown": 1})
+	b.src.set(func(f *fakeSources) { f.pausesFresh = true })
+	check("no pause", nil)
+	p5 := int64(5)
+	b.src.set(func(f *fakeSources) {
+		f.pauses = []monitor.Pause{{ID: 1}, {ID: 2, Scope: monitor.PauseScope{ReplicaServerID: 1001}}, {ID: 3, Scope: monitor.PauseScope{BelowPriority: &p5}}}
+	})
+	check("three kinds", map[string]float64{"all": 1, "replica": 1, "below_priority": 1})
+	b.src.set(func(f *fakeSources) { f.pauses = f.pauses[2:]; f.pausesFresh = false })
+	check("stale, a priority pause last known", map[string]float64{"below_priority": 1, "unknown": 1})
 }
 
 // TestWorkerTwiceInOneRegistry: a second Worker in the same registry is an

@@ -93,6 +93,15 @@ type WorkerConfig struct {
 	// (*monitor.Gate).Status; it backs nonqueue_replication_lag_seconds
 	// and nonqueue_replication_running. Same rules as ClaimStatsFunc.
 	ReplicaStatusFunc func() monitor.ReplicaStatus
+	// PausesFunc returns the pauses in force covering this process and
+	// whether that read is fresh, normally (*monitor.PauseWatch).InForce;
+	// it backs nonqueue_paused{scope}. Same rules as ClaimStatsFunc.
+	PausesFunc func() ([]monitor.Pause, bool)
+	// ThrottledFunc returns the reasons work is held back right now
+	// (monitor.ThrottleReasons values: the primary throttle's and the lag
+	// gate's); it backs nonqueue_throttled{reason}. Same rules as
+	// ClaimStatsFunc.
+	ThrottledFunc func() []string
 	// ReplicaStaleAfter: a sample older than this is reported as unknown
 	// (the replication metrics are absent), so a stopped gate does not
 	// show its last lag forever; default 30s.
@@ -114,10 +123,12 @@ type Worker struct {
 
 // NewWorker creates a worker process's metrics and registers them in reg:
 // nonqueue_runs_total{outcome}, nonqueue_publish_errors_total{reason},
+// nonqueue_paused{scope} (when cfg has its source),
 // nonqueue_run_phase_duration_seconds{phase},
 // nonqueue_bytes_shipped_total, nonqueue_leases_reaped_total and
-// nonqueue_instances{state}, plus nonqueue_claims_total{result} and the
-// replication metrics when cfg has their source. It returns reg's error
+// nonqueue_instances{state}, plus nonqueue_claims_total{result},
+// nonqueue_throttled{reason} and the replication metrics when cfg has
+// their source. It returns reg's error
 // when a name is already registered there (a second Worker in one
 // registry), and registers nothing then.
 func NewWorker(reg prometheus.Registerer, cfg WorkerConfig) (*Worker, error) {
@@ -161,8 +172,14 @@ func NewWorker(reg prometheus.Registerer, cfg WorkerConfig) (*Worker, error) {
 	if cfg.ClaimStatsFunc != nil {
 		cs = append(cs, newClaimCollector(cfg.ClaimStatsFunc))
 	}
+	if cfg.ThrottledFunc != nil {
+		cs = append(cs, newThrottledCollector(cfg.ThrottledFunc))
+	}
 	if cfg.ReplicaStatusFunc != nil {
 		cs = append(cs, newReplicationCollector(cfg.ReplicaStatusFunc, cmp.Or(cfg.ReplicaStaleAfter, DefaultReplicaStaleAfter)))
+	}
+	if cfg.PausesFunc != nil {
+		cs = append(cs, newPauseCollector(cfg.PausesFunc))
 	}
 	for i, c := range cs {
 		if err := reg.Register(c); err != nil {
@@ -229,13 +246,13 @@ type instanceStates struct {
 // knownStates are exported at zero so every state's series exists.
 func knownStates() []string {
 	return []string{monitor.StateStarting, monitor.StateIdle, monitor.StateLagWait, monitor.StateStopped,
-		monitor.StateRunning, monitor.StateStopping, monitor.StateExited}
+		monitor.StateThrottled, monitor.StatePaused, monitor.StateRunning, monitor.StateStopping, monitor.StateExited}
 }
 
 func newInstanceStates() *instanceStates {
 	return &instanceStates{
 		desc: prometheus.NewDesc(Namespace+"_instances",
-			"Worker instances of this process per state (starting, idle, waiting for lag, replica stopped, running, stopping, exited).",
+			"Worker instances of this process per state (starting, idle, waiting for lag, replica stopped, throttled, paused, running, stopping, exited).",
 			[]string{"state"}, nil),
 		byID: map[int64]string{},
 	}
@@ -338,4 +355,73 @@ func boolFloat(b bool) float64 {
 		return 1
 	}
 	return 0
+}
+
+// pauseCollector is nonqueue_paused: which kinds of pause cover this
+// process now, read from the pause watch's last read at scrape time.
+type pauseCollector struct {
+	desc   *prometheus.Desc
+	pauses func() ([]monitor.Pause, bool)
+}
+
+// PauseScopes are the values of nonqueue_paused's scope label: the
+// pause kinds, and "unknown" while the pauses cannot be read (the worker
+// then claims nothing, failing closed).
+func PauseScopes() []string {
+	return []string{monitor.PauseKindAll, monitor.PauseKindReplica, monitor.PauseKindPriority, "unknown"}
+}
+
+func newPauseCollector(pauses func() ([]monitor.Pause, bool)) *pauseCollector {
+	return &pauseCollector{
+		desc: prometheus.NewDesc(Namespace+"_paused",
+			"1 when an operator's pause of this kind covers this process (scope all: every replica; replica: this replica; below_priority: topics below a priority, the rest still claimed), or, for scope unknown, when the pauses could not be read and the process claims nothing.",
+			[]string{"scope"}, nil),
+		pauses: pauses,
+	}
+}
+
+func (c *pauseCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *pauseCollector) Collect(ch chan<- prometheus.Metric) {
+	ps, fresh := c.pauses()
+	on := map[string]bool{"unknown": !fresh}
+	for _, p := range ps {
+		on[p.Scope.Kind()] = true
+	}
+	for _, s := range PauseScopes() {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, boolFloat(on[s]), s)
+	}
+}
+
+// throttledCollector is nonqueue_throttled{reason}: 1 for each reason that
+// holds the work back at scrape time, 0 for the others. It reads what the
+// throttle and the lag gate stored and never queries.
+type throttledCollector struct {
+	desc    *prometheus.Desc
+	reasons func() []string
+}
+
+func newThrottledCollector(reasons func() []string) *throttledCollector {
+	return &throttledCollector{
+		desc: prometheus.NewDesc(Namespace+"_throttled",
+			"1 while this reason holds this process's work back (no claims; no publishes for the primary's: threads_running, throttle_url; no claims for the lag gate's: replica_lag, replica_stopped), 0 otherwise.",
+			[]string{"reason"}, nil),
+		reasons: reasons,
+	}
+}
+
+func (c *throttledCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *throttledCollector) Collect(ch chan<- prometheus.Metric) {
+	on := map[string]bool{}
+	for _, r := range c.reasons() {
+		on[r] = true
+	}
+	for _, r := range monitor.ThrottleReasons() {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, boolFloat(on[r]), r)
+		delete(on, r)
+	}
+	for _, r := range slices.Sorted(maps.Keys(on)) {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, 1, r)
+	}
 }

@@ -21,7 +21,7 @@ import (
 // for; renaming one breaks the links of whoever routes on it.
 var alertNames = []string{
 	"NonqueueReplicaLagging", "NonqueueReplicaStopped", "NonqueueTopicsParked", "NonqueueBacklogNotShrinking",
-	"NonqueueNoLiveInstances", "NonqueueFailureRateHigh", "NonqueuePublishErrors",
+	"NonqueueNoLiveInstances", "NonqueueFailureRateHigh", "NonqueuePublishErrors", "NonqueuePaused", "NonqueueThrottled",
 }
 
 // promtool finds promtool (testdb.Tool: skipped without it, failing under CI).
