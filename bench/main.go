@@ -63,6 +63,10 @@ type settings struct {
 	// PostsMin and PostsMax bound the generated source rows per topic.
 	PostsMin int `json:"posts_min"`
 	PostsMax int `json:"posts_max"`
+	// LatencyTopics at 1 replica x 4 with LatencyRTT added to every round
+	// trip to the primary (scenario 8).
+	LatencyTopics int           `json:"latency_topics"`
+	LatencyRTT    time.Duration `json:"latency_rtt_ns"`
 }
 
 type topology struct {
@@ -88,9 +92,11 @@ func defaultSettings(quick bool) settings {
 		IdleWait: 20 * time.Millisecond,
 		Pipeline: true,
 		PostsMin: 200, PostsMax: 400,
+		LatencyTopics: 400, LatencyRTT: time.Millisecond,
 	}
 	if quick {
 		s.SeedTopics, s.Topics, s.ScaleTopics, s.BigMB, s.SweepRuns = 60, 200, 96, 64, 1
+		s.LatencyTopics = 100
 	}
 	return s
 }
@@ -124,7 +130,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	sweep := fs.String("sweep", "", "run only these nonqueue topologies of scenario 2, comma-separated REPLICASxINSTANCES such as 1x4,2x16 (for debugging)")
 	pipeline := fs.Bool("pipeline", true, "the workers' [worker] pipeline (their default: true); -pipeline=false runs each topic to its end before the next claim")
 	verify := fs.String("verify", transfer.VerifyBytes, "the workers' [results] verify outside the big result: bytes (their default) or checksum")
-	only := fs.String("only", "", "run only these scenarios, comma-separated: seed, ceiling, sweep, scale, big, sync (for debugging; the summary then has gaps; sync compares with sweep and big when they ran too)")
+	only := fs.String("only", "", "run only these scenarios, comma-separated: seed, ceiling, sweep, scale, big, sync, latency (the summary then has gaps; sync compares with sweep and big when they ran too)")
+	rtt := fs.Duration("rtt", time.Millisecond, "the latency scenario's round trip to the primary, whole milliseconds (0: the proxies only, to see their own cost)")
+	compare := fs.String("compare", "", "a second nonqueue binary, measured in the latency scenario alternately with the first on the same sandbox (A/B of a change)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -186,13 +194,29 @@ func run(args []string, stdout, stderr io.Writer) int {
 		b.only = map[string]bool{}
 		for _, k := range strings.Split(*only, ",") {
 			switch k = strings.TrimSpace(k); k {
-			case "seed", "ceiling", "sweep", "scale", "big", "sync":
+			case "seed", "ceiling", "sweep", "scale", "big", "sync", "latency":
 				b.only[k] = true
 			default:
 				fmt.Fprintf(stderr, "nqbench: -only: unknown scenario %q\n", k)
 				return 2
 			}
 		}
+	}
+	if *rtt < 0 || *rtt%time.Millisecond != 0 || *rtt > time.Second {
+		fmt.Fprintln(stderr, "nqbench: -rtt wants whole milliseconds from 0 to 1s")
+		return 2
+	}
+	b.s.LatencyRTT = *rtt
+	if *compare != "" {
+		p, err := filepath.Abs(*compare)
+		if err == nil {
+			_, err = os.Stat(p)
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "nqbench: -compare: %v\n", err)
+			return 2
+		}
+		b.compare = p
 	}
 	b.command = commandLine(args)
 	if err := b.locate(*nqPath, *seedPath, *out); err != nil {

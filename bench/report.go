@@ -93,6 +93,16 @@ func (b *bench) find(key string) *scenario {
 	return nil
 }
 
+// findKind is the first completed scenario of a kind.
+func (b *bench) findKind(kind string) *scenario {
+	for _, sc := range b.scenarios {
+		if sc.Kind == kind && sc.Error == "" && sc.MedianS > 0 {
+			return sc
+		}
+	}
+	return nil
+}
+
 func num(v float64) *float64 {
 	if math.IsNaN(v) || math.IsInf(v, 0) {
 		return nil
@@ -151,11 +161,29 @@ func (b *bench) summary() (map[string]any, []target, int) {
 	if on, off := b.find("big_result"), b.find("big_result_nosync"); on != nil && off != nil {
 		sum["fsync_big_transfer_publish_s"] = map[string]*float64{"on": num(on.TransferPublishS), "off": num(off.TransferPublishS)}
 	}
+	// Scenario 8: a 1 ms round trip to the primary.
+	var overRTT *float64
+	if lat := b.findKind("latency"); lat != nil && lat.RoundTripsPerTopic != nil {
+		if b.s.LatencyRTT == time.Millisecond {
+			overRTT = num(lat.OverheadMSPerTopic)
+			sum["overhead_ms_per_topic_per_instance_rtt1ms"] = num(lat.OverheadMSPerTopic * float64(lat.Instances))
+		} else {
+			sum["overhead_ms_per_topic_rtt"] = map[string]any{"rtt_ms": b.s.LatencyRTT.Milliseconds(), "ms": num(lat.OverheadMSPerTopic)}
+		}
+		sum["round_trips_per_topic"] = num(lat.RoundTripsPerTopic["round_trips"])
+		sum["round_trips_per_topic_detail"] = map[string]*float64{
+			"sql_commands": num(lat.RoundTripsPerTopic["sql_commands"]), "sql": num(lat.RoundTripsPerTopic["sql_round_trips"]),
+			"ssh": num(lat.RoundTripsPerTopic["ssh_round_trips"])}
+		sum["latency_topics_per_s"] = num(lat.TopicsPerS)
+	} else {
+		sum["round_trips_per_topic"] = nil
+	}
+	sum["overhead_ms_per_topic_rtt1ms"] = overRTT
 	dups := 0
 	var rssAll float64
 	for _, sc := range b.scenarios {
-		if sc.Kind == "nonqueue" || sc.Kind == "scale" || sc.Kind == "big" {
-			for _, r := range sc.Runs {
+		if sc.Kind == "nonqueue" || sc.Kind == "scale" || sc.Kind == "big" || sc.Kind == "latency" {
+			for _, r := range append(slices.Clone(sc.Runs), sc.Compare...) {
 				dups += r.Duplicates + r.Unexpected
 			}
 			rssAll = max(rssAll, sc.MaxRSSMB)
@@ -183,6 +211,7 @@ func (b *bench) summary() (map[string]any, []target, int) {
 		check("topics computed twice by nonqueue (duplicates)", &d, "0", func(v float64) bool { return v == 0 }),
 		check("publish vs plain scp (publish_vs_scp)", pubVsScp, ">= 0.8", func(v float64) bool { return v >= 0.8 }),
 		check(fmt.Sprintf("worker peak RSS shipping %d MB, MB (worker_max_rss_mb)", b.s.BigMB), bigRSS, "<= 64", func(v float64) bool { return v <= 64 }),
+		check("overhead per topic at a 1 ms round trip, ms (overhead_ms_per_topic_rtt1ms)", overRTT, "<= 15", func(v float64) bool { return v <= 15 }),
 	}
 	met := 0
 	for _, t := range targets {
@@ -279,6 +308,7 @@ func (b *bench) finish(runErr error) int {
 		"errors":          errs,
 		"harness_s":       math.Round(b.elapsed.Seconds()*10) / 10,
 		"seed_script":     b.seed,
+		"latency_method":  "scenario 8: every worker connection to the primary (MySQL, SSH) through toxiproxy with the round trip added to replies; overhead as overhead_method against the procedure alone measured in the same run; round trips counted on the links (internal/netsim): SQL commands from the MySQL framing, round trips as client turns",
 		"overhead_method": "(T_nonqueue_1x4 - T_procedure_alone_4_connections) / topics: extra wall time per topic; x 4 = per instance (overhead_ms_per_topic_per_instance)",
 		"exit_status":     status,
 	}

@@ -21,7 +21,7 @@ import (
 type scenario struct {
 	Key         string       `json:"key"`
 	Title       string       `json:"title"`
-	Kind        string       `json:"kind"` // seed, ceiling, nonqueue, scale, big
+	Kind        string       `json:"kind"` // seed, ceiling, nonqueue, scale, big, latency
 	Procedure   string       `json:"procedure"`
 	Replicas    int          `json:"replicas"`
 	Instances   int          `json:"instances_per_replica"`
@@ -40,10 +40,16 @@ type scenario struct {
 	TransferPublishS float64 `json:"transfer_publish_median_s,omitempty"`
 	ScpS             float64 `json:"scp_median_s,omitempty"`
 	// NoSync: the workers ran with [results] sync = false (scenario 7).
-	NoSync bool     `json:"no_sync,omitempty"`
-	Notes  []string `json:"notes,omitempty"`
-	Error  string   `json:"error,omitempty"`
-	WallS  float64  `json:"wall_s"` // the whole scenario, start-up included
+	NoSync bool `json:"no_sync,omitempty"`
+	// Scenario 8 (latency): medians over the runs of the overhead per
+	// topic and of the link counts per topic (latencyRun); Compare holds
+	// the rounds of the -compare binary, alternated with Runs.
+	OverheadMSPerTopic float64            `json:"overhead_ms_per_topic,omitempty"`
+	RoundTripsPerTopic map[string]float64 `json:"round_trips_per_topic,omitempty"`
+	Compare            []*runResult       `json:"compare_runs,omitempty"`
+	Notes              []string           `json:"notes,omitempty"`
+	Error              string             `json:"error,omitempty"`
+	WallS              float64            `json:"wall_s"` // the whole scenario, start-up included
 	// want is the number of runs to make; budget bounds a round at one
 	// minute + topics x budget / instances.
 	want   int
@@ -72,6 +78,8 @@ type runResult struct {
 	TransferPublishS float64 `json:"transfer_publish_s,omitempty"`
 	ScpS             float64 `json:"scp_s,omitempty"`
 	ScpBytes         int64   `json:"scp_bytes,omitempty"`
+	// Latency: scenario 8's ceiling, overhead and link counts.
+	Latency *latencyRun `json:"latency,omitempty"`
 }
 
 // finish computes the scenario's medians once its runs are in.
@@ -397,11 +405,17 @@ func callProc(ctx context.Context, c *sql.Conn, id int64) error {
 // waits until every instance has looked for work once (registry state
 // idle), so the clock starts with a ready pool as in production.
 func (b *bench) startWorkers(ctx context.Context, key string, topo topology, proc string, noSync bool) ([]*child.Process, error) {
+	return b.startWorkersOf(ctx, key, topo, b.nonqueue, func(k int) string { return b.configPath(k, proc, noSync) })
+}
+
+// startWorkersOf is startWorkers with a given nonqueue binary and the
+// configuration of replica k (0-based).
+func (b *bench) startWorkersOf(ctx context.Context, key string, topo topology, bin string, config func(k int) string) ([]*child.Process, error) {
 	var ws []*child.Process
 	for k := range topo.Replicas {
 		c, err := b.kids.Start(fmt.Sprintf("nonqueue work (%s, replica%d)", key, k+1),
 			filepath.Join(b.dir, "bench", fmt.Sprintf("worker-%s-replica%d.log", key, k+1)), false,
-			b.nonqueue, "work", "--config", b.configPath(k, proc, noSync), "--instances", itoa(topo.Instances))
+			bin, "work", "--config", config(k), "--instances", itoa(topo.Instances))
 		if err != nil {
 			return ws, err
 		}

@@ -49,6 +49,8 @@ type bench struct {
 	elapsed                        time.Duration
 	interrupted                    bool
 	only                           map[string]bool // nil: every scenario
+	// compare: a second nonqueue binary for scenario 8's A/B rounds.
+	compare string
 	// bigBuilt: influencer.BigSrc exists on replica 1 (scenario 5 keeps
 	// it for scenario 7, which drops it).
 	bigBuilt bool
@@ -161,7 +163,8 @@ func (b *bench) runAll(ctx context.Context, dir string) (err error) {
 		step{"scale", "4. scale: a 1 s procedure", b.scenarioScale},
 		step{"big", "5. big result", b.scenarioBig},
 		step{"sync", "7. fsync cost: 1 replica x 4 with [results] sync = false", b.scenarioNoSyncSweep},
-		step{"sync", "7. fsync cost: the big result with [results] sync = false", b.scenarioNoSyncBig})
+		step{"sync", "7. fsync cost: the big result with [results] sync = false", b.scenarioNoSyncBig},
+		step{"latency", fmt.Sprintf("8. a network: 1 replica x 4 at a %v round trip to the primary", b.s.LatencyRTT), b.scenarioLatency})
 	for _, st := range steps {
 		if ctx.Err() != nil {
 			break

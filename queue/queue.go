@@ -95,6 +95,10 @@ func Open(ctx context.Context, mc *mysql.Config, cfg Config) (*Queue, error) {
 	mc = mc.Clone()
 	mc.ClientFoundRows = true
 	mc.ParseTime = true
+	// The one-statement claim and its read go in one round trip
+	// (claimOne); every statement of the queue is its own text, with only
+	// integers written in.
+	mc.MultiStatements = true
 	if mc.Params == nil {
 		mc.Params = map[string]string{}
 	}
@@ -347,10 +351,9 @@ func (q *Queue) Claim(ctx context.Context, p *ClaimParams) (*Claim, error) {
 // A BEFORE UPDATE trigger on the table (nonqueue's request trigger, or one
 // of the application's) keeps the id out of the OK packet, while the
 // session's LAST_INSERT_ID() still has it: so the claim and its read share
-// one connection, and read it there. Both go as text with their integers
-// (given, or from the configuration) written in: one round trip each, as
-// prepared statements were, which a single connection cannot borrow from
-// the pool.
+// one connection, and read it there. They go as text with their integers
+// (given, or from the configuration) written in, together in one request
+// (a multi-statement): one round trip for the whole claim.
 func (q *Queue) claimOne(ctx context.Context, p *ClaimParams) (*Claim, error) {
 	args := make([]int64, 0, 3+len(q.cfg.ActiveValues))
 	args = append(args, p.InstanceID, q.cfg.Lease.Microseconds())
@@ -363,15 +366,17 @@ func (q *Queue) claimOne(ctx context.Context, p *ClaimParams) (*Claim, error) {
 		return nil, fmt.Errorf("claim: %w", err)
 	}
 	defer conn.Close()
-	var res sql.Result
+	// The claim, its row count and its read, sent together: one round
+	// trip. The server runs them in order and stops at the first error,
+	// so a deadlock of the UPDATE is retried as before, and the read sees
+	// the claim's LAST_INSERT_ID.
+	batch := claim + ";\nSELECT /* nonqueue claim */ ROW_COUNT();\n" + bindInts(q.sql.claimRead, p.InstanceID)
+	var n int64
+	var c *Claim
 	err = q.retryLost(ctx, func() (err error) {
-		res, err = conn.ExecContext(ctx, claim)
+		n, c, err = q.claimRoundTrip(ctx, conn, batch, p.InstanceID)
 		return err
 	})
-	if err != nil {
-		return nil, fmt.Errorf("claim: %w", err)
-	}
-	n, err := res.RowsAffected()
 	if err != nil {
 		return nil, fmt.Errorf("claim: %w", err)
 	}
@@ -379,20 +384,48 @@ func (q *Queue) claimOne(ctx context.Context, p *ClaimParams) (*Claim, error) {
 		q.stats.empty.Add(1)
 		return nil, ErrNoneDue
 	}
-	c := &Claim{InstanceID: p.InstanceID}
-	err = conn.QueryRowContext(ctx, bindInts(q.sql.claimRead, p.InstanceID)).
-		Scan(&c.TopicID, &c.Scope, &c.Token, &c.RequestVersion, &c.Attempts, &c.Priority, &c.PrimaryPos)
-	if errors.Is(err, sql.ErrNoRows) {
+	if c == nil {
 		// Taken back between our two statements: only a lease shorter
-		// than a round trip makes this happen.
+		// than the time between them makes this happen.
 		q.stats.lost.Add(1)
 		return nil, fmt.Errorf("claim: %w", ErrClaimLost)
 	}
-	if err != nil {
-		return nil, fmt.Errorf("claim: read claim: %w", err)
-	}
 	q.stats.won.Add(1)
 	return c, nil
+}
+
+// claimRoundTrip sends claimOne's three statements and reads their
+// results: the UPDATE's (none), the rows it claimed, and the claim.
+func (q *Queue) claimRoundTrip(ctx context.Context, conn *sql.Conn, batch string, instance int64) (n int64, c *Claim, err error) {
+	rows, err := conn.QueryContext(ctx, batch)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer rows.Close()
+	// The UPDATE has no result set; the driver starts with the first one
+	// that has columns or at the UPDATE's empty one.
+	if cols, _ := rows.Columns(); len(cols) == 0 && !rows.NextResultSet() {
+		return 0, nil, fmt.Errorf("no row count after the claim: %w", rows.Err())
+	}
+	if !rows.Next() {
+		return 0, nil, fmt.Errorf("no row count after the claim: %w", rows.Err())
+	}
+	if err := rows.Scan(&n); err != nil {
+		return 0, nil, fmt.Errorf("read the claim's row count: %w", err)
+	}
+	if !rows.NextResultSet() {
+		return 0, nil, fmt.Errorf("read claim: no result: %w", rows.Err())
+	}
+	if rows.Next() {
+		c = &Claim{InstanceID: instance}
+		if err := rows.Scan(&c.TopicID, &c.Scope, &c.Token, &c.RequestVersion, &c.Attempts, &c.Priority, &c.PrimaryPos); err != nil {
+			return 0, nil, fmt.Errorf("read claim: %w", err)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return 0, nil, fmt.Errorf("read claim: %w", err)
+	}
+	return n, c, rows.Close()
 }
 
 // bindInts writes vals, in order, into the ? placeholders of stmt. Only
@@ -463,6 +496,15 @@ func (q *Queue) Holds(ctx context.Context, c *Claim) error {
 		return fmt.Errorf("fence topic %d: %w", c.TopicID, err)
 	}
 	return nil
+}
+
+// HoldsQuery is Holds as the text of one statement, the claim's integers
+// written in: a row means the claim is still the caller's. A publisher
+// sends it on its own session right behind its GET_LOCK, in the same
+// request (transfer.ShipParams.FenceQuery), so the fence costs no round
+// trip of its own; under the lock it proves the claim as Holds does.
+func (q *Queue) HoldsQuery(c *Claim) string {
+	return bindInts(q.sql.holds, c.TopicID, c.InstanceID, int64(c.Token))
 }
 
 // ReleaseParams says why a claim is given back.

@@ -128,6 +128,12 @@ type Config struct {
 	// (set when connecting): Ship then skips turning it off and back on
 	// per session, two statements on each server per topic.
 	NoBinlogPools bool
+	// MultiStatementPools says the primary pool given to Ship accepts
+	// several statements in one request (the driver's multiStatements,
+	// with interpolateParams, as nonqueue work's pools are opened): a
+	// ShipParams.FenceQuery then goes with the GET_LOCK, one round trip
+	// for both.
+	MultiStatementPools bool
 	// LockWait bounds how long each RENAME TABLE of a publish, and each
 	// DROP TABLE of a swapped-out or staging table, waits for the tables'
 	// metadata locks on the primary (lock_wait_timeout for that one

@@ -89,8 +89,12 @@ func putAll(ctx context.Context, p *putter, files []*stagedFile) error {
 }
 
 // putParallel copies files, fileParallelism at a time; the first failure
-// stops the others.
+// stops the others. Small files go as one pipelined batch (putBatch) where
+// the link allows.
 func putParallel(ctx context.Context, p *putter, files []*stagedFile) error {
+	if p.pipelined(files) {
+		return putBatch(ctx, p, files)
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	sem := make(chan struct{}, fileParallelism)

@@ -37,13 +37,15 @@ func (s *Shipper) publish(ctx context.Context, prim *session, p *ShipParams, tab
 	for i, t := range tables {
 		tmp[i] = t.tmp
 	}
-	if err := s.verification().primary(ctx, prim, tables, tmp); err != nil {
+	probes, err := s.verification().primary(ctx, prim, tables, tmp)
+	if err != nil {
 		return false, nil, err
 	}
 	start := time.Now()
 	for try := 1; ; try++ {
 		var busy bool
-		published, old, busy, err = s.swap(ctx, prim, p, tables, dropped, log)
+		published, old, busy, err = s.swap(ctx, prim, p, tables, dropped, probes, log)
+		probes = nil // the tables opened: later tries only lock
 		if !busy {
 			return published, old, err
 		}
@@ -67,17 +69,47 @@ func (s *Shipper) publish(ctx context.Context, prim *session, p *ShipParams, tab
 // tables, and the lock is released before the caller's pause, so the
 // reaper and an operator's release are kept out for one try at most, never
 // for the whole series (the fence is taken again with the lock next time).
-func (s *Shipper) swap(ctx context.Context, prim *session, p *ShipParams, tables []*stagedTable, dropped <-chan struct{}, log *slog.Logger) (published bool, old []string, busy bool, err error) {
+//
+// probes (from the verification, first try only) are scalar subqueries
+// sent with the GET_LOCK, in its round trip: one that fails (a staged
+// table the server cannot open) fails the statement, ErrChecksumMismatch.
+//
+// After a published swap with a Dropper (the worker's case), the
+// RELEASE_LOCK is left to the session's close, which sends it in the
+// background: the topic is finished already, and the release need not
+// hold up the run (docs/design.md, "Publish").
+func (s *Shipper) swap(ctx context.Context, prim *session, p *ShipParams, tables []*stagedTable, dropped <-chan struct{}, probes []string, log *slog.Logger) (published bool, old []string, busy bool, err error) {
 	timeout := cmp.Or(p.LockTimeout, DefaultLockTimeout)
-	var got sql.NullInt64
-	if err := prim.conn.QueryRowContext(ctx, getLockSQL, p.LockName, timeout.Seconds()).Scan(&got); err != nil {
+	got := []any{new(sql.NullInt64)}
+	for range probes {
+		got = append(got, new(sql.NullInt64))
+	}
+	stmt := getLockSQL
+	if len(probes) > 0 {
+		stmt += ", " + strings.Join(probes, ", ")
+	}
+	fenceQuery := ""
+	if s.cfg.MultiStatementPools && p.FenceQuery != "" {
+		fenceQuery = p.FenceQuery
+	}
+	var fenceRow bool
+	var fenceErr error
+	if err := s.lockAndFence(ctx, prim.conn, stmt+fenceSep(fenceQuery), fenceQuery != "", p.LockName, timeout, got, &fenceRow, &fenceErr); err != nil {
 		prim.bad = true // the lock may have been granted; closing the session frees it
+		var me *mysql.MySQLError
+		if len(probes) > 0 && errors.As(err, &me) {
+			return false, nil, false, fmt.Errorf("%w: the primary cannot open the shipped tables: %w", ErrChecksumMismatch, err)
+		}
 		return false, nil, false, fmt.Errorf("take publish lock %q on the primary: %w", p.LockName, err)
 	}
-	if !got.Valid || got.Int64 != 1 {
+	if lock := got[0].(*sql.NullInt64); !lock.Valid || lock.Int64 != 1 {
 		return false, nil, false, fmt.Errorf("%w: %q is held by another session (the reaper or another publisher) after %v", ErrLockTimeout, p.LockName, timeout)
 	}
 	defer func() {
+		if published && err == nil && p.Dropper != nil {
+			prim.release = p.LockName
+			return
+		}
 		cctx, cancel := cleanup.Context(ctx)
 		defer cancel()
 		var rel sql.NullInt64
@@ -87,7 +119,15 @@ func (s *Shipper) swap(ctx context.Context, prim *session, p *ShipParams, tables
 		}
 	}()
 
-	if err := p.Fence(ctx); err != nil {
+	switch {
+	case fenceQuery == "":
+		err = p.Fence(ctx)
+	case fenceErr != nil:
+		err = fmt.Errorf("fence: %w", fenceErr)
+	case !fenceRow:
+		err = fmt.Errorf("fence topic %d: the claim is no longer ours", p.TopicID)
+	}
+	if err != nil {
 		return false, nil, false, fmt.Errorf("%w: topic %d, claim token %d: %w", ErrFenced, p.TopicID, p.Token, err)
 	}
 
@@ -134,6 +174,53 @@ func (s *Shipper) swap(ctx context.Context, prim *session, p *ShipParams, tables
 		}
 	}
 	return true, old, false, nil
+}
+
+// fenceSep appends the fence query to the GET_LOCK statement as a second
+// statement of the same request, if there is one.
+func fenceSep(fenceQuery string) string {
+	if fenceQuery == "" {
+		return ""
+	}
+	return ";\n" + fenceQuery
+}
+
+// lockAndFence sends the GET_LOCK statement (stmt, with the probes, and
+// with withFence the fence query as its second statement) and scans the
+// lock's row into got. The fence's answer (a row or not) goes to fenceRow;
+// a failure of the fence statement alone to fenceErr: the lock may be held
+// then, and the caller releases it as after any failed fence. A failure of
+// the first statement (the server stops there) is the returned error.
+func (s *Shipper) lockAndFence(ctx context.Context, conn *sql.Conn, stmt string, withFence bool, name string, timeout time.Duration,
+	got []any, fenceRow *bool, fenceErr *error) error {
+	if !withFence {
+		return conn.QueryRowContext(ctx, stmt, name, timeout.Seconds()).Scan(got...)
+	}
+	rows, err := conn.QueryContext(ctx, stmt, name, timeout.Seconds())
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	if !rows.Next() {
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		return sql.ErrNoRows
+	}
+	if err := rows.Scan(got...); err != nil {
+		return err
+	}
+	if rows.NextResultSet() {
+		*fenceRow = rows.Next()
+	}
+	if err := rows.Err(); err != nil {
+		*fenceErr = err
+		return nil
+	}
+	if err := rows.Close(); err != nil {
+		*fenceErr = err
+	}
+	return nil
 }
 
 // execBounded runs a DDL statement on the primary that waits at most

@@ -30,6 +30,9 @@ type session struct {
 	bad bool
 	// pooled: binary logging is off for the whole pool; nothing to restore.
 	pooled bool
+	// release names a GET_LOCK lock close releases, in the background
+	// (swap leaves it after a published swap).
+	release string
 }
 
 // openSession pins a connection and turns binary logging off for it;
@@ -54,6 +57,20 @@ func openSession(ctx context.Context, db *sql.DB, role string, noBinlogPool bool
 // close restores the session and returns it to the pool, or discards it
 // when it is bad or cannot be restored. It runs on a cleanup context.
 func (s *session) close(ctx context.Context) {
+	if s.release != "" {
+		name := s.release
+		s.release = ""
+		go func() {
+			cctx, cancel := cleanup.Context(context.WithoutCancel(ctx))
+			defer cancel()
+			var rel sql.NullInt64
+			if err := s.conn.QueryRowContext(cctx, releaseLockSQL, name).Scan(&rel); err != nil || rel.Int64 != 1 {
+				s.bad = true // closing the session frees the lock
+			}
+			s.close(ctx)
+		}()
+		return
+	}
 	cctx, cancel := cleanup.Context(ctx)
 	defer cancel()
 	if !s.bad && !s.pooled {

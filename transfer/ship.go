@@ -51,6 +51,13 @@ type ShipParams struct {
 	// the staging tables are removed, and Ship's error wraps ErrFenced and
 	// Fence's error. Required.
 	Fence func(ctx context.Context) error
+	// FenceQuery, if set and Config.MultiStatementPools, replaces Fence at
+	// the swap: a statement that returns a row if and only if the claim
+	// is still ours (queue.Queue.HoldsQuery). It is sent in the same
+	// request as the GET_LOCK, so the server runs it right after the lock
+	// is granted, and costs no round trip of its own. Fence is still
+	// required (the replica lock uses it).
+	FenceQuery string
 	// Commit, if set, is called under the lock right after the swap (the
 	// worker marks the topic finished here). Its context is detached from
 	// Ship's and bounded by 30s: the tables are live already.

@@ -156,6 +156,54 @@ func TestFenceStopsPublish(t *testing.T) {
 	}
 }
 
+// TestFenceQueryWithLock: with MultiStatementPools, the fence is
+// ShipParams.FenceQuery, sent in the GET_LOCK's request: a row publishes,
+// no row fences (ErrFenced, nothing published, the lock released, no
+// staging left), and Fence itself is not called at the swap.
+func TestFenceQueryWithLock(t *testing.T) {
+	t.Parallel()
+	b := setup(t, func(c *transfer.Config) { c.MultiStatementPools = true })
+	mc := env.Primary(b.schema)
+	mc.MultiStatements, mc.InterpolateParams = true, true
+	pub := testdb.Open(t, mc)
+	for _, q := range []string{"CREATE TABLE claim (id INT PRIMARY KEY)", "INSERT INTO claim VALUES (1)"} {
+		if _, err := b.primary.ExecContext(b.ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const topic = 4
+	name := b.cfg.TableNames(topic)[0]
+	params := func(token uint64) *transfer.ShipParams {
+		p := b.params(topic, token)
+		p.Primary = pub
+		p.Fence = func(context.Context) error { t.Error("Fence called although FenceQuery is set"); return nil }
+		p.FenceQuery = "SELECT 1 FROM " + b.schema + ".claim WHERE id = 1"
+		return p
+	}
+	b.makeResult(t, topic, 1)
+	if _, err := b.sh.Ship(b.ctx, params(1)); err != nil {
+		t.Fatalf("Ship with the claim held: %v", err)
+	}
+	live := checksum(t, b.ctx, b.primary, name)
+	if _, err := b.primary.ExecContext(b.ctx, "DELETE FROM claim"); err != nil {
+		t.Fatal(err)
+	}
+	b.makeResult(t, topic, 2)
+	p := params(2)
+	p.Commit = func(context.Context) error { t.Error("Commit called after a failed fence"); return nil }
+	_, err := b.sh.Ship(b.ctx, p)
+	if !errors.Is(err, transfer.ErrFenced) {
+		t.Fatalf("Ship without the claim = %v, want ErrFenced", err)
+	}
+	if got := checksum(t, b.ctx, b.primary, name); got != live {
+		t.Fatalf("live table changed by a fenced ship: %s, was %s", got, live)
+	}
+	b.assertNoStaging(t)
+	if free, err := lockFree(b.ctx, b.primary, p.LockName); err != nil || !free {
+		t.Fatalf("lock still held after a fenced ship (%v)", err)
+	}
+}
+
 // The replica's host key is verified strictly: another key, an empty file
 // and a missing file all fail with ErrHostKey, before anything is sent.
 func TestHostKey(t *testing.T) {

@@ -66,6 +66,11 @@ type link struct {
 	dead chan struct{} // closed when the SFTP session ends, for any reason
 	// fsync: the server offers fsync@openssh.com.
 	fsync bool
+	// pipeline: the server is OpenSSH's (limits@openssh.com), which
+	// answers a session's requests in order: small files go in pipelined
+	// batches (putBatch) on the pooled sessions of pipes.
+	pipeline bool
+	pipes    chan *sftpPipe
 
 	addr   string
 	logger *slog.Logger
@@ -93,6 +98,7 @@ const linkCloseTimeout = 5 * time.Second
 func (l *link) close() error {
 	t := time.AfterFunc(linkCloseTimeout, func() { l.conn.Close() })
 	defer t.Stop()
+	l.closePipes()
 	err := l.sftp.Close()
 	if cerr := l.ssh.Close(); err == nil && !errors.Is(cerr, net.ErrClosed) {
 		err = cerr
@@ -418,7 +424,8 @@ func (s *Shipper) dial(ctx context.Context) (*link, error) {
 		}
 		return nil, fmt.Errorf("start sftp on %s (the server needs an sftp subsystem): %w", addr, err)
 	}
-	if _, ok := sc2.HasExtension("limits@openssh.com"); ok {
+	_, openSSH := sc2.HasExtension("limits@openssh.com")
+	if openSSH {
 		// OpenSSH 8.6+ accepts writes up to its 256 KiB message limit less
 		// 1 KiB (max-write-length of limits@openssh.com); the protocol's
 		// portable 32 KiB would cost 8 times the requests on a big table.
@@ -436,7 +443,8 @@ func (s *Shipper) dial(ctx context.Context) (*link, error) {
 		client.Close()
 		return nil, fmt.Errorf("start sftp on %s: %w", addr, dctx.Err())
 	}
-	l := &link{ssh: client, sftp: sc2, conn: nc, dead: make(chan struct{}), addr: addr, logger: s.logger}
+	l := &link{ssh: client, sftp: sc2, conn: nc, dead: make(chan struct{}), addr: addr, logger: s.logger,
+		pipeline: openSSH, pipes: make(chan *sftpPipe, maxPipes)}
 	if v, ok := sc2.HasExtension("fsync@openssh.com"); ok && v == "1" {
 		l.fsync = true
 	} else if !s.cfg.NoSync {

@@ -31,8 +31,10 @@ type verification interface {
 	queriesReplica() bool
 	// afterCopy checks the copy against those sums, still under the lock.
 	afterCopy(ctx context.Context, tables []*stagedTable, cksummed []*stagedFile, sums map[string]string) error
-	// primary checks the staged tables on the primary before the swap.
-	primary(ctx context.Context, prim *session, tables []*stagedTable, tmp []string) error
+	// primary checks the staged tables on the primary before the swap, or
+	// returns probes: scalar subqueries that must run without error, which
+	// the first GET_LOCK of the swap carries (one round trip less).
+	primary(ctx context.Context, prim *session, tables []*stagedTable, tmp []string) (probes []string, err error)
 	// describe says how shipped files will be verified, for CheckVerify.
 	describe(ctx context.Context) (string, error)
 }
@@ -91,15 +93,16 @@ func (v byteVerification) afterCopy(ctx context.Context, _ []*stagedTable, cksum
 }
 
 // primary: the bytes are verified already; the server must open them.
-func (v byteVerification) primary(ctx context.Context, prim *session, _ []*stagedTable, tmp []string) error {
+// The probes (SELECT 1 FROM each staging table LIMIT 0) go with the swap's
+// GET_LOCK: the server opens every table of a statement before it runs
+// any of it, so a table it cannot open fails the statement before the
+// lock is taken (swap wraps that error in ErrChecksumMismatch).
+func (v byteVerification) primary(_ context.Context, _ *session, _ []*stagedTable, tmp []string) ([]string, error) {
 	var probes []string
 	for _, n := range tmp {
 		probes = append(probes, "(SELECT 1 FROM "+v.s.qualified(n)+" LIMIT 0)")
 	}
-	if _, err := prim.conn.ExecContext(ctx, "DO /* nonqueue */ "+strings.Join(probes, ", ")); err != nil {
-		return fmt.Errorf("%w: the primary cannot open the shipped tables: %w", ErrChecksumMismatch, err)
-	}
-	return nil
+	return probes, nil
 }
 
 // describe probes cksum on both hosts (one SSH exec): without it big files
@@ -139,21 +142,21 @@ func (tableChecksum) afterCopy(_ context.Context, tables []*stagedTable, _ []*st
 	return nil
 }
 
-func (v tableChecksum) primary(ctx context.Context, prim *session, tables []*stagedTable, tmp []string) error {
+func (v tableChecksum) primary(ctx context.Context, prim *session, tables []*stagedTable, tmp []string) ([]string, error) {
 	sums, err := checksums(ctx, prim.conn, v.s.cfg.Schema, tmp)
 	if err != nil {
-		return fmt.Errorf("checksum shipped tables on the primary: %w", err)
+		return nil, fmt.Errorf("checksum shipped tables on the primary: %w", err)
 	}
 	for _, t := range tables {
 		got, ok := sums[t.tmp]
 		if !ok {
-			return fmt.Errorf("%w: %s (shipped as %s) cannot be opened on the primary", ErrChecksumMismatch, t.live, t.tmp)
+			return nil, fmt.Errorf("%w: %s (shipped as %s) cannot be opened on the primary", ErrChecksumMismatch, t.live, t.tmp)
 		}
 		if got != t.sum {
-			return fmt.Errorf("%w: %s: replica %s, primary %s (shipped as %s)", ErrChecksumMismatch, t.live, t.sum, got, t.tmp)
+			return nil, fmt.Errorf("%w: %s: replica %s, primary %s (shipped as %s)", ErrChecksumMismatch, t.live, t.sum, got, t.tmp)
 		}
 	}
-	return nil
+	return nil, nil
 }
 
 func (v tableChecksum) describe(context.Context) (string, error) {

@@ -384,8 +384,9 @@ func (in *Instance) ship(f *inflight) {
 		TopicID: claim.TopicID, Token: claim.Token,
 		Replica: in.deps.Replica, ReplicaDatadir: in.deps.ReplicaDatadir,
 		Primary: in.deps.Primary, LockName: in.deps.Queue.LockName(claim.TopicID),
-		// Under the topic lock a read proves the claim (see Queue.Holds).
-		Fence: fence,
+		// Under the topic lock a read proves the claim (see Queue.Holds),
+		// sent with the lock when the pool allows (HoldsQuery).
+		Fence: fence, FenceQuery: in.deps.Queue.HoldsQuery(claim),
 		Commit: func(ctx context.Context) error {
 			err := in.deps.Queue.Finish(ctx, claim)
 			finished = err == nil

@@ -38,9 +38,10 @@ Usage:
   nonqueue status --config FILE [--json]    the overview: topics by state, backlog, runs, instances
   nonqueue dashboard --config FILE [--listen ADDR] [--prefix /PATH]
                                             serve the ops dashboard (web; default 127.0.0.1:8080)
-  nonqueue sandbox up --dir DIR [--replicas N] [--tiers T] [--parallel P]
+  nonqueue sandbox up --dir DIR [--replicas N] [--tiers T] [--parallel P] [--latency 1ms]
                                             start a local primary, replicas and sshd (--tiers 2:
-                                            replicas of replicas; --parallel: parallel appliers)
+                                            replicas of replicas; --parallel: parallel appliers;
+                                            --latency: a simulated network to the primary)
   nonqueue sandbox down --dir DIR           stop what sandbox up started
   nonqueue demo [--keep] [--topics N] [--instances N] [--tiers T] [--parallel P]
                                             the whole system on a local sandbox, end to end

@@ -16,18 +16,26 @@ import (
 )
 
 func runSandbox(ctx context.Context, args []string, stdout, stderr io.Writer, logger *slog.Logger) error {
-	if len(args) == 0 || (args[0] != "up" && args[0] != "down") {
-		return errors.New("usage: nonqueue sandbox up --dir DIR [--replicas N] [--tiers T] [--parallel P] | nonqueue sandbox down --dir DIR")
+	if len(args) == 0 || (args[0] != "up" && args[0] != "down" && args[0] != "proxy") {
+		return errors.New("usage: nonqueue sandbox up --dir DIR [--replicas N] [--tiers T] [--parallel P] [--latency 1ms] | nonqueue sandbox down --dir DIR")
 	}
 	fs := newFlags("sandbox "+args[0], stderr)
 	dir := fs.String("dir", "", "directory for datadirs, keys, logs and the generated config")
 	replicas := fs.Int("replicas", 2, "number of replicas of the primary (0-9)")
 	tiers, parallel := shapeFlags(fs)
+	latency := fs.Duration("latency", 0, "put a simulated network with this round trip (whole milliseconds) between the workers and the primary: a `nonqueue sandbox proxy` process (toxiproxy) relays the primary's MySQL port and sshd, and the generated configs connect through it")
+	ready := fs.String("ready", "", "(sandbox proxy) where to write the proxy's ports once it listens")
 	if _, err := parseInterleaved(fs, args[1:]); err != nil {
 		return err
 	}
 	if *dir == "" {
 		return errors.New("sandbox needs --dir DIR")
+	}
+	if *latency < 0 || *latency%time.Millisecond != 0 || *latency > time.Second {
+		return fmt.Errorf("--latency %v: want whole milliseconds from 0 to 1s (toxiproxy's unit)", *latency)
+	}
+	if args[0] == "proxy" {
+		return runSandboxProxy(ctx, *dir, *latency, *ready)
 	}
 	if args[0] == "down" {
 		if err := sandbox.Down(ctx, *dir); err != nil {
@@ -50,7 +58,13 @@ func runSandbox(ctx context.Context, args []string, stdout, stderr io.Writer, lo
 	if err != nil {
 		return fmt.Errorf("sandbox up: %w", err)
 	}
-	configs, err := writeSandboxConfigs(sb)
+	if *latency > 0 {
+		err = startSandboxProxy(ctx, sb, *latency)
+	}
+	var configs []string
+	if err == nil {
+		configs, err = writeSandboxConfigs(sb)
+	}
 	if err == nil {
 		err = applySandboxSchema(ctx, configs[0])
 	}
@@ -64,6 +78,10 @@ func runSandbox(ctx context.Context, args []string, stdout, stderr io.Writer, lo
 		fmt.Fprintf(stdout, "  %-9s mariadbd pid %-7d 127.0.0.1:%d  server_id %d  socket %s%s\n", s.Name, s.PID, s.Port, s.ServerID, s.Socket, replicationNote(s))
 	}
 	fmt.Fprintf(stdout, "  %-9s sshd     pid %-7d 127.0.0.1:%d  user %s  known_hosts %s\n", "ssh", sb.SSH.PID, sb.SSH.Port, sb.SSH.User, sb.SSH.KnownHosts)
+	if p := sb.Proxy; p != nil {
+		fmt.Fprintf(stdout, "  %-9s toxiproxy pid %-6d mysql 127.0.0.1:%d, ssh 127.0.0.1:%d  %s round trip to the primary (the configs use it)\n",
+			"network", p.PID, p.MySQLPort, p.SSHPort, p.Latency)
+	}
 	for _, c := range configs {
 		fmt.Fprintf(stdout, "  config    %s\n", c)
 	}
@@ -116,7 +134,7 @@ func writeSandboxConfigs(sb *sandbox.Sandbox) ([]string, error) {
 			name = "nonqueue-replica" + strconv.Itoa(i+1) + ".toml"
 		}
 		path := filepath.Join(sb.Dir, name)
-		if err := writeTemplate(path, sandboxConfig, map[string]any{"SB": sb, "Replica": r, "Demo": false}); err != nil {
+		if err := writeTemplate(path, sandboxConfig, map[string]any{"SB": sb.Via(), "Replica": r, "Demo": false}); err != nil {
 			return nil, err
 		}
 		paths = append(paths, path)

@@ -75,8 +75,10 @@ func (c *Config) transferConfig() transfer.Config {
 		SwapBackoff:    c.Results.SwapBackoff,
 		FileMode:       c.SSH.mode,
 		NoBinlogPools:  true, // openNode's replica and publish pools
-		Verify:         c.Results.Verify,
-		NoSync:         c.Results.Sync != nil && !*c.Results.Sync,
+		// openNode's publish pool: the fence goes with the publish lock.
+		MultiStatementPools: true,
+		Verify:              c.Results.Verify,
+		NoSync:              c.Results.Sync != nil && !*c.Results.Sync,
 	}.WithDefaults()
 }
 
@@ -188,7 +190,9 @@ func openNode(ctx context.Context, c *Config, instances int, log *slog.Logger) (
 	}
 	// A capped publish holds its slot on its own session: no extra
 	// connection. The throttle's sample borrows one of primary's.
-	if n.publish, err = openPool(noBinlog(pmc), min(instances+2, maxPublishConns)); err != nil {
+	pub := noBinlog(pmc)
+	pub.MultiStatements = true // transfer.Config.MultiStatementPools
+	if n.publish, err = openPool(pub, min(instances+2, maxPublishConns)); err != nil {
 		return nil, fmt.Errorf("open primary: %w", err)
 	}
 	rmc, err := c.Replica.MySQL("replica")

@@ -155,6 +155,9 @@ type Sandbox struct {
 	// ReplUser/ReplPassword is the account replicas use to connect to the
 	// primary (REPLICATION SLAVE at '127.0.0.1').
 	ReplUser, ReplPassword string
+	// Proxy, when set, is the simulated network `sandbox up --latency`
+	// puts between the workers and the primary (StartProxy).
+	Proxy *Proxy `json:",omitempty"`
 }
 
 // Check reports whether every binary the sandbox needs (mariadbd,
@@ -294,6 +297,9 @@ func (s *Sandbox) procs() []procRef {
 	}
 	if s.SSH.PID > 0 {
 		out = append(out, procRef{name: "sshd", pid: s.SSH.PID})
+	}
+	if s.Proxy != nil && s.Proxy.PID > 0 {
+		out = append(out, procRef{name: "proxy", pid: s.Proxy.PID})
 	}
 	return out
 }
