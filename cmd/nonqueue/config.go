@@ -16,6 +16,7 @@ import (
 
 	"github.com/nonqueue/nonqueue/queue"
 	"github.com/nonqueue/nonqueue/worker"
+	"github.com/nonqueue/nonqueue/worker/follow"
 )
 
 // ErrConfig is wrapped by every configuration error.
@@ -166,6 +167,9 @@ type Config struct {
 	Results   Results         `toml:"results"`
 	Lag       Lag             `toml:"lag"`
 	Dashboard DashboardConfig `toml:"dashboard"`
+	// Follower and Follow: the binlog follower (nonqueue follow).
+	Follower follow.Config `toml:"follower"`
+	Follow   []follow.Rule `toml:"follow"`
 
 	path string
 }
@@ -220,6 +224,9 @@ func LoadConfig(path string) (*Config, error) {
 		}
 	}
 	if err := c.transferConfig().ValidateSwap(); err != nil {
+		return nil, err
+	}
+	if err := c.validateFollow(md.IsDefined("follower")); err != nil {
 		return nil, err
 	}
 	if md.IsDefined("ssh") {

@@ -19,6 +19,7 @@ var zeroMeansDefault = map[string]bool{
 	"topics.max_attempts": true,
 	"worker.id_base":      true, "worker.id_multiplier": true, "worker.max_procs": true,
 	"results.backup_keep": true,
+	"follower.server_id":  true,
 }
 
 // zeroAllowed are duration keys for which an explicit 0 has a meaning of

@@ -28,6 +28,9 @@ Usage:
                                             mark topics for recalc (see nonqueue request -h)
   nonqueue work --config FILE (--instances N | --instance K)
                                             run worker instances on this replica host
+  nonqueue follow --config FILE [--metrics-listen ADDR]
+                                            follow the binlog: request the topics whose
+                                            source rows change ([[follow]] tables)
   nonqueue check --config FILE [--grants]   check everything a worker needs, in plain words,
                                             and print the least GRANTs (--grants: only those)
   nonqueue status --config FILE [--json]    the overview: topics by state, backlog, runs, instances
@@ -68,6 +71,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runRequest(ctx, args[1:], stdout, stderr)
 	case "work":
 		return runWork(ctx, args[1:], stdout, stderr)
+	case "follow":
+		return runFollow(ctx, args[1:], stdout, stderr)
 	case "check":
 		return runCheck(ctx, args[1:], stdout, stderr, logger)
 	case "status":
