@@ -125,7 +125,7 @@ type FollowSave struct {
 	Pos      string           // the source's GTID set after the last change included
 	Requests []*RequestParams // one per scope, delay and priority
 	// Events and RequestedTopics are added to the follower's totals.
-	Events, RequestedTopics uint64
+	Events, RequestedTopics  uint64
 	EventsPerS, RequestsPerS float64
 	Delay                    time.Duration
 	LastCommit               time.Time // source commit time of the last change; zero keeps it

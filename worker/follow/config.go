@@ -135,10 +135,10 @@ type compiled struct {
 // groupKey: the requests of one flush are grouped by what their
 // RequestParams share.
 type groupKey struct {
-	scope    int
-	after    time.Duration
-	prio     int64
-	hasPrio  bool
+	scope   int
+	after   time.Duration
+	prio    int64
+	hasPrio bool
 }
 
 // ValidateRules checks the [[follow]] entries and compiles them.
