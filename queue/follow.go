@@ -190,8 +190,8 @@ type FollowerRow struct {
 	Host         string        `json:"host"`
 	PID          int           `json:"pid"`
 	Source       string        `json:"source"`
-	Events       uint64        `json:"events"`
-	Requests     uint64        `json:"requests"`
+	Events       int64         `json:"events"`
+	Requests     int64         `json:"requests"`
 	EventsPerS   float64       `json:"events_per_s"`
 	RequestsPerS float64       `json:"requests_per_s"`
 	Delay        time.Duration `json:"delay_ns"`

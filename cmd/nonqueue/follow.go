@@ -32,6 +32,12 @@ func (c *Config) validateFollow(followerSet bool) error {
 	return nil
 }
 
+// followOnly: the configuration of a host that runs only the follower
+// ([[follow]] without the worker's [ssh] and [procedure]).
+func (c *Config) followOnly() bool {
+	return len(c.Follow) > 0 && c.SSH.Host == "" && c.Procedure.Name == ""
+}
+
 // asConfigError turns a follow.ConfigError into the file's ConfigError.
 func asConfigError(err error) error {
 	if fe, ok := errors.AsType[*follow.ConfigError](err); ok {

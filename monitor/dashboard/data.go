@@ -72,6 +72,8 @@ type Summary struct {
 	InstanceStates map[string]int `json:"instance_states"`
 	Lease          time.Duration  `json:"lease_ns"`
 	Elapsed        time.Duration  `json:"elapsed_ns"`
+	// Followers are the binlog followers (nonqueue follow) by name.
+	Followers []queue.FollowerRow `json:"followers"`
 }
 
 // Windows of the summary.
@@ -92,7 +94,7 @@ func (s *Sources) Summary(ctx context.Context) (*Summary, error) {
 	sum := &Summary{Lease: s.Queue.Config().Lease}
 	var instances []monitor.InstanceRecord
 	var wg sync.WaitGroup
-	errs := make([]error, 6)
+	errs := make([]error, 7)
 	run := func(i int, f func() error) {
 		wg.Add(1)
 		go func() { defer wg.Done(); errs[i] = f() }()
@@ -104,6 +106,7 @@ func (s *Sources) Summary(ctx context.Context) (*Summary, error) {
 	var running []queue.TopicRow // all of them (to date instances' signs of life), the first few shown
 	run(4, func() (err error) { running, err = s.Queue.Running(ctx, queue.MaxTopicLimit); return })
 	run(5, func() (err error) { instances, err = s.History.Instances(ctx); return })
+	run(6, func() (err error) { sum.Followers, err = s.Queue.Followers(ctx); return })
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("read overview: %w", err)

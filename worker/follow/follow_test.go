@@ -37,7 +37,7 @@ func TestFollowNothingMissed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(fr) != 1 || fr[0].Name != "steady" || !fr[0].Active || fr[0].Events < uint64(l.opsDone()) || fr[0].Requests == 0 {
+	if len(fr) != 1 || fr[0].Name != "steady" || !fr[0].Active || fr[0].Events < int64(l.opsDone()) || fr[0].Requests == 0 {
 		t.Errorf("followers %+v: want steady, active, with its events and requests", fr)
 	}
 }
