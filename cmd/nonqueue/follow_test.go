@@ -87,7 +87,9 @@ after = "0s"
 	fctx, fcancel := context.WithCancel(ctx)
 	var stdout, stderr syncBuffer
 	done := make(chan error, 1)
-	go func() { done <- Run(fctx, []string{"follow", "--config", cfg, "--metrics-listen", metricsAddr}, &stdout, &stderr) }()
+	go func() {
+		done <- Run(fctx, []string{"follow", "--config", cfg, "--metrics-listen", metricsAddr}, &stdout, &stderr)
+	}()
 	t.Cleanup(func() {
 		fcancel()
 		select {
