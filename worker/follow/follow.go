@@ -135,7 +135,7 @@ func (f *Follower) Run(ctx context.Context) error {
 			f.active.Store(false)
 			lock.Release(ctx)
 			if ctx.Err() != nil {
-				return nil
+				break // stopping: the error is the cancellation
 			}
 			f.errs.Add(1)
 			f.log.WarnContext(ctx, "follower: stopped following; will retry", "err", err)
