@@ -171,3 +171,121 @@ func grepLines(s, sub string) string {
 	}
 	return strings.Join(out, "\n") + "\n(" + strconv.Itoa(len(out)) + " lines)"
 }
+
+// TestFollowGrants: accounts holding only the GRANTs `check --grants`
+// prints for a follower-only configuration run schema apply, check (no
+// failure, no warning) and the follower, which requests the topic of a new
+// row. Without REPLICATION SLAVE on the source the follower requests
+// nothing and check names the privilege; without SELECT on the followed
+// table check cannot see it.
+func TestFollowGrants(t *testing.T) {
+	name := env.New(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	t.Cleanup(cancel)
+	root := testdb.Open(t, env.Primary(name))
+	for _, s := range []string{
+		"CREATE TABLE post (id INT NOT NULL AUTO_INCREMENT PRIMARY KEY, topic BIGINT NOT NULL) ENGINE=InnoDB",
+	} {
+		if _, err := root.ExecContext(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	users := []string{name + "_fp", name + "_fr"}
+	for _, u := range users {
+		acct := quoteAccount(u, "127.0.0.1")
+		if _, err := root.ExecContext(ctx, "CREATE USER "+acct+" IDENTIFIED BY 'pw-"+u+"'"); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { root.ExecContext(context.Background(), "DROP USER IF EXISTS "+acct) })
+	}
+	text := serversTOML(0, name) + fmt.Sprintf("[follower]\nname = \"grants\"\nflush_interval = \"100ms\"\n[[follow]]\ntable = \"%s.post\"\ntopic_column = \"topic\"\nafter = \"0s\"\n", name)
+	cred := "user = \"" + env.SB.User + "\"\npassword = \"" + env.SB.Password + "\""
+	for _, u := range users {
+		text = strings.Replace(text, cred, "user = \""+u+"\"\npassword = \"pw-"+u+"\"", 1)
+	}
+	cfg := filepath.Join(t.TempDir(), "least.toml")
+	if err := os.WriteFile(cfg, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := run(t, "check", "--config", cfg, "--grants")
+	if err != nil {
+		t.Fatalf("check --grants: %v\n%s", err, out)
+	}
+	replAcct := quoteAccount(users[1], "127.0.0.1")
+	if !strings.Contains(out, "GRANT REPLICATION SLAVE ON *.* TO "+replAcct) {
+		t.Errorf("the block does not give the source account REPLICATION SLAVE:\n%s", out)
+	}
+	for _, s := range grantStatements(t, out) {
+		if _, err := root.ExecContext(ctx, s); err != nil {
+			t.Fatalf("%s: %v", s, err)
+		}
+	}
+	if err := env.WaitReplicas(ctx, root); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := run(t, "schema", "apply", "--config", cfg); err != nil {
+		t.Fatalf("schema apply: %v\n%s", err, out)
+	}
+	if _, err := root.ExecContext(ctx, "INSERT INTO topic (id) VALUES (1), (2)"); err != nil {
+		t.Fatal(err)
+	}
+	out, err = run(t, "check", "--config", cfg)
+	if err != nil || strings.Contains(out, "WARN") || strings.Contains(out, "FAIL") {
+		t.Errorf("check with exactly the printed grants: %v\n%s", err, out)
+	}
+	// follows runs the follower until topic requested, or d passes; it
+	// reports whether the topic was requested.
+	follows := func(topic int, d time.Duration) (bool, string) {
+		fctx, fcancel := context.WithCancel(ctx)
+		var stdout, stderr syncBuffer
+		done := make(chan error, 1)
+		go func() { done <- Run(fctx, []string{"follow", "--config", cfg}, &stdout, &stderr) }()
+		defer func() { fcancel(); <-done }()
+		// The follower starts at the source's position: write once it
+		// has saved one.
+		if !testdb.Poll(30*time.Second, func() bool {
+			var n int
+			err := root.QueryRowContext(ctx, "SELECT COUNT(*) FROM follow WHERE gtid_pos <> '' AND name = 'grants'").Scan(&n)
+			return err == nil && n == 1
+		}) {
+			return false, stderr.String()
+		}
+		if _, err := root.ExecContext(ctx, "INSERT INTO post (topic) VALUES (?)", topic); err != nil {
+			t.Fatal(err)
+		}
+		ok := testdb.Poll(d, func() bool {
+			var n int
+			err := root.QueryRowContext(ctx, "SELECT COUNT(*) FROM topic WHERE id = ? AND request_version > 0", topic).Scan(&n)
+			return err == nil && n == 1
+		})
+		return ok, stderr.String()
+	}
+	if ok, log := follows(1, 30*time.Second); !ok {
+		t.Fatalf("the follower with the printed grants did not request topic 1:\n%s", log)
+	}
+	if _, err := root.ExecContext(ctx, "REVOKE REPLICATION SLAVE ON *.* FROM "+replAcct); err != nil {
+		t.Fatal(err)
+	}
+	if err := env.WaitReplicas(ctx, root); err != nil {
+		t.Fatal(err)
+	}
+	if ok, log := follows(2, 8*time.Second); ok {
+		t.Errorf("the follower requested topic 2 without REPLICATION SLAVE: it is not needed\n%s", log)
+	} else if !strings.Contains(log, "REPLICATION SLAVE") && !strings.Contains(log, "denied") {
+		t.Logf("follower log without REPLICATION SLAVE:\n%s", lastLines(log, 5))
+	}
+	out, err = run(t, "check", "--config", cfg)
+	if err == nil || !strings.Contains(lineWith(out, "FAIL  privileges on the replica: "), "REPLICATION SLAVE ON *.*") {
+		t.Errorf("check without REPLICATION SLAVE: %v\n%s", err, out)
+	}
+	if _, err := root.ExecContext(ctx, "REVOKE SELECT ON "+quoteObject(name+".post")+" FROM "+replAcct); err != nil {
+		t.Fatal(err)
+	}
+	if err := env.WaitReplicas(ctx, root); err != nil {
+		t.Fatal(err)
+	}
+	out, _ = run(t, "check", "--config", cfg)
+	if !strings.Contains(out, "FAIL  binlog follower: followed tables: follow[0].table "+name+".post does not exist on the replica (or the account may not read it)") {
+		t.Errorf("check without SELECT on the followed table:\n%s", out)
+	}
+}
