@@ -209,7 +209,11 @@ func (f *Follower) follow(ctx context.Context, lock *queue.FollowLock) error {
 			if err := st.handle(ctx, ev); err != nil {
 				return err
 			}
-			if st.pendingIDs() >= maxPending {
+			// Under load changes are batched by the ticker; when the source
+			// has nothing more to send right now, what was read is requested
+			// at once (a flush at most every minFlushGap), so a lone change
+			// waits for no tick.
+			if n := st.pendingIDs(); n >= maxPending || n > 0 && len(evc) == 0 && st.sinceFlush() >= minFlushGap {
 				if err := st.flush(ctx, lock, true); err != nil {
 					return err
 				}
@@ -228,6 +232,10 @@ func (f *Follower) follow(ctx context.Context, lock *queue.FollowLock) error {
 
 // maxPending bounds the changes held between flushes.
 const maxPending = 50_000
+
+// minFlushGap is the shortest time between two flushes started because
+// the source went quiet.
+const minFlushGap = 20 * time.Millisecond
 
 func (f *Follower) setPos(p string) {
 	f.mu.Lock()

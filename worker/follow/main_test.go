@@ -106,7 +106,7 @@ type bundle struct {
 	ctx     context.Context
 }
 
-func setup(t *testing.T) *bundle {
+func setup(t testing.TB) *bundle {
 	t.Helper()
 	name := env.New(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
@@ -159,7 +159,7 @@ func (b *bundle) source() follow.Source {
 
 // start runs a follower in this process until the test ends or stop is
 // called.
-func (b *bundle) start(t *testing.T, cfg follow.Config, rules []follow.Rule) (*follow.Follower, func()) {
+func (b *bundle) start(t testing.TB, cfg follow.Config, rules []follow.Rule) (*follow.Follower, func()) {
 	t.Helper()
 	src := testdb.Open(t, env.Replica(0, ""))
 	f, err := follow.New(cfg, rules, follow.Deps{Queue: b.q, Source: b.source(), SourceDB: src, Host: "test", PID: os.Getpid(),
@@ -181,7 +181,7 @@ func (b *bundle) start(t *testing.T, cfg follow.Config, rules []follow.Rule) (*f
 }
 
 // testWriter logs through t while the test runs.
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
@@ -352,7 +352,7 @@ func (b *bundle) requested(t *testing.T) map[int64]bool {
 
 // waitCaughtUp waits until the follower name's saved position has the
 // primary's current position (domain 0).
-func (b *bundle) waitCaughtUp(t *testing.T, name string, d time.Duration) {
+func (b *bundle) waitCaughtUp(t testing.TB, name string, d time.Duration) {
 	t.Helper()
 	var want string
 	if err := b.primary.QueryRowContext(b.ctx, "SELECT @@gtid_binlog_pos").Scan(&want); err != nil {

@@ -75,6 +75,9 @@ func newStream(f *Follower, start gomysql.GTIDSet) *stream {
 
 func (s *stream) pendingIDs() int { return s.pending }
 
+// sinceFlush is the time since the last commit of requests or position.
+func (s *stream) sinceFlush() time.Duration { return time.Since(s.lastSave) }
+
 // handle reads one event.
 func (s *stream) handle(ctx context.Context, ev *replication.BinlogEvent) error {
 	switch e := ev.Event.(type) {
