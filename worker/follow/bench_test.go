@@ -34,21 +34,44 @@ func cpuTime(tb testing.TB) time.Duration {
 //
 //	go test -run '^$' -bench BenchmarkFollowThroughput -benchtime 1x ./worker/follow/
 func BenchmarkFollowThroughput(b *testing.B) {
-	const rows = followBenchRows
+	// Bulk writes (1,000 rows a transaction) and single-row transactions,
+	// which add a GTID and a commit event per row.
+	for _, c := range []struct{ rows, perTx int }{{followBenchRows, 1000}, {followBenchRows / 5, 1}} {
+		b.Run(fmt.Sprintf("rows_per_tx=%d", c.perTx), func(b *testing.B) { followThroughput(b, c.rows, c.perTx) })
+	}
+}
+
+func followThroughput(b *testing.B, rows, perTx int) {
 	bb := setup(b)
 	for range b.N {
 		f, stop := bb.start(b, fast("tput"), bb.rules(0))
 		testdb.WaitFor(b, 30*time.Second, "follower active", func() bool { return f.Stats().Active })
 		bb.waitCaughtUp(b, "tput", time.Minute)
 		stop()
-		for i := 0; i < rows; i += 1000 {
-			var vals []string
-			for j := range 1000 {
-				vals = append(vals, fmt.Sprintf("(%d, 'x')", 1+(i+j)%1000))
-			}
-			if _, err := bb.primary.ExecContext(bb.ctx, "INSERT INTO post (topic, body) VALUES "+strings.Join(vals, ",")); err != nil {
-				b.Fatal(err)
-			}
+		var next atomic.Int64
+		var wg sync.WaitGroup
+		var werr atomic.Value
+		for range 16 {
+			wg.Go(func() {
+				for {
+					i := next.Add(int64(perTx)) - int64(perTx)
+					if i >= int64(rows) {
+						return
+					}
+					vals := make([]string, 0, perTx)
+					for j := range int64(perTx) {
+						vals = append(vals, fmt.Sprintf("(%d, 'x')", 1+(i+j)%1000))
+					}
+					if _, err := bb.primary.ExecContext(bb.ctx, "INSERT INTO post (topic, body) VALUES "+strings.Join(vals, ",")); err != nil {
+						werr.Store(err)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		if err, _ := werr.Load().(error); err != nil {
+			b.Fatal(err)
 		}
 		if err := env.WaitReplicas(bb.ctx, bb.primary); err != nil {
 			b.Fatal(err)
@@ -59,7 +82,7 @@ func BenchmarkFollowThroughput(b *testing.B) {
 		el, cpu := time.Since(t0), cpuTime(b)-cpu0
 		stop()
 		st := f.Stats()
-		if st.Events < rows {
+		if st.Events < uint64(rows) {
 			b.Fatalf("follower read %d row changes, want %d", st.Events, rows)
 		}
 		b.ReportMetric(float64(st.Events)/el.Seconds(), "events/s")
