@@ -167,6 +167,11 @@ func (f *Follower) follow(ctx context.Context, lock *queue.FollowLock) error {
 	}
 	f.setPos(start.String())
 	f.log.InfoContext(ctx, "follower: active", "source", f.d.Source.Name, "gtid_pos", start.String())
+	var meta string
+	if err := f.d.SourceDB.QueryRowContext(ctx, "SELECT /* nonqueue follow */ @@GLOBAL.binlog_row_metadata").Scan(&meta); err == nil && !strings.EqualFold(meta, "FULL") {
+		f.log.WarnContext(ctx, "follower: the source's binlog_row_metadata is not FULL: columns are read from information_schema, and a DDL on a followed table while the follower is behind stops it (set binlog_row_metadata=FULL)",
+			"binlog_row_metadata", meta)
+	}
 
 	syncer := replication.NewBinlogSyncer(f.syncerConfig())
 	defer syncer.Close()

@@ -81,6 +81,30 @@ func TestFollowSourceRestart(t *testing.T) {
 	b.checkSets(t, l, true)
 }
 
+// TestFollowRotation: the source's binary log rotates (FLUSH BINARY LOGS)
+// several times mid-stream; the follower reads on into each new file and
+// misses nothing.
+func TestFollowRotation(t *testing.T) {
+	b := setup(t)
+	f, _ := b.start(t, fast("rotation"), b.rules(0))
+	testdb.WaitFor(t, 30*time.Second, "follower active", func() bool { return f.Stats().Active })
+	l := b.startLoad(t, time.Millisecond)
+	for i := range 3 {
+		n := l.opsDone()
+		testdb.WaitFor(t, 30*time.Second, "writes before the rotation", func() bool { return l.opsDone() > n+200 })
+		if _, err := b.replica.ExecContext(b.ctx, "FLUSH BINARY LOGS"); err != nil {
+			t.Fatalf("rotation %d: %v", i+1, err)
+		}
+	}
+	time.Sleep(500 * time.Millisecond)
+	l.end()
+	b.waitCaughtUp(t, "rotation", 60*time.Second)
+	b.checkSets(t, l, true)
+	if st := f.Stats(); st.Errors != 0 {
+		t.Errorf("%d errors: rotation should not interrupt following", st.Errors)
+	}
+}
+
 // TestFollowCoalesce: 1,000 changes to one topic within the after window
 // make one pending request, and so one run.
 func TestFollowCoalesce(t *testing.T) {
