@@ -143,8 +143,23 @@ type FollowResult struct {
 // commits or none: a follower that crashes before the commit reads the
 // same changes again (at least once; a repeated request merges). It
 // returns ErrFollowLockLost, and saves nothing, when l no longer holds the
-// lock.
+// lock. A deadlock or lock wait timeout (with a claim on the same topics)
+// rolls the transaction back and is retried a few times.
 func (q *Queue) FollowCommit(ctx context.Context, l *FollowLock, s *FollowSave) (*FollowResult, error) {
+	for try := 0; ; try++ {
+		res, err := q.followCommit(ctx, l, s)
+		if err == nil || try == 4 || !retryable(err) {
+			return res, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Duration(try+1) * 5 * time.Millisecond):
+		}
+	}
+}
+
+func (q *Queue) followCommit(ctx context.Context, l *FollowLock, s *FollowSave) (*FollowResult, error) {
 	tx, err := q.db.BeginTx(ctx, nil)
 	if err != nil {
 		return nil, fmt.Errorf("follower %s: begin: %w", l.name, err)
