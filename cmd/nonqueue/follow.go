@@ -9,8 +9,10 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 
 	"github.com/nonqueue/nonqueue/monitor/metrics"
+	"github.com/nonqueue/nonqueue/queue"
 	"github.com/nonqueue/nonqueue/worker/follow"
 )
 
@@ -25,6 +27,12 @@ func (c *Config) validateFollow(followerSet bool) error {
 	}
 	if err := follow.ValidateRules(c.Follow); err != nil {
 		return asConfigError(err)
+	}
+	for i, r := range c.Follow {
+		// Following nonqueue's own writes would request forever.
+		if strings.EqualFold(r.Table, c.Topics.Schema+"."+c.Topics.Table) || strings.EqualFold(r.Table, c.Topics.MetaSchema+"."+queue.FollowTable) {
+			return &ConfigError{Key: fmt.Sprintf("follow[%d].table", i), Err: fmt.Errorf("%s is written by nonqueue itself: following it would request without end", r.Table)}
+		}
 	}
 	if c.Follower.Source == follow.SourceReplica && c.Replica.User == "" {
 		return &ConfigError{Key: "follower.source", Err: errors.New(`"replica" (the default) needs the [replica] section; set source = "primary" to follow the primary`)}

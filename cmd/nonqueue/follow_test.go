@@ -97,9 +97,10 @@ after = "0s"
 		case <-time.After(30 * time.Second):
 		}
 	})
+	// Active, and its first position saved: later changes are followed.
 	testdb.WaitFor(t, 30*time.Second, "follower active", func() bool {
 		fr, err := q.Followers(ctx)
-		return err == nil && len(fr) == 1 && fr[0].Active
+		return err == nil && len(fr) == 1 && fr[0].Active && fr[0].Pos != ""
 	})
 	if _, err := p.ExecContext(ctx, "INSERT INTO post (topic) VALUES (2), (4), (4)"); err != nil {
 		t.Fatal(err)

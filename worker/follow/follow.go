@@ -42,7 +42,7 @@ type Deps struct {
 
 // Stats are a follower's counters since it started, for metrics.
 type Stats struct {
-	Active    bool          // holds its name's lock and follows
+	Active    bool          // holds its name's lock and reads from a fixed position
 	Events    uint64        // row changes of followed tables read
 	Requests  uint64        // topic requests committed (a topic counts once per flush)
 	Flushes   uint64        // commits of position and requests
@@ -64,6 +64,9 @@ type Follower struct {
 	byTable map[string][]*compiled
 	d       Deps
 	log     *slog.Logger
+	// metaSchema holds the follow table, whose writes (the followers' own
+	// commits) do not count as progress worth a save.
+	metaSchema string
 
 	events, requests, flushes, errs, takeovers atomic.Uint64
 	active                                     atomic.Bool
@@ -85,7 +88,7 @@ func New(cfg Config, rules []Rule, d Deps) (*Follower, error) {
 	if d.Queue == nil || d.SourceDB == nil {
 		return nil, errors.New("follow: Queue and SourceDB are required")
 	}
-	f := &Follower{cfg: cfg, rules: cr, byTable: map[string][]*compiled{}, d: d, log: d.Logger}
+	f := &Follower{cfg: cfg, rules: cr, byTable: map[string][]*compiled{}, d: d, log: d.Logger, metaSchema: d.Queue.Config().MetaSchema}
 	if f.log == nil {
 		f.log = slog.New(slog.DiscardHandler)
 	}
@@ -130,7 +133,6 @@ func (f *Follower) Run(ctx context.Context) error {
 		default:
 			standbyLogged = false
 			f.takeovers.Add(1)
-			f.active.Store(true)
 			err := f.follow(ctx, lock)
 			f.active.Store(false)
 			lock.Release(ctx)
@@ -179,6 +181,8 @@ func (f *Follower) follow(ctx context.Context, lock *queue.FollowLock) error {
 	if err != nil {
 		return fmt.Errorf("follow %s from %s: %w", f.d.Source.Name, start, err)
 	}
+	// Active from here: the position is fixed, every later change is read.
+	f.active.Store(true)
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	evc := make(chan *replication.BinlogEvent, 4096)

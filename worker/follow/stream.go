@@ -42,6 +42,12 @@ type stream struct {
 	txTopics map[groupKey]map[int64]struct{}
 	txKeys   map[*compiled]map[any]struct{}
 	txEvents uint64
+	// txOwn: the transaction wrote only the follow table (a follower's own
+	// commit, replicated); txOther: it wrote another table.
+	txOwn, txOther bool
+	// moved: the position moved past a transaction other than a
+	// follower's own commit since the last save.
+	moved bool
 
 	// Committed, not yet flushed.
 	topics  map[groupKey]map[int64]struct{}
@@ -53,7 +59,8 @@ type stream struct {
 	lastTS  time.Time       // commit time of the last transaction read
 	delay   time.Duration
 
-	lastSave time.Time
+	lastSave   time.Time
+	savedDelay time.Duration
 	// Rates over windows of at least rateWindow.
 	rateAt                 time.Time
 	rateEvents, rateReqs   uint64
@@ -119,6 +126,7 @@ func (s *stream) beginTx() {
 	clear(s.txTopics)
 	clear(s.txKeys)
 	s.txEvents = 0
+	s.txOwn, s.txOther = false, false
 }
 
 func (s *stream) commit(ts uint32, gset gomysql.GTIDSet) {
@@ -150,6 +158,9 @@ func (s *stream) commit(ts uint32, gset gomysql.GTIDSet) {
 	}
 	s.events += s.txEvents
 	s.f.events.Add(s.txEvents)
+	if !s.txOwn || s.txOther {
+		s.moved = true
+	}
 	s.beginTx()
 	if gset != nil {
 		s.pos = gset
@@ -164,6 +175,11 @@ func (s *stream) commit(ts uint32, gset gomysql.GTIDSet) {
 // tableMap resolves the followed columns of a table map event.
 func (s *stream) tableMap(ctx context.Context, e *replication.TableMapEvent) error {
 	rules := s.f.byTable[string(e.Schema)+"."+string(e.Table)]
+	if string(e.Schema) == s.f.metaSchema && string(e.Table) == queue.FollowTable {
+		s.txOwn = true
+	} else {
+		s.txOther = true
+	}
 	if rules == nil {
 		return nil
 	}
@@ -306,8 +322,8 @@ func (s *stream) flush(ctx context.Context, lock *queue.FollowLock, force bool) 
 	pos := s.pos.String()
 	switch {
 	case s.pending > 0 || force:
-	case pos != s.saved && now.Sub(s.lastSave) >= DefaultSaveInterval:
-	case now.Sub(s.lastSave) >= rateWindow:
+	case s.moved && now.Sub(s.lastSave) >= DefaultSaveInterval:
+	case now.Sub(s.lastSave) >= rateWindow && (s.evRate != 0 || s.reqRate != 0 || s.delay != s.savedDelay):
 	default:
 		return nil
 	}
@@ -353,7 +369,7 @@ func (s *stream) flush(ctx context.Context, lock *queue.FollowLock, force bool) 
 	s.f.requests.Add(requested)
 	s.f.flushes.Add(1)
 	s.f.setPos(pos)
-	s.saved, s.lastSave = pos, now
+	s.saved, s.lastSave, s.savedDelay, s.moved = pos, now, s.delay, false
 	s.events, s.pending = 0, 0
 	clear(s.topics)
 	clear(s.keys)
