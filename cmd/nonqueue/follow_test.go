@@ -204,6 +204,10 @@ func TestFollowGrants(t *testing.T) {
 	for _, u := range users {
 		text = strings.Replace(text, cred, "user = \""+u+"\"\npassword = \"pw-"+u+"\"", 1)
 	}
+	// The accounts must have reached the replica before check probes it.
+	if err := env.WaitReplicas(ctx, root); err != nil {
+		t.Fatal(err)
+	}
 	cfg := filepath.Join(t.TempDir(), "least.toml")
 	if err := os.WriteFile(cfg, []byte(text), 0o600); err != nil {
 		t.Fatal(err)
