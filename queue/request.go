@@ -56,6 +56,24 @@ type RequestResult struct {
 // finishes), a parked topic unparked with its attempts reset. Ids are
 // processed in batches of 1,000; duplicates count once.
 func (q *Queue) Request(ctx context.Context, p *RequestParams) (*RequestResult, error) {
+	return q.request(ctx, q.db, p)
+}
+
+// RequestTx is Request inside the caller's transaction on the queue's
+// primary (from DB().BeginTx), so the requests commit or roll back with the
+// caller's other writes: the binlog follower saves its position with the
+// requests it issued, in one commit.
+func (q *Queue) RequestTx(ctx context.Context, tx *sql.Tx, p *RequestParams) (*RequestResult, error) {
+	return q.request(ctx, tx, p)
+}
+
+// execQuerier is what request needs of a pool or a transaction.
+type execQuerier interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
+func (q *Queue) request(ctx context.Context, db execQuerier, p *RequestParams) (*RequestResult, error) {
 	if p.Scope != ScopePartial && p.Scope != ScopeFull {
 		return nil, fmt.Errorf("request: scope %d: want %d (partial) or %d (full)", p.Scope, ScopePartial, ScopeFull)
 	}
@@ -84,7 +102,7 @@ func (q *Queue) Request(ctx context.Context, p *RequestParams) (*RequestResult, 
 				args = append(args, id)
 			}
 			stmt := strings.Replace(q.sql.requestCreate, "{rows}", rows, 1)
-			if _, err := q.db.ExecContext(ctx, stmt, args...); err != nil {
+			if _, err := db.ExecContext(ctx, stmt, args...); err != nil {
 				return res, fmt.Errorf("request: create topics %d..%d: %w", chunk[0], chunk[len(chunk)-1], err)
 			}
 			args = args[:0]
@@ -95,7 +113,7 @@ func (q *Queue) Request(ctx context.Context, p *RequestParams) (*RequestResult, 
 			args = append(args, id)
 		}
 		stmt := strings.Replace(q.sql.request, "{ids}", marks, 1)
-		r, err := q.db.ExecContext(ctx, stmt, args...)
+		r, err := db.ExecContext(ctx, stmt, args...)
 		if err != nil {
 			return res, fmt.Errorf("request topics %d..%d: %w", chunk[0], chunk[len(chunk)-1], err)
 		}
@@ -105,7 +123,7 @@ func (q *Queue) Request(ctx context.Context, p *RequestParams) (*RequestResult, 
 		}
 		res.Requested += int(n)
 		if int(n) < len(chunk) {
-			missing, err := q.missing(ctx, chunk)
+			missing, err := q.missing(ctx, db, chunk)
 			if err != nil {
 				return res, err
 			}
@@ -115,14 +133,14 @@ func (q *Queue) Request(ctx context.Context, p *RequestParams) (*RequestResult, 
 	return res, nil
 }
 
-func (q *Queue) missing(ctx context.Context, ids []int64) ([]int64, error) {
+func (q *Queue) missing(ctx context.Context, db execQuerier, ids []int64) ([]int64, error) {
 	stmt := fmt.Sprintf("SELECT /* nonqueue request */ %s FROM %s WHERE %s IN (%s)",
 		q.col(q.cfg.Columns.ID), q.table(), q.col(q.cfg.Columns.ID), strings.Repeat("?, ", len(ids)-1)+"?")
 	args := make([]any, len(ids))
 	for i, id := range ids {
 		args[i] = id
 	}
-	rows, err := q.db.QueryContext(ctx, stmt, args...)
+	rows, err := db.QueryContext(ctx, stmt, args...)
 	if err != nil {
 		return nil, fmt.Errorf("request: find missing topics: %w", err)
 	}

@@ -103,5 +103,22 @@ CREATE TABLE IF NOT EXISTS `nonqueue`.`replica_source` (
   PRIMARY KEY (id)
 ) ENGINE=InnoDB;
 
+CREATE TABLE IF NOT EXISTS `nonqueue`.`follow` (
+  name VARCHAR(64) NOT NULL COMMENT 'follower name ([follower] name)',
+  gtid_pos VARCHAR(4000) NOT NULL DEFAULT '' COMMENT 'every change up to here is requested',
+  host VARCHAR(255) NOT NULL DEFAULT '' COMMENT 'the active follower',
+  pid INT NOT NULL DEFAULT 0,
+  source VARCHAR(255) NOT NULL DEFAULT '' COMMENT 'the server whose binlog it reads',
+  events BIGINT UNSIGNED NOT NULL DEFAULT 0 COMMENT 'row changes of followed tables read, ever',
+  requests BIGINT UNSIGNED NOT NULL DEFAULT 0 COMMENT 'topic requests issued, ever',
+  events_per_s DOUBLE NOT NULL DEFAULT 0,
+  requests_per_s DOUBLE NOT NULL DEFAULT 0,
+  delay_us BIGINT NOT NULL DEFAULT 0 COMMENT 'behind its source at the last write',
+  last_commit_at DATETIME(6) NULL COMMENT 'source commit time of the last change read',
+  active_since DATETIME(6) NULL,
+  updated_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+  PRIMARY KEY (name)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
 CREATE OR REPLACE TRIGGER `nonqueue`.`nq_request_topic` BEFORE UPDATE ON `nonqueue`.`topic` FOR EACH ROW
 SET NEW.`request_version` = NEW.`request_version` + IF(NEW.`request_version` <=> OLD.`request_version` AND NEW.`running` <=> OLD.`running` AND NEW.`required` > 0 AND NOT (NEW.`required` <=> OLD.`required` AND NEW.`due` <=> OLD.`due`), 1, 0);

@@ -51,7 +51,10 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer, logg
 		writeGrants(stdout, groupAccounts(c, probes), probes)
 		return nil
 	}
-	if err := c.validateWorker(); err != nil {
+	// A follower-only host (nonqueue follow, no worker sections) checks
+	// only what the follower uses.
+	followOnly := c.followOnly()
+	if err := c.validateWorker(); err != nil && !followOnly {
 		fmt.Fprintf(stdout, "FAIL  configuration: %v\n", err)
 		return errors.New("check failed")
 	}
@@ -155,6 +158,10 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer, logg
 			return c.Worker.LogDir + " writable", nil
 		}},
 	}...)
+	if followOnly {
+		checks = privChecks
+	}
+	checks = append(checks, followChecks(c, *path)...)
 	defer func() {
 		if n != nil {
 			n.close()

@@ -16,6 +16,7 @@ import (
 
 	"github.com/nonqueue/nonqueue/queue"
 	"github.com/nonqueue/nonqueue/worker"
+	"github.com/nonqueue/nonqueue/worker/follow"
 )
 
 // ErrConfig is wrapped by every configuration error.
@@ -178,6 +179,9 @@ type Config struct {
 	Lag       Lag             `toml:"lag"`
 	Throttle  Throttle        `toml:"throttle"`
 	Dashboard DashboardConfig `toml:"dashboard"`
+	// Follower and Follow: the binlog follower (nonqueue follow).
+	Follower follow.Config `toml:"follower"`
+	Follow   []follow.Rule `toml:"follow"`
 
 	path string
 }
@@ -235,6 +239,9 @@ func LoadConfig(path string) (*Config, error) {
 		return nil, err
 	}
 	if err := c.throttleConfig().Validate(); err != nil {
+		return nil, err
+	}
+	if err := c.validateFollow(md.IsDefined("follower")); err != nil {
 		return nil, err
 	}
 	if md.IsDefined("ssh") {

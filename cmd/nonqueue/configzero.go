@@ -21,6 +21,7 @@ var zeroMeansDefault = map[string]bool{
 	"results.backup_keep": true,
 	// 0 would silently mean "off", the default.
 	"throttle.max_threads_running": true, "throttle.max_concurrent_publishes": true,
+	"follower.server_id": true,
 }
 
 // zeroAllowed are duration keys for which an explicit 0 has a meaning of

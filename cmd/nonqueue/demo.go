@@ -141,7 +141,17 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer, logge
 		fmt.Fprintf(stdout, "    nonqueue work --config %s --instances %d   (pid %d, log %s)\n", cfg, *instances, w.Pid(), logPath)
 	}
 
-	say("requesting recalc of %d topics with mixed priorities and scopes", *topics)
+	follower, followCfg, err := startDemoFollower(&kids, exe, sb.Dir, configs[0])
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "    nonqueue follow --config %s   (pid %d, log %s/follow.log): new blog posts re-request their topic\n", followCfg, follower.Pid(), sb.Dir)
+	if err := waitDemoFollower(ctx, q.DB(), follower); err != nil {
+		return err
+	}
+	gen := newDemoPosts(q.DB(), int64(posts)+1, *topics)
+
+	say("requesting recalc of %d topics with mixed priorities and scopes; adding blog posts meanwhile", *topics)
 	start := time.Now()
 	for prio := int64(0); prio < 3; prio++ {
 		for scope := queue.ScopePartial; scope <= queue.ScopeFull; scope++ {
@@ -170,8 +180,14 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer, logge
 			return fmt.Errorf("progress: %w", err)
 		}
 		fmt.Fprintf(stdout, "    %5.1fs  done %4d  running %2d  pending %4d  parked %d\n", time.Since(start).Seconds(), done, running, pending, failed)
-		if pending == 0 && running == 0 {
+		if pending == 0 && running == 0 && gen.followed(ctx) {
 			break
+		}
+		if err := gen.step(ctx); err != nil {
+			return err
+		}
+		if follower.Exited() {
+			return fmt.Errorf("demo: the follower exited (see %s/follow.log)", sb.Dir)
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("demo: topics not done after %v (see %s/worker-*.log)", *timeout, sb.Dir)
@@ -193,7 +209,10 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer, logge
 	if err := kids.StopAll(workerStopGrace); err != nil {
 		return err
 	}
-	return demoSummary(ctx, stdout, q.DB(), sb, *topics, elapsed, configs[0])
+	if err := demoSummary(ctx, stdout, q.DB(), sb, *topics, elapsed, configs[0]); err != nil {
+		return err
+	}
+	return gen.summary(ctx, stdout)
 }
 
 // workerStopGrace bounds the wait for a worker after SIGTERM; the

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nonqueue/nonqueue/internal/ident"
+	"github.com/nonqueue/nonqueue/worker/follow"
 )
 
 // privilege is one privilege on one object, as SHOW GRANTS writes it but
@@ -230,7 +231,13 @@ func (c *Config) neededGrants(r serverRole, needSuper bool) []need {
 				"(revoke it afterwards, or SET GLOBAL log_bin_trust_function_creators=1 and leave it out)", true})
 		}
 	}
-	if r.worker {
+	if len(c.Follow) > 0 && (c.Follower.Source == follow.SourcePrimary) == r.primary && (r.primary || r.worker) {
+		add("*.*", "nonqueue follow reads the binary log over the replication protocol", "REPLICATION SLAVE")
+		for _, f := range c.Follow {
+			add(f.Table, "nonqueue follow and check read the followed table's columns (a lookup needs SELECT on the tables it reads too)", "SELECT")
+		}
+	}
+	if r.worker && !c.followOnly() {
 		if c.Procedure.Name != "" {
 			add("PROCEDURE "+c.Procedure.Name, "the worker CALLs the procedure (it runs with its definer's privileges; an SQL SECURITY INVOKER procedure needs what it does granted too)", "EXECUTE")
 		}
@@ -239,7 +246,7 @@ func (c *Config) neededGrants(r serverRole, needSuper bool) []need {
 		}
 		add("*.*", "RELOAD: FLUSH TABLES … FOR EXPORT; BINLOG ADMIN: every session runs with sql_log_bin=0", "RELOAD", "BINLOG ADMIN")
 	}
-	if !r.primary {
+	if !r.primary && !c.followOnly() {
 		add(meta, "the lag gate and the dashboard read the replica's copy of the heartbeat", "SELECT")
 		add("*.*", "SHOW SLAVE STATUS (the lag gate, check, the dashboard)", "SLAVE MONITOR")
 	}

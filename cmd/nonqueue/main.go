@@ -33,6 +33,9 @@ Usage:
                                             within one sample interval; runs in flight finish
   nonqueue resume --config FILE [--replica SERVER_ID] [--below-priority N] | --id ID | --all
                                             end pauses (see nonqueue resume -h)
+  nonqueue follow --config FILE [--metrics-listen ADDR]
+                                            follow the binlog: request the topics whose
+                                            source rows change ([[follow]] tables)
   nonqueue check --config FILE [--grants]   check everything a worker needs, in plain words,
                                             and print the least GRANTs (--grants: only those)
   nonqueue status --config FILE [--json]    the overview: topics by state, backlog, runs, instances
@@ -79,6 +82,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runPause(ctx, args[1:], stdout, stderr)
 	case "resume":
 		return runResume(ctx, args[1:], stdout, stderr)
+	case "follow":
+		return runFollow(ctx, args[1:], stdout, stderr)
 	case "check":
 		return runCheck(ctx, args[1:], stdout, stderr, logger)
 	case "status":

@@ -144,6 +144,17 @@ func writeStatus(w io.Writer, s *dashboard.Summary) error {
 	} else {
 		p("\nno instance has registered\n")
 	}
+	if len(s.Followers) > 0 {
+		p("\nFOLLOWER\tSTATE\tHOST\tSOURCE\tPOSITION\tDELAY\tEVENTS/S\tREQUESTS/S\tEVENTS\tREQUESTS\tLAST WRITE\n")
+		for _, f := range s.Followers {
+			state := "none running"
+			if f.Active {
+				state = "active"
+			}
+			p("%s\t%s\t%s (pid %d)\t%s\t%s\t%s\t%.1f\t%.1f\t%s\t%s\t%s\n", f.Name, state, f.Host, f.PID, f.Source, f.Pos, short(f.Delay),
+				f.EventsPerS, f.RequestsPerS, format.Thousands(f.Events), format.Thousands(f.Requests), f.UpdatedAt.Format("15:04:05"))
+		}
+	}
 	return tw.Flush()
 }
 

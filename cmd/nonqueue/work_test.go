@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -366,6 +367,13 @@ func TestDemo(t *testing.T) {
 	}
 	if n := strings.Count(out, "did "); n != 2 {
 		t.Errorf("expected both replicas to do topics:\n%s", out)
+	}
+	// The follower re-requested the topics of the posts added during the
+	// run, and they ran again.
+	if m := regexp.MustCompile(`follower: (\d+) new blog posts on (\d+) topics while the workers ran; it read (\d+) row changes and made (\d+) requests; (\d+) runs`).FindStringSubmatch(out); m == nil {
+		t.Errorf("demo output lacks the follower's line:\n%s", out)
+	} else if m[1] != m[3] || m[4] == "0" || m[5] == "0" {
+		t.Errorf("follower: posts %s on %s topics, read %s, requests %s, runs %s: want every post read, requests for those topics, runs", m[1], m[2], m[3], m[4], m[5])
 	}
 }
 

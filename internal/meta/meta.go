@@ -1,5 +1,6 @@
 // Package meta owns nonqueue's own tables in the meta schema: the run
-// history, the instance registry, the lag heartbeat and the pauses. queue creates them
+// history, the instance registry, the lag heartbeat, the pauses, the
+// replication tree and the binlog followers' positions. queue creates them
 // (its DDL) and records reaped and released runs; monitor writes and reads
 // them (History, Heartbeat, Gate, the reports). Their names, the values of
 // their outcome and state columns and their DDL live here, once, so the two
@@ -17,10 +18,34 @@ const (
 	// SourceTable records, per replica that runs workers, the server it
 	// replicates from, so the dashboard can draw the replication tree.
 	SourceTable = "replica_source"
+	// FollowTable holds one row per binlog follower name (nonqueue
+	// follow): its GTID position, written in the same transaction as the
+	// requests it issues, and its counters for status and the dashboard.
+	FollowTable = "follow"
 )
 
 // Tables lists the meta tables in creation order.
 var Tables = [...]string{RunTable, InstanceTable, HeartbeatTable, PauseTable, SourceTable}
+
+// followDDL is the follow table. gtid_pos is the source's GTID set (a
+// MariaDB GTID list) up to which every followed change has been requested;
+// the other columns are what the active follower last reported.
+const followDDL = ` (
+  name VARCHAR(64) NOT NULL COMMENT 'follower name ([follower] name)',
+  gtid_pos VARCHAR(4000) NOT NULL DEFAULT '' COMMENT 'every change up to here is requested',
+  host VARCHAR(255) NOT NULL DEFAULT '' COMMENT 'the active follower',
+  pid INT NOT NULL DEFAULT 0,
+  source VARCHAR(255) NOT NULL DEFAULT '' COMMENT 'the server whose binlog it reads',
+  events BIGINT UNSIGNED NOT NULL DEFAULT 0 COMMENT 'row changes of followed tables read, ever',
+  requests BIGINT UNSIGNED NOT NULL DEFAULT 0 COMMENT 'topic requests issued, ever',
+  events_per_s DOUBLE NOT NULL DEFAULT 0,
+  requests_per_s DOUBLE NOT NULL DEFAULT 0,
+  delay_us BIGINT NOT NULL DEFAULT 0 COMMENT 'behind its source at the last write',
+  last_commit_at DATETIME(6) NULL COMMENT 'source commit time of the last change read',
+  active_since DATETIME(6) NULL,
+  updated_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+  PRIMARY KEY (name)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4`
 
 // Outcome is the run history's outcome column: how one claim of one topic
 // ended.
@@ -130,5 +155,6 @@ func DDL(schema string) []string {
   sampled_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
   PRIMARY KEY (id)
 ) ENGINE=InnoDB`,
+		"CREATE TABLE IF NOT EXISTS " + q(FollowTable) + followDDL,
 	}
 }

@@ -236,6 +236,9 @@ func serverArgs(srv Server, port int) []string {
 		"--server-id="+strconv.FormatUint(uint64(srv.ServerID), 10),
 		"--log-bin=mysql-bin",
 		"--binlog-format=ROW",
+		// Column names in every table map event: a binlog follower
+		// (nonqueue follow) maps rows by name across DDL.
+		"--binlog-row-metadata=FULL",
 		"--log-slave-updates=ON",
 		"--gtid-strict-mode=ON",
 		"--skip-name-resolve",

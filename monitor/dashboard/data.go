@@ -85,6 +85,8 @@ type Summary struct {
 	// Pauses are the operators' pauses in force, oldest first (none
 	// before schema apply created the pause table).
 	Pauses []monitor.Pause `json:"pauses"`
+	// Followers are the binlog followers (nonqueue follow) by name.
+	Followers []queue.FollowerRow `json:"followers"`
 }
 
 // Windows of the summary.
@@ -105,7 +107,7 @@ func (s *Sources) Summary(ctx context.Context) (*Summary, error) {
 	sum := &Summary{Lease: s.Queue.Config().Lease}
 	var instances []monitor.InstanceRecord
 	var wg sync.WaitGroup
-	errs := make([]error, 7)
+	errs := make([]error, 8)
 	run := func(i int, f func() error) {
 		wg.Add(1)
 		go func() { defer wg.Done(); errs[i] = f() }()
@@ -124,6 +126,7 @@ func (s *Sources) Summary(ctx context.Context) (*Summary, error) {
 		}
 		return
 	})
+	run(7, func() (err error) { sum.Followers, err = s.Queue.Followers(ctx); return })
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("read overview: %w", err)
