@@ -47,6 +47,8 @@ type scenario struct {
 	OverheadMSPerTopic float64            `json:"overhead_ms_per_topic,omitempty"`
 	RoundTripsPerTopic map[string]float64 `json:"round_trips_per_topic,omitempty"`
 	Compare            []*runResult       `json:"compare_runs,omitempty"`
+	// Scale: scenario 9's figures (scale1000.go).
+	Scale *scaleSummary `json:"scale1000,omitempty"`
 	Notes              []string           `json:"notes,omitempty"`
 	Error              string             `json:"error,omitempty"`
 	WallS              float64            `json:"wall_s"` // the whole scenario, start-up included
@@ -80,6 +82,8 @@ type runResult struct {
 	ScpBytes         int64   `json:"scp_bytes,omitempty"`
 	// Latency: scenario 8's ceiling, overhead and link counts.
 	Latency *latencyRun `json:"latency,omitempty"`
+	// Scale: scenario 9's claim latency and connections (scale1000.go).
+	Scale *scaleRun `json:"scale,omitempty"`
 }
 
 // finish computes the scenario's medians once its runs are in.
