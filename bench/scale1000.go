@@ -1,10 +1,13 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"errors"
 	"fmt"
+	"maps"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -73,6 +76,9 @@ type scaleRun struct {
 	PrimaryConnsPerProcs int `json:"primary_connections_per_process_max"`
 	// ReplicaConns: the most connections a replica had during the round.
 	ReplicaConns int `json:"replica_connections_max"`
+	// StatementsPerTopic: the primary's statement counters (Com_*,
+	// Questions) over the round, per topic; the ones above 0.05.
+	StatementsPerTopic map[string]float64 `json:"primary_statements_per_topic"`
 }
 
 // scaleSummary is the scenario's figures across its runs.
@@ -145,7 +151,7 @@ func (b *bench) scenarioScale1000(ctx context.Context) (sc *scenario, err error)
 	sc = &scenario{Key: fmt.Sprintf("scale1000_%dx%d", s.Processes, s.Instances),
 		Title: fmt.Sprintf("%d instances (%d processes), 1 s stand-in", s.total(), s.Processes),
 		Kind:  "scale1000", Procedure: procScale, Replicas: len(b.sb.Replicas), Instances: s.total() / len(b.sb.Replicas),
-		Concurrency: s.total(), Topics: n, want: b.s.Runs, budget: 30 * time.Second}
+		Concurrency: s.total(), Topics: n, want: b.s.Runs, budget: time.Minute}
 	defer sc.finish()
 	if err := b.checkClean(ctx); err != nil {
 		return sc, err
@@ -185,10 +191,22 @@ func (b *bench) scenarioScale1000(ctx context.Context) (sc *scenario, err error)
 			return sc, err
 		}
 		watch := b.watchConnections(ctx, ws, baseConns)
+		com0, cerr := comCounters(ctx, b.primary)
+		if cerr != nil {
+			return sc, cerr
+		}
 		r, err := b.nqRound(ctx, ws, scaleBase+1, scaleBase+n, topo, sc.budget)
 		conns := watch()
 		if r != nil {
 			r.Scale = conns
+			if com1, cerr := comCounters(ctx, b.primary); cerr == nil {
+				conns.StatementsPerTopic = map[string]float64{}
+				for k, v := range com1 {
+					if d := float64(v-com0[k]) / float64(n); d >= 0.05 {
+						conns.StatementsPerTopic[k] = math.Round(d*100) / 100
+					}
+				}
+			}
 			if cerr := b.claimLatency(ctx, lastRun, conns); cerr != nil && err == nil {
 				err = cerr
 			}
@@ -200,6 +218,7 @@ func (b *bench) scenarioScale1000(ctx context.Context) (sc *scenario, err error)
 			b.info("        avg ms: claim %.2f gtid %.2f proc %.2f transfer %.2f publish %.2f run %.2f",
 				r.AvgMS["claim"], r.AvgMS["lag_wait"], r.AvgMS["proc"], r.AvgMS["transfer"], r.AvgMS["publish"], r.AvgMS["run_total"])
 			b.info("        CPU ms per topic: %s", formatCPU(r.CPUMSPerTopic))
+			b.info("        primary statements per topic: %s", formatCounts(conns.StatementsPerTopic))
 			if r.Duplicates > 0 || r.Unexpected > 0 {
 				sc.Notes = append(sc.Notes, fmt.Sprintf("FAIL run %d: %d topics computed twice", i, r.Duplicates))
 			}
@@ -343,6 +362,37 @@ func questions(ctx context.Context, db *sql.DB) (int64, error) {
 		return 0, fmt.Errorf("read Questions on the primary: %w", err)
 	}
 	return v, nil
+}
+
+// comCounters reads the primary's statement counters: Questions and every
+// Com_* (SHOW GLOBAL STATUS).
+func comCounters(ctx context.Context, db *sql.DB) (map[string]int64, error) {
+	rows, err := db.QueryContext(ctx, "SHOW GLOBAL STATUS WHERE Variable_name = 'Questions' OR Variable_name LIKE 'Com\\_%'")
+	if err != nil {
+		return nil, fmt.Errorf("read the primary's statement counters: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]int64{}
+	for rows.Next() {
+		var k string
+		var v int64
+		if err := rows.Scan(&k, &v); err != nil {
+			return nil, err
+		}
+		out[k] = v
+	}
+	return out, rows.Err()
+}
+
+// formatCounts prints counters, largest first.
+func formatCounts(m map[string]float64) string {
+	keys := slices.Collect(maps.Keys(m))
+	slices.SortFunc(keys, func(a, b string) int { return cmp.Compare(m[b], m[a]) })
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%s %.2f", strings.TrimPrefix(k, "Com_"), m[k])
+	}
+	return strings.Join(parts, ", ")
 }
 
 func threadsConnected(ctx context.Context, db *sql.DB) (int, error) {

@@ -47,11 +47,12 @@ type scenario struct {
 	OverheadMSPerTopic float64            `json:"overhead_ms_per_topic,omitempty"`
 	RoundTripsPerTopic map[string]float64 `json:"round_trips_per_topic,omitempty"`
 	Compare            []*runResult       `json:"compare_runs,omitempty"`
-	// Scale: scenario 9's figures (scale1000.go).
-	Scale *scaleSummary `json:"scale1000,omitempty"`
 	Notes              []string           `json:"notes,omitempty"`
 	Error              string             `json:"error,omitempty"`
 	WallS              float64            `json:"wall_s"` // the whole scenario, start-up included
+
+	// Scale: scenario 9's figures (scale1000.go).
+	Scale *scaleSummary `json:"scale1000,omitempty"`
 	// want is the number of runs to make; budget bounds a round at one
 	// minute + topics x budget / instances.
 	want   int
