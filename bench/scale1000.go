@@ -450,16 +450,9 @@ func connsPerProcess(ws []*child.Process, port int) ([]int, error) {
 	if err != nil {
 		return nil, err
 	}
-	tcp, err := fs.NetTCP()
+	toPort, err := socketsTo(port)
 	if err != nil {
 		return nil, err
-	}
-	const established = 1
-	toPort := map[uint64]bool{}
-	for _, l := range tcp {
-		if l.RemPort == uint64(port) && l.St == established {
-			toPort[l.Inode] = true
-		}
 	}
 	var out []int
 	for _, w := range ws {
@@ -479,6 +472,29 @@ func connsPerProcess(ws []*child.Process, port int) ([]int, error) {
 			}
 		}
 		out = append(out, n)
+	}
+	return out, nil
+}
+
+// socketsTo returns the inodes of the established TCP sockets (IPv4, as
+// the sandbox listens on 127.0.0.1) whose remote port is port, from
+// /proc/net/tcp: "sl local rem st ... uid timeout inode".
+func socketsTo(port int) (map[uint64]bool, error) {
+	buf, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		return nil, err
+	}
+	const established = "01"
+	want := fmt.Sprintf(":%04X", port)
+	out := map[uint64]bool{}
+	for _, line := range strings.Split(string(buf), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) < 10 || f[3] != established || !strings.HasSuffix(f[2], want) {
+			continue
+		}
+		if inode, err := strconv.ParseUint(f[9], 10, 64); err == nil {
+			out[inode] = true
+		}
 	}
 	return out, nil
 }

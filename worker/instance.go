@@ -293,11 +293,9 @@ func (in *Instance) probe(ctx context.Context) (bool, error) {
 	}
 	in.deps.Gate.Prove(pos.String, start)
 	in.park.probed(expired)
-	minPriority, _, err := in.deps.Pause.Check(in.cfg.MinPriority)
-	if err != nil {
-		return false, nil // paused: the next pass says so
-	}
-	return top.Valid && top.Int64 >= minPriority, nil
+	// Paused (perr): nothing to claim; the next pass says so.
+	minPriority, _, perr := in.deps.Pause.Check(in.cfg.MinPriority)
+	return perr == nil && top.Valid && top.Int64 >= minPriority, nil
 }
 
 // Wait returns once the instance's shipment in flight, if any, is over.
