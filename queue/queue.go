@@ -53,8 +53,8 @@ type Queue struct {
 	// Prepared once: each call is then one round trip (EXECUTE) instead of
 	// three (PREPARE, EXECUTE, CLOSE); database/sql re-prepares per
 	// connection as needed.
-	claimPickStmt, heartbeatStmt, holdsStmt, releaseStmt, finishStmt *sql.Stmt
-	stats                                                            struct{ won, lost, empty, combined atomic.Int64 }
+	heartbeatStmt, holdsStmt, releaseStmt, finishStmt *sql.Stmt
+	stats                                             struct{ won, lost, empty, combined atomic.Int64 }
 
 	// Claims waiting for the next combined claim (claimbatch.go), and
 	// whether a goroutine is serving them.
@@ -148,7 +148,6 @@ type preparedStmt struct {
 // prepared lists the hot statements, for prepare and Close.
 func (q *Queue) prepared() []preparedStmt {
 	return []preparedStmt{
-		{&q.claimPickStmt, q.sql.claimPick},
 		{&q.heartbeatStmt, q.sql.heartbeat}, {&q.holdsStmt, q.sql.holds}, {&q.releaseStmt, q.sql.release},
 		{&q.finishStmt, q.sql.finish},
 	}
