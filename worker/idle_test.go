@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nonqueue/nonqueue/internal/testdb"
 	"github.com/nonqueue/nonqueue/monitor"
 	"github.com/nonqueue/nonqueue/queue"
 	"github.com/nonqueue/nonqueue/worker"
@@ -140,5 +141,42 @@ func TestIdleProcessCost(t *testing.T) {
 				t.Fatal("topic 1 not run in 60s")
 			}
 		})
+	}
+}
+
+// TestPauseReachesAnIdleProcess: while a process idles, its pause watch
+// does not read (the probe reads the pauses instead); a pause added then
+// still stops its claims, within one idle_wait, and its resume lets the
+// topic run. A probe that did not carry the pauses would claim the topic.
+func TestPauseReachesAnIdleProcess(t *testing.T) {
+	b := setup(t, 30*time.Second)
+	p := b.startPool(t, 0, 4, func(c *worker.Config, g *monitor.GateConfig) {
+		c.IdleWait = worker.DefaultIdleWait
+		g.SampleInterval = monitor.DefaultSampleInterval
+	})
+	testdb.WaitFor(t, 30*time.Second, "every instance idle", func() bool {
+		return b.count(t, "SELECT COUNT(*) FROM instance WHERE state = ?", monitor.StateIdle) == 4
+	})
+	time.Sleep(2 * worker.DefaultIdleWait) // the pool probes now
+	ps := &monitor.Pauses{Primary: b.primary, Schema: b.db}
+	if _, err := ps.Add(b.ctx, &monitor.PauseParams{By: "test@host"}); err != nil {
+		t.Fatal(err)
+	}
+	// One idle_wait and a margin for the probe in flight.
+	time.Sleep(worker.DefaultIdleWait + 500*time.Millisecond)
+	b.addTopics(t, 1, 1)
+	if testdb.Poll(3*time.Second, func() bool { return b.count(t, "SELECT SUM(claim_token) FROM topic") > 0 }) {
+		t.Fatal("an idle process claimed a topic under a pause added while it idled")
+	}
+	if _, err := ps.Resume(b.ctx, &monitor.ResumeParams{All: true, By: "test@host"}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r := <-p.runs:
+		if r.Outcome != monitor.OutcomeDone {
+			t.Fatalf("run after the resume: %s (%s)", r.Outcome, r.Error)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("topic not run in 60s after the resume")
 	}
 }
