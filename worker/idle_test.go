@@ -77,10 +77,23 @@ func generalLog(t *testing.T, b *bundle) func(time.Duration) {
 // reads; and that a topic requested while the process idles is picked up
 // within a second. NQ_IDLE_BREAKDOWN=1 logs the statements by kind.
 func TestIdleProcessCost(t *testing.T) {
-	for _, n := range []int{4, 32} {
-		t.Run(fmt.Sprint(n), func(t *testing.T) {
+	for _, c := range []struct {
+		n        int
+		throttle bool // [throttle] max_threads_running set: the probe reads Threads_running too
+	}{{4, false}, {32, false}, {4, true}} {
+		n := c.n
+		name := fmt.Sprint(n)
+		if c.throttle {
+			name += "_throttle"
+		}
+		t.Run(name, func(t *testing.T) {
 			b := setup(t, 8*time.Second)
 			b.heartbeat = monitor.DefaultHeartbeatInterval
+			if c.throttle {
+				b.depsTweak = func(d *worker.Deps) {
+					d.Throttle = &monitor.Throttle{Primary: d.Primary, Config: monitor.ThrottleConfig{MaxThreadsRunning: 1000}}
+				}
+			}
 			p := b.startPool(t, 0, n, func(c *worker.Config, g *monitor.GateConfig) {
 				c.IdleWait = worker.DefaultIdleWait
 				g.SampleInterval = monitor.DefaultSampleInterval
@@ -100,7 +113,7 @@ func TestIdleProcessCost(t *testing.T) {
 				}
 			}
 			qps := float64(after["Questions"]-before["Questions"]-1) / window.Seconds()
-			t.Logf("idle_queries_per_s_per_process instances=%d: %.1f (%s)", n, qps, strings.Join(parts, " "))
+			t.Logf("idle_queries_per_s_per_process instances=%d throttle=%v: %.2f (%s)", n, c.throttle, qps, strings.Join(parts, " "))
 			// Per process, whatever the instance count: one probe per
 			// idle_wait (1.33/s; it carries the pause read, the look for
 			// expired leases and the position that proves the lag, so the
@@ -108,7 +121,9 @@ func TestIdleProcessCost(t *testing.T) {
 			// batched registry refresh (0.2/s). Before the probe it was
 			// 10.5/s (claims 2/s, pause reads and heartbeats 4/s each);
 			// before the idle park and the batched refresh 18/s with 4
-			// instances and 74/s with 32.
+			// instances and 74/s with 32. With the throttle's
+			// Threads_running check on, the probe reads that too (the
+			// throttle's own read was one more query per second).
 			const limit = 2.0
 			if qps > limit {
 				t.Errorf("idle process with %d instances sent %.1f queries/s to the primary, want <= %.1f whatever the instance count", n, qps, limit)

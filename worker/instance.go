@@ -268,9 +268,10 @@ func (in *Instance) runOnce(soft, hard context.Context, pipeline bool) (bool, er
 // probe is an idle process's look at the primary, in place of a claim:
 // one statement (monitor.PauseWatch.ReadWith) reads the pauses covering
 // this replica and, beside them, the priority of the topic a claim would
-// take (queue.DueProbe), whether a lease has expired (queue.ExpiredProbe)
-// and the primary's GTID position, which proves the replica's lag to the
-// gate without a heartbeat write (monitor.Gate.Prove). It reports whether
+// take (queue.DueProbe), whether a lease has expired (queue.ExpiredProbe),
+// the primary's GTID position, which proves the replica's lag to the
+// gate without a heartbeat write (monitor.Gate.Prove), and, when the
+// throttle watches it, the primary's Threads_running. It reports whether
 // a claim would find a topic at or above the minimum priority that the
 // pauses just read leave this process.
 func (in *Instance) probe(ctx context.Context) (bool, error) {
@@ -284,14 +285,21 @@ func (in *Instance) probe(ctx context.Context) (bool, error) {
 		{SQL: dueSQL, Args: dueArgs, Dest: &top},
 		{SQL: in.deps.Queue.ExpiredProbe(), Dest: &expired},
 	}
+	var threads sql.NullInt64
 	if in.deps.Flavor != nil {
 		extras = append(extras, monitor.Scalar{SQL: in.deps.Flavor.PrimaryPosExpr(), Dest: &pos})
+		if in.deps.Throttle.ProbesThreadsRunning() {
+			extras = append(extras, monitor.Scalar{SQL: in.deps.Flavor.ThreadsRunningExpr(), Dest: &threads})
+		}
 	}
 	start := time.Now()
 	if err := in.deps.Pause.ReadWith(ctx, extras...); err != nil {
 		return false, fmt.Errorf("probe for due topics: %w", err)
 	}
 	in.deps.Gate.Prove(pos.String, start)
+	if threads.Valid {
+		in.deps.Throttle.FeedThreadsRunning(ctx, threads.Int64, start)
+	}
 	in.park.probed(expired)
 	// Paused (perr): nothing to claim; the next pass says so.
 	minPriority, _, perr := in.deps.Pause.Check(in.cfg.MinPriority)

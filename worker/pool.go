@@ -90,6 +90,9 @@ func (p *Pool) Run(soft, hard context.Context) error {
 		if p.Deps.Pause.SkipFunc == nil {
 			p.Deps.Pause.SkipFunc = park.isIdle
 		}
+		if t := p.Deps.Throttle; t != nil && t.SkipFunc == nil && p.Deps.Flavor != nil {
+			t.SkipFunc = park.isIdle
+		}
 	}
 	// Services live until the last run is over, so they use hard.
 	if err := p.Heartbeat.Start(hard); err != nil {
