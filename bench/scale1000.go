@@ -156,6 +156,9 @@ func (b *bench) scenarioScale1000(ctx context.Context) (sc *scenario, err error)
 		Title: fmt.Sprintf("%d instances (%d processes), 1 s stand-in", s.total(), s.Processes),
 		Kind:  "scale1000", Procedure: procScale, Replicas: len(b.sb.Replicas), Instances: s.total() / len(b.sb.Replicas),
 		Concurrency: s.total(), Topics: n, want: b.s.Runs, budget: 2 * time.Minute}
+	if b.s.Quick {
+		sc.want = b.s.SweepRuns // one, as the sweep's: quick mode stays short
+	}
 	defer sc.finish()
 	if err := b.checkClean(ctx); err != nil {
 		return sc, err
