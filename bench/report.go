@@ -182,7 +182,7 @@ func (b *bench) summary() (map[string]any, []target, int) {
 	dups := 0
 	var rssAll float64
 	for _, sc := range b.scenarios {
-		if sc.Kind == "nonqueue" || sc.Kind == "scale" || sc.Kind == "big" || sc.Kind == "latency" {
+		if sc.Kind == "nonqueue" || sc.Kind == "scale" || sc.Kind == "big" || sc.Kind == "latency" || sc.Kind == "scale1000" {
 			for _, r := range append(slices.Clone(sc.Runs), sc.Compare...) {
 				dups += r.Duplicates + r.Unexpected
 			}
@@ -213,6 +213,7 @@ func (b *bench) summary() (map[string]any, []target, int) {
 		check(fmt.Sprintf("worker peak RSS shipping %d MB, MB (worker_max_rss_mb)", b.s.BigMB), bigRSS, "<= 64", func(v float64) bool { return v <= 64 }),
 		check("overhead per topic at a 1 ms round trip, ms (overhead_ms_per_topic_rtt1ms)", overRTT, "<= 15", func(v float64) bool { return v <= 15 }),
 	}
+	targets = append(targets, b.scale1000Summary(sum, check)...)
 	met := 0
 	for _, t := range targets {
 		if t.Pass {

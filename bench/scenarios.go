@@ -50,6 +50,9 @@ type scenario struct {
 	Notes              []string           `json:"notes,omitempty"`
 	Error              string             `json:"error,omitempty"`
 	WallS              float64            `json:"wall_s"` // the whole scenario, start-up included
+
+	// Scale: scenario 9's figures (scale1000.go).
+	Scale *scaleSummary `json:"scale1000,omitempty"`
 	// want is the number of runs to make; budget bounds a round at one
 	// minute + topics x budget / instances.
 	want   int
@@ -80,6 +83,8 @@ type runResult struct {
 	ScpBytes         int64   `json:"scp_bytes,omitempty"`
 	// Latency: scenario 8's ceiling, overhead and link counts.
 	Latency *latencyRun `json:"latency,omitempty"`
+	// Scale: scenario 9's claim latency and connections (scale1000.go).
+	Scale *scaleRun `json:"scale,omitempty"`
 }
 
 // finish computes the scenario's medians once its runs are in.

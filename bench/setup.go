@@ -164,7 +164,8 @@ func (b *bench) runAll(ctx context.Context, dir string) (err error) {
 		step{"big", "5. big result", b.scenarioBig},
 		step{"sync", "7. fsync cost: 1 replica x 4 with [results] sync = false", b.scenarioNoSyncSweep},
 		step{"sync", "7. fsync cost: the big result with [results] sync = false", b.scenarioNoSyncBig},
-		step{"latency", fmt.Sprintf("8. a network: 1 replica x 4 at a %v round trip to the primary", b.s.LatencyRTT), b.scenarioLatency})
+		step{"latency", fmt.Sprintf("8. a network: 1 replica x 4 at a %v round trip to the primary", b.s.LatencyRTT), b.scenarioLatency},
+		step{"scale1000", "9. 1,000 instances against one primary (scale1000.go)", b.scenarioScale1000})
 	for _, st := range steps {
 		if ctx.Err() != nil {
 			break

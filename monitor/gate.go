@@ -109,6 +109,12 @@ type Gate struct {
 	// holdUntil and holdWhy: Hold's closing of the gate.
 	holdUntil time.Time
 	holdWhy   error
+	// Position proofs (Prove): the newest primary position offered and
+	// when it was read, and when the newest one the replica was seen to
+	// have was read (provenAt).
+	proofPos string
+	proofAt  time.Time
+	provenAt time.Time
 
 	loop startstop.Loop
 }
@@ -198,6 +204,9 @@ func (g *Gate) runOnce(ctx context.Context, cfg GateConfig, stmt string) error {
 	if err == nil {
 		err = readLag(sctx, g.Replica, stmt, g.WriterID, &st)
 	}
+	if err == nil {
+		err = g.checkProof(sctx, &st)
+	}
 	s := &sample{status: st, err: err, at: time.Now()}
 	if err == nil {
 		s.at = st.SampledAt
@@ -235,6 +244,69 @@ func classOf(err error) string {
 		return "error"
 	}
 	return "open"
+}
+
+// Prove offers a lag proof that needs no write on the primary: pos is the
+// primary's GTID position as read at local time at (an idle process's
+// probe reads it with every look at the topic table). Once a sample finds
+// the replica has applied pos, the replica is known to be at most
+// (sample time − at) behind, an upper bound like the heartbeat's (which
+// includes up to one heartbeat interval), and the gate measures lag as the
+// smaller of the two. An idle process can thus stop writing its heartbeat
+// (Heartbeat.SkipFunc, ProofFresh) while its gate keeps measuring. Safe for
+// concurrent use; an older proof than the newest offered is ignored.
+func (g *Gate) Prove(pos string, at time.Time) {
+	if pos == "" {
+		return
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if at.After(g.proofAt) {
+		g.proofPos, g.proofAt = pos, at
+	}
+}
+
+// ProofFresh reports whether a position proof (Prove) alone keeps the
+// measured lag under the lag limit less one sample interval (the time a
+// heartbeat, written again, takes to be seen): then the heartbeat adds
+// nothing the gate needs. False once the proofs stop or the replica stops
+// reaching them.
+func (g *Gate) ProofFresh() bool {
+	cfg := g.Config.WithDefaults()
+	g.mu.Lock()
+	proven := g.provenAt
+	g.mu.Unlock()
+	return !proven.IsZero() && time.Since(proven) < cfg.MaxLag-cfg.SampleInterval
+}
+
+// checkProof checks the newest offered position against the replica's
+// applied position, records it as proven when reached, and lowers st's
+// lag to what the newest proof shows.
+func (g *Gate) checkProof(ctx context.Context, st *ReplicaStatus) error {
+	g.mu.Lock()
+	pos, at, proven := g.proofPos, g.proofAt, g.provenAt
+	g.mu.Unlock()
+	if pos != "" && at.After(proven) {
+		var have sql.NullString
+		if err := g.Replica.QueryRowContext(ctx, g.Flavor.ReplicaPosQuery()).Scan(&have); err != nil {
+			return fmt.Errorf("read the replica's GTID position: %w", err)
+		}
+		if ok, err := flavor.Contains(g.Flavor, have.String, pos); err == nil && ok {
+			proven = at
+			g.mu.Lock()
+			if at.After(g.provenAt) {
+				g.provenAt = at
+			}
+			g.mu.Unlock()
+		}
+	}
+	if proven.IsZero() {
+		return nil
+	}
+	if lag := max(st.SampledAt.Sub(proven), 0); !st.LagKnown || lag < st.Lag {
+		st.Lag, st.LagKnown = lag, true
+	}
+	return nil
 }
 
 // Check says whether the caller may claim now: (0, nil) when the gate is

@@ -47,6 +47,12 @@ type Heartbeat struct {
 	Interval time.Duration
 	// Logger receives write failures and recoveries; nil discards.
 	Logger *slog.Logger
+	// SkipFunc, if set, is asked before each periodic write; true skips
+	// it. An idle worker process skips while its gate measures lag from
+	// position proofs instead (Gate.Prove, Gate.ProofFresh): nobody then
+	// needs the row to move, and the write would be most of what an idle
+	// process costs the primary. The first write (Start) always happens.
+	SkipFunc func() bool
 
 	loop    startstop.Loop
 	failing bool // last write failed; touched only by the loop goroutine
@@ -103,6 +109,9 @@ func (h *Heartbeat) run(ctx context.Context, stmt string, interval time.Duration
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+		if h.SkipFunc != nil && h.SkipFunc() {
+			continue
 		}
 		err := h.write(ctx, stmt, interval)
 		switch {

@@ -204,8 +204,11 @@ const pauseActive = `(expires_at IS NULL OR expires_at > NOW(6))`
 
 // pauseSelect reads pauses with their age and time left on the primary's
 // clock, so no host's clock skew enters.
-const pauseSelect = `SELECT /* nonqueue */ id, replica_server_id, below_priority, paused_by, reason, created_at, expires_at,
- TIMESTAMPDIFF(MICROSECOND, created_at, NOW(6)), TIMESTAMPDIFF(MICROSECOND, NOW(6), expires_at) FROM %s`
+const pauseSelect = `SELECT /* nonqueue */ ` + pauseCols + ` FROM %s`
+
+// pauseCols are a pause row's columns, as scanPause reads them.
+const pauseCols = `id, replica_server_id, below_priority, paused_by, reason, created_at, expires_at,
+ TIMESTAMPDIFF(MICROSECOND, created_at, NOW(6)), TIMESTAMPDIFF(MICROSECOND, NOW(6), expires_at)`
 
 // Add records a pause and returns it as stored. It takes effect on every
 // worker it covers within one gate sample interval.
@@ -328,16 +331,27 @@ func noTable(err error) error {
 }
 
 func scanPause(rows *sql.Rows) (Pause, error) {
+	p, _, err := scanPauseAfter(rows, nil)
+	return p, err
+}
+
+// scanPauseAfter reads a row of extra values (into extra) followed by a
+// pause's columns, which may all be NULL (a LEFT JOIN that found no
+// pause): ok says a pause was there.
+func scanPauseAfter(rows *sql.Rows, extra []any) (p Pause, ok bool, err error) {
 	var (
-		p             Pause
-		replica, prio sql.NullInt64
-		expires       sql.NullTime
-		ageUS         int64
-		leftUS        sql.NullInt64
+		id, replica, prio, ageUS, leftUS sql.NullInt64
+		by, reason                       sql.NullString
+		created, expires                 sql.NullTime
 	)
-	if err := rows.Scan(&p.ID, &replica, &prio, &p.By, &p.Reason, &p.CreatedAt, &expires, &ageUS, &leftUS); err != nil {
-		return p, fmt.Errorf("read pauses: %w", err)
+	dest := append(extra[:len(extra):len(extra)], &id, &replica, &prio, &by, &reason, &created, &expires, &ageUS, &leftUS)
+	if err := rows.Scan(dest...); err != nil {
+		return p, false, fmt.Errorf("read pauses: %w", err)
 	}
+	if !id.Valid {
+		return p, false, nil
+	}
+	p.ID, p.By, p.Reason, p.CreatedAt = id.Int64, by.String, reason.String, created.Time
 	p.Scope.ReplicaServerID = uint32(replica.Int64)
 	if prio.Valid {
 		v := prio.Int64
@@ -346,9 +360,9 @@ func scanPause(rows *sql.Rows) (Pause, error) {
 	if expires.Valid {
 		p.ExpiresAt = expires.Time
 	}
-	p.Age = time.Duration(ageUS) * time.Microsecond
+	p.Age = time.Duration(ageUS.Int64) * time.Microsecond
 	if leftUS.Valid {
 		p.Left = max(time.Duration(leftUS.Int64)*time.Microsecond, 0)
 	}
-	return p, nil
+	return p, true, nil
 }

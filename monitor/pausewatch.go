@@ -39,6 +39,14 @@ type PauseWatch struct {
 	Config GateConfig
 	// Logger receives transitions (paused, resumed, limited); nil discards.
 	Logger *slog.Logger
+	// SkipFunc, if set, is asked before each periodic read; true skips it
+	// while the last good read is younger than half the stale bound. An
+	// idle worker process reads the pauses with its probe instead
+	// (ReadWith): the probe decides every claim the process makes while
+	// idle, so the pauses it carries are fresher for that claim than the
+	// collector's. Once the probe stops feeding the watch, the collector
+	// reads again well before the watch would go stale.
+	SkipFunc func() bool
 
 	mu    sync.Mutex // guards last, state, warnedMissing
 	last  *pauseSample
@@ -104,6 +112,9 @@ func (w *PauseWatch) Start(ctx context.Context) error {
 				return
 			case <-t.C:
 			}
+			if w.SkipFunc != nil && w.fresh(cfg.staleAfter()/2) && w.SkipFunc() {
+				continue
+			}
 			if err := w.runOnce(ctx, cfg); err != nil && ctx.Err() == nil {
 				w.logger().DebugContext(ctx, "read pauses failed", "err", err)
 			}
@@ -144,6 +155,91 @@ func (w *PauseWatch) runOnce(ctx context.Context, cfg GateConfig) error {
 	t, _ := w.Pauses.table()
 	start := time.Now()
 	pauses, err := w.Pauses.query(sctx, fmt.Sprintf(pauseSelect, t)+pauseCoverSQL, w.ServerID)
+	return w.store(ctx, cfg, start, pauses, err)
+}
+
+// Scalar is a scalar expression another package adds to the pause read
+// (ReadWith): its SQL, with ? placeholders for Args, and where its value
+// is scanned. The package that owns the table it reads writes it.
+type Scalar struct {
+	SQL  string
+	Args []any
+	Dest any
+}
+
+// pauseProbeSQL is the pause read with extra scalar expressions in front:
+// one row per pause in force that covers the replica, or one row of NULL
+// pause columns when none does. %s are the expressions and the table.
+const pauseProbeSQL = `SELECT /* nonqueue probe */ %s, ` + pauseCols + `
+ FROM (SELECT 1) AS nq_one LEFT JOIN %s ON ` + pauseActive + ` AND (replica_server_id IS NULL OR replica_server_id = ?) ORDER BY id`
+
+// ReadWith reads the pauses like the collector does, and, in the same
+// statement, the extra scalar expressions (an idle process's look for
+// due topics: see worker), scanned into their Dest. The pauses read are
+// stored as a collector read's would be. A missing pause table is read
+// as no pause; the extras are then read alone. It returns the first
+// error: the extras' values are valid only when it is nil.
+func (w *PauseWatch) ReadWith(ctx context.Context, extras ...Scalar) error {
+	cfg, err := w.check()
+	if err != nil {
+		return err
+	}
+	if len(extras) == 0 {
+		return w.runOnce(ctx, cfg)
+	}
+	sctx, cancel := context.WithTimeout(ctx, cfg.staleAfter())
+	defer cancel()
+	t, _ := w.Pauses.table()
+	exprs := make([]string, len(extras))
+	var args []any
+	dest := make([]any, len(extras))
+	for i, x := range extras {
+		exprs[i], dest[i] = x.SQL, x.Dest
+		args = append(args, x.Args...)
+	}
+	start := time.Now()
+	var pauses []Pause
+	err = func() error {
+		rows, err := w.Pauses.Primary.QueryContext(sctx, fmt.Sprintf(pauseProbeSQL, strings.Join(exprs, ", "), t), append(args, w.ServerID)...)
+		if err != nil {
+			return fmt.Errorf("read pauses: %w", noTable(err))
+		}
+		defer rows.Close()
+		for rows.Next() {
+			p, ok, err := scanPauseAfter(rows, dest)
+			if err != nil {
+				return err
+			}
+			if ok {
+				pauses = append(pauses, p)
+			}
+		}
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("read pauses: %w", err)
+		}
+		return nil
+	}()
+	if errors.Is(err, ErrNoPauseTable) {
+		if xerr := w.Pauses.Primary.QueryRowContext(sctx, "SELECT /* nonqueue probe */ "+strings.Join(exprs, ", "), args...).Scan(dest...); xerr != nil {
+			return fmt.Errorf("probe without a pause table: %w", xerr)
+		}
+	}
+	serr := w.store(ctx, cfg, start, pauses, err)
+	if err != nil && !errors.Is(err, ErrNoPauseTable) {
+		return err
+	}
+	return serr
+}
+
+// fresh reports whether the last good read is younger than d.
+func (w *PauseWatch) fresh(d time.Duration) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.last != nil && w.last.err == nil && time.Since(w.last.at) < d
+}
+
+// store records a read (its pauses, or its error) as the watch's state.
+func (w *PauseWatch) store(ctx context.Context, cfg GateConfig, start time.Time, pauses []Pause, err error) error {
 	missing := false
 	if errors.Is(err, ErrNoPauseTable) {
 		// No pause table: schema apply has not run since the upgrade, and

@@ -163,6 +163,12 @@ type Throttle struct {
 	Client *http.Client
 	// Logger receives transitions (open, closed and why); nil discards.
 	Logger *slog.Logger
+	// SkipFunc, if set, is asked before each periodic Threads_running
+	// read; true skips it while the last sample is younger than half the
+	// stale bound. An idle worker process reads Threads_running with its
+	// probe instead (FeedThreadsRunning), like the pauses: once the probe
+	// stops, the collector reads again before the sample goes stale.
+	SkipFunc func() bool
 
 	mu      sync.Mutex
 	threads *throttleSample // last Threads_running sample
@@ -316,6 +322,14 @@ func (t *Throttle) runOnce(ctx context.Context, cfg ThrottleConfig) {
 }
 
 func (t *Throttle) sampleThreads(ctx context.Context, cfg ThrottleConfig) {
+	if t.SkipFunc != nil {
+		t.mu.Lock()
+		s := t.threads
+		t.mu.Unlock()
+		if s != nil && s.err == nil && time.Since(s.at) < cfg.staleAfter()/2 && t.SkipFunc() {
+			return
+		}
+	}
 	sctx, cancel := context.WithTimeout(ctx, cfg.staleAfter())
 	defer cancel()
 	n, err := ReadThreadsRunning(sctx, t.Primary)
@@ -325,6 +339,27 @@ func (t *Throttle) sampleThreads(ctx context.Context, cfg ThrottleConfig) {
 func (t *Throttle) sampleURL(ctx context.Context, cfg ThrottleConfig) {
 	code, err := ProbeURL(ctx, t.Client, cfg.URL, cfg.URLTimeout)
 	t.store(ctx, cfg, &t.check, &throttleSample{value: int64(code), err: err, at: time.Now()})
+}
+
+// ProbesThreadsRunning reports whether the throttle samples the primary's
+// Threads_running, so an idle process's probe should read it
+// (FeedThreadsRunning). False for a nil Throttle.
+func (t *Throttle) ProbesThreadsRunning() bool {
+	return t != nil && t.Config.MaxThreadsRunning > 0
+}
+
+// FeedThreadsRunning stores a Threads_running read by another statement
+// (an idle process's probe) at local time at, as a sample of the
+// collector's own would be.
+func (t *Throttle) FeedThreadsRunning(ctx context.Context, n int64, at time.Time) {
+	if !t.ProbesThreadsRunning() {
+		return
+	}
+	cfg, err := t.config()
+	if err != nil {
+		return
+	}
+	t.store(ctx, cfg, &t.threads, &throttleSample{value: n, at: at})
 }
 
 // store keeps s (unless shutting down: the last real sample stays) and

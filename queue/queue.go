@@ -53,8 +53,8 @@ type Queue struct {
 	// Prepared once: each call is then one round trip (EXECUTE) instead of
 	// three (PREPARE, EXECUTE, CLOSE); database/sql re-prepares per
 	// connection as needed.
-	claimPickStmt, heartbeatStmt, holdsStmt, releaseStmt, finishStmt *sql.Stmt
-	stats                                                            struct{ won, lost, empty, combined atomic.Int64 }
+	heartbeatStmt, holdsStmt, releaseStmt, finishStmt *sql.Stmt
+	stats                                             struct{ won, lost, empty, combined atomic.Int64 }
 
 	// Claims waiting for the next combined claim (claimbatch.go), and
 	// whether a goroutine is serving them.
@@ -148,7 +148,6 @@ type preparedStmt struct {
 // prepared lists the hot statements, for prepare and Close.
 func (q *Queue) prepared() []preparedStmt {
 	return []preparedStmt{
-		{&q.claimPickStmt, q.sql.claimPick},
 		{&q.heartbeatStmt, q.sql.heartbeat}, {&q.holdsStmt, q.sql.holds}, {&q.releaseStmt, q.sql.release},
 		{&q.finishStmt, q.sql.finish},
 	}
@@ -201,6 +200,7 @@ type statements struct {
 	finishCol, finishNoCol                              string // finish's variants (refresh.go)
 	releasedParked                                      string
 	claimPick, claimMark, primaryPos                    string
+	dueProbe, expiredProbe                              string
 	reapFind, reapTake, reapRecord                      string
 	request, requestCreate                              string
 	activeArgs                                          []any
@@ -271,6 +271,12 @@ func buildStatements(cfg Config, f flavor.Flavor) statements {
  {claimedv} = {reqv}, {due} = {claimdue}, {claimed_at} = NOW(6), {hb} = NOW(6), {lease} = NOW(6) + INTERVAL {lease_us} MICROSECOND
  WHERE {id} IN ({ids}) AND {claimable} = 1`),
 		primaryPos: "SELECT /* nonqueue claim */ " + f.PrimaryPosExpr(),
+		// The idle probe's look (probe.go): the claim's filter and order,
+		// reading one index entry instead of taking it.
+		dueProbe: r.Replace(`(SELECT {priority} FROM {t} FORCE INDEX (nq_claim)
+ WHERE {claimable} = 1 AND {due} <= NOW(6) AND {activecol} IN ({active}) AND {priority} >= ?
+ ORDER BY {priority} DESC, {due}, {id} LIMIT 1)`),
+		expiredProbe: r.Replace(`EXISTS(SELECT 1 FROM {t} FORCE INDEX (nq_lease) WHERE {lease} < NOW(6))`),
 		// On the claim's connection: LAST_INSERT_ID is the session's
 		// (a primary key lookup: the server reads it as a constant).
 		claimRead: r.Replace(`SELECT /* nonqueue claim */ {id}, {required}, {token}, {claimedv}, {attempts}, {priority}, {primarypos}

@@ -11,7 +11,7 @@ import (
 const (
 	DefaultIDBase       = 1000
 	DefaultIDMultiplier = 100
-	DefaultIdleWait     = 500 * time.Millisecond
+	DefaultIdleWait     = 750 * time.Millisecond
 	DefaultGTIDWait     = 10 * time.Second
 	DefaultGTIDBackoff  = 30 * time.Second
 	DefaultGracePeriod  = 20 * time.Second
@@ -48,7 +48,11 @@ type Config struct {
 	IDBase       uint32 `toml:"id_base"`
 	IDMultiplier int64  `toml:"id_multiplier"`
 	// IdleWait is how long an instance waits before looking again when no
-	// topic is due; default 500ms.
+	// topic is due; default 750ms. An idle process looks once per
+	// IdleWait whatever its instance count (its probe), so a newly due
+	// topic is claimed within IdleWait plus a round trip or two, and an
+	// idle process costs the primary 1/IdleWait queries per second plus
+	// the registry refresh.
 	IdleWait time.Duration `toml:"idle_wait"`
 	// HeartbeatInterval renews a claim's lease while it runs; default a
 	// quarter of the lease.

@@ -147,6 +147,28 @@ func (in *Instance) runOnce(soft, hard context.Context, pipeline bool) (bool, er
 			return false, nil
 		}
 	}
+	if prober && in.deps.Pause != nil && in.park.isIdle() {
+		// Idle: look before claiming.
+		due, perr := in.probe(soft)
+		if !due || perr != nil {
+			defer in.park.leave(prober, false)
+			if perr != nil {
+				if soft.Err() != nil {
+					return false, errStop
+				}
+				return false, perr
+			}
+			in.setState(soft, monitor.StateIdle, 0, 0, 0)
+			sleep(soft, in.cfg.IdleWait)
+			return false, nil
+		}
+		// The probe read the pauses too: claim with what they say now.
+		var err error
+		if minPriority, _, err = in.deps.Pause.Check(in.cfg.MinPriority); err != nil {
+			defer in.park.leave(prober, false)
+			return false, nil
+		}
+	}
 	start := time.Now()
 	// The claim runs on a context a shutdown does not cancel: a claim
 	// UPDATE that commits on the server while the client gives up would
@@ -241,6 +263,47 @@ func (in *Instance) runOnce(soft, hard context.Context, pipeline bool) (bool, er
 		}()
 	}
 	return true, nil
+}
+
+// probe is an idle process's look at the primary, in place of a claim:
+// one statement (monitor.PauseWatch.ReadWith) reads the pauses covering
+// this replica and, beside them, the priority of the topic a claim would
+// take (queue.DueProbe), whether a lease has expired (queue.ExpiredProbe),
+// the primary's GTID position, which proves the replica's lag to the
+// gate without a heartbeat write (monitor.Gate.Prove), and, when the
+// throttle watches it, the primary's Threads_running. It reports whether
+// a claim would find a topic at or above the minimum priority that the
+// pauses just read leave this process.
+func (in *Instance) probe(ctx context.Context) (bool, error) {
+	var (
+		top     sql.NullInt64
+		expired bool
+		pos     sql.NullString
+	)
+	dueSQL, dueArgs := in.deps.Queue.DueProbe(in.cfg.MinPriority)
+	extras := []monitor.Scalar{
+		{SQL: dueSQL, Args: dueArgs, Dest: &top},
+		{SQL: in.deps.Queue.ExpiredProbe(), Dest: &expired},
+	}
+	var threads sql.NullInt64
+	if in.deps.Flavor != nil {
+		extras = append(extras, monitor.Scalar{SQL: in.deps.Flavor.PrimaryPosExpr(), Dest: &pos})
+		if in.deps.Throttle.ProbesThreadsRunning() {
+			extras = append(extras, monitor.Scalar{SQL: in.deps.Flavor.ThreadsRunningExpr(), Dest: &threads})
+		}
+	}
+	start := time.Now()
+	if err := in.deps.Pause.ReadWith(ctx, extras...); err != nil {
+		return false, fmt.Errorf("probe for due topics: %w", err)
+	}
+	in.deps.Gate.Prove(pos.String, start)
+	if threads.Valid {
+		in.deps.Throttle.FeedThreadsRunning(ctx, threads.Int64, start)
+	}
+	in.park.probed(expired)
+	// Paused (perr): nothing to claim; the next pass says so.
+	minPriority, _, perr := in.deps.Pause.Check(in.cfg.MinPriority)
+	return perr == nil && top.Valid && top.Int64 >= minPriority, nil
 }
 
 // Wait returns once the instance's shipment in flight, if any, is over.

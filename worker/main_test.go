@@ -106,7 +106,11 @@ func (b *bundle) startPool(t *testing.T, replica, instances int, tweak func(*wor
 	env := b.env
 	rdb := testdb.Open(t, env.Replica(replica, b.db))
 	rdb.SetMaxOpenConns(6*instances + 4) // as cmd/nonqueue's, pipelined: two runs per instance
-	pdb := testdb.Open(t, env.Primary(b.db))
+	// As cmd/nonqueue's pools: arguments interpolated, one round trip a
+	// statement (TestIdleProcessCost counts them).
+	pmc := env.Primary(b.db)
+	pmc.InterpolateParams = true
+	pdb := testdb.Open(t, pmc)
 	f, err := flavor.Detect(ctx, rdb)
 	if err != nil {
 		t.Fatal(err)

@@ -80,6 +80,20 @@ func (p *Pool) Run(soft, hard context.Context) error {
 		p.sweep(soft, log)
 	}()
 
+	// While the process idles, its probe (Instance.probe) answers what
+	// the pause watch, the lag heartbeat and the reaper would ask the
+	// primary: they rest, each only while the probe keeps answering.
+	if p.Deps.Pause != nil {
+		if p.Heartbeat.SkipFunc == nil {
+			p.Heartbeat.SkipFunc = func() bool { return park.isIdle() && p.Deps.Gate.ProofFresh() }
+		}
+		if p.Deps.Pause.SkipFunc == nil {
+			p.Deps.Pause.SkipFunc = park.isIdle
+		}
+		if t := p.Deps.Throttle; t != nil && t.SkipFunc == nil && p.Deps.Flavor != nil {
+			t.SkipFunc = park.isIdle
+		}
+	}
 	// Services live until the last run is over, so they use hard.
 	if err := p.Heartbeat.Start(hard); err != nil {
 		return err
@@ -101,6 +115,9 @@ func (p *Pool) Run(soft, hard context.Context) error {
 	defer p.Deps.Throttle.Stop(context.Background())
 	p.awaitGate(soft)
 	reaper := &queue.Reaper{Queue: p.Deps.Queue, ID: instances[0].ID, Interval: p.Config.ReapInterval, Logger: log, ReapedFunc: p.Deps.ReapedFunc}
+	if p.Deps.Pause != nil {
+		reaper.SkipFunc = func() bool { return park.restReaper(p.Config.ReapInterval) }
+	}
 	if err := reaper.Start(soft); err != nil {
 		return err
 	}

@@ -150,13 +150,17 @@ func noBinlog(mc *mysql.Config) *mysql.Config {
 	return mc
 }
 
-// maxPrimaryConns and maxPublishConns cap a worker process's two primary
-// pools (with the queue's, queue.MaxConns): the primary's connections
-// grow with processes, not with instances. Publishes beyond
-// maxPublishConns wait for a session, as they wait for a publish slot.
+// maxPrimaryConns, maxPublishConns and maxQueueConns cap a worker
+// process's three primary pools: the primary's connections grow with
+// processes, not with instances (at most 40 per process). Publishes beyond
+// maxPublishConns wait for a session, as they wait for a publish slot; the
+// queue's statements are short and a process's claims are combined, so
+// 16 sessions serve claims, lease heartbeats and finishes of a process
+// with a thousand instances (bench scenario 9).
 const (
 	maxPrimaryConns = 16
 	maxPublishConns = 8
+	maxQueueConns   = 16
 )
 
 // openNode connects to both servers and the primary's SSH, and reads what
@@ -171,6 +175,8 @@ func openNode(ctx context.Context, c *Config, instances int, log *slog.Logger) (
 	if n.queue, err = openQueue(ctx, c); err != nil {
 		return nil, err
 	}
+	n.queue.DB().SetMaxOpenConns(maxQueueConns)
+	n.queue.DB().SetMaxIdleConns(maxQueueConns)
 	pmc, err := c.Primary.MySQL("primary")
 	if err != nil {
 		return nil, err

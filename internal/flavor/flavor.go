@@ -41,6 +41,10 @@ type Flavor interface {
 	// IsolationParam is the session variable that sets the isolation
 	// level in a DSN.
 	IsolationParam() string
+	// ThreadsRunningExpr reads the server's Threads_running as a scalar
+	// expression, to add to a SELECT (what SHOW GLOBAL STATUS reports,
+	// with no privilege needed).
+	ThreadsRunningExpr() string
 }
 
 // MariaDB is MariaDB 10.5 and later.
@@ -65,6 +69,9 @@ func (MariaDB) IORunningColumn() string     { return "Slave_IO_Running" }
 func (MariaDB) SQLRunningColumn() string    { return "Slave_SQL_Running" }
 func (MariaDB) SecondsBehindColumn() string { return "Seconds_Behind_Master" }
 func (MariaDB) IsolationParam() string      { return "tx_isolation" }
+func (MariaDB) ThreadsRunningExpr() string {
+	return "(SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'THREADS_RUNNING')"
+}
 
 // MySQL is MySQL 8.0.22 and later (SHOW REPLICA STATUS).
 type MySQL struct{}
@@ -88,6 +95,9 @@ func (MySQL) IORunningColumn() string     { return "Replica_IO_Running" }
 func (MySQL) SQLRunningColumn() string    { return "Replica_SQL_Running" }
 func (MySQL) SecondsBehindColumn() string { return "Seconds_Behind_Source" }
 func (MySQL) IsolationParam() string      { return "transaction_isolation" }
+func (MySQL) ThreadsRunningExpr() string {
+	return "(SELECT VARIABLE_VALUE FROM performance_schema.global_status WHERE VARIABLE_NAME = 'Threads_running')"
+}
 
 // FromVersion picks the flavor for a VERSION() string.
 func FromVersion(v string) Flavor {

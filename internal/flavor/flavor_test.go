@@ -1,6 +1,9 @@
 package flavor
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
 // TestSQL pins each flavor's SQL: MariaDB is exercised live by the monitor
 // tests; MySQL 8 only here, as golden strings.
@@ -31,6 +34,10 @@ func TestSQL(t *testing.T) {
 		if _, err := c.f.WaitReached(7); err == nil {
 			t.Errorf("%s: 7 accepted", c.name)
 		}
+	}
+	if !strings.Contains(MariaDB{}.ThreadsRunningExpr(), "information_schema.GLOBAL_STATUS") ||
+		!strings.Contains(MySQL{}.ThreadsRunningExpr(), "performance_schema.global_status") {
+		t.Error("ThreadsRunningExpr: MySQL 8 keeps status variables in performance_schema only")
 	}
 	if FromVersion("10.11.19-MariaDB-0+deb12u1").Name() != "mariadb" || FromVersion("8.0.36").Name() != "mysql" {
 		t.Error("FromVersion")
