@@ -80,6 +80,8 @@ type runResult struct {
 	ScpBytes         int64   `json:"scp_bytes,omitempty"`
 	// Latency: scenario 8's ceiling, overhead and link counts.
 	Latency *latencyRun `json:"latency,omitempty"`
+	// Follow: scenario 9's follower round (bench/follow.go).
+	Follow *followRun `json:"follow,omitempty"`
 }
 
 // finish computes the scenario's medians once its runs are in.
