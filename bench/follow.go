@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"errors"
@@ -39,7 +40,7 @@ const (
 	// followTputTopics: the throughput rows point at topics 1..this; the
 	// delay runs use topics of their own above it.
 	followTputTopics = 1000
-	followWriters    = 16
+	followWriters    = 32
 	followPoll       = 20 * time.Millisecond
 )
 
@@ -82,6 +83,9 @@ type followRun struct {
 	// Delay rounds: the writers' rate and commit -> request percentiles.
 	ChangesPerS float64            `json:"changes_per_s,omitempty"`
 	DelayMS     map[string]float64 `json:"delay_ms,omitempty"`
+	// ReplicationMS: of the delay, commit on the primary -> applied on
+	// replica 1 (the follower's source), polled every replicaPoll.
+	ReplicationMS map[string]float64 `json:"replication_ms,omitempty"`
 	// Requested: topics of the round requested (all of them, or an error).
 	Requested int `json:"requested"`
 }
@@ -90,8 +94,11 @@ type followRun struct {
 type followState struct {
 	config string
 	next   int // next free topic id for a delay run
-	proc   *child.Process
-	starts int
+	// writers: the delay runs' pool on the primary, one connection per
+	// writer (the harness's own pool has 16).
+	writers *sql.DB
+	proc    *child.Process
+	starts  int
 }
 
 var followConfigTmpl = template.Must(template.New("follow").Parse(`# nonqueue bench: the follower of scenario 9, written by nqbench.
@@ -153,7 +160,13 @@ func (b *bench) followSetup(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	b.follow = &followState{config: path, next: followTputTopics + 1}
+	writers, err := openDB(b.sb.MySQLConfig(b.sb.Primary), nil, false)
+	if err != nil {
+		return err
+	}
+	writers.SetMaxOpenConns(followWriters)
+	writers.SetMaxIdleConns(followWriters)
+	b.follow = &followState{config: path, next: followTputTopics + 1, writers: writers}
 	b.info("nonqueue follow --config %s: replica1's binlog, table %s.change, topics %s.topic 1..%d, after 0s", path, followSchema, followSchema, topics)
 	// A first run saves the source's position: rows written from then on
 	// are followed, also while no follower runs.
@@ -302,6 +315,16 @@ func writeParallel(ctx context.Context, n int, fn func(ctx context.Context, k in
 	return first
 }
 
+// scenarioFollowSingle and scenarioFollowBulk are scenarioFollowTput with
+// one row per transaction and with BulkPerTx rows per INSERT.
+func (b *bench) scenarioFollowSingle(ctx context.Context) (*scenario, error) {
+	return b.scenarioFollowTput(ctx, b.s.Follow.SingleRows, 1)
+}
+
+func (b *bench) scenarioFollowBulk(ctx context.Context) (*scenario, error) {
+	return b.scenarioFollowTput(ctx, b.s.Follow.BulkRows, b.s.Follow.BulkPerTx)
+}
+
 // scenarioFollowTput: rows are written while no follower runs (rowsPerTx
 // per transaction, over topics 1..followTputTopics) and reach replica 1;
 // then `nonqueue follow` starts at its saved position. Its time runs from
@@ -432,6 +455,7 @@ func (b *bench) scenarioFollowDelay(ctx context.Context) (sc *scenario, err erro
 			err = errors.Join(err, serr)
 		}
 	}()
+	defer b.follow.writers.Close()
 	for i := 1; i <= sc.want; i++ {
 		r, err := b.followDelayRound(ctx, n)
 		if err != nil {
@@ -439,18 +463,19 @@ func (b *bench) scenarioFollowDelay(ctx context.Context) (sc *scenario, err erro
 		}
 		sc.Runs = append(sc.Runs, r)
 		fr := r.Follow
-		b.info("run %d/%d: %d changes at %.0f/s: commit -> request p50 %.0f ms, p99 %.0f ms, max %.0f ms; follower CPU %.2f ms per 1,000 events",
-			i, sc.want, n, fr.ChangesPerS, fr.DelayMS["p50"], fr.DelayMS["p99"], fr.DelayMS["max"], fr.CPUMSPer1000)
+		b.info("run %d/%d: %d changes at %.0f/s: commit -> request p50 %.0f ms, p99 %.0f ms, max %.0f ms (replication to replica1: p50 %.0f, p99 %.0f ms); follower CPU %.2f ms per 1,000 events",
+			i, sc.want, n, fr.ChangesPerS, fr.DelayMS["p50"], fr.DelayMS["p99"], fr.DelayMS["max"], fr.ReplicationMS["p50"], fr.ReplicationMS["p99"], fr.CPUMSPer1000)
 	}
 	sc.finish()
-	var p50, p99, mx []float64
+	var p50, p99, mx, r99 []float64
 	for _, r := range sc.Runs {
 		p50 = append(p50, r.Follow.DelayMS["p50"])
 		p99 = append(p99, r.Follow.DelayMS["p99"])
 		mx = append(mx, r.Follow.DelayMS["max"])
+		r99 = append(r99, r.Follow.ReplicationMS["p99"])
 	}
-	sc.Notes = append(sc.Notes, fmt.Sprintf("commit -> request p50 %.0f ms (min %.0f, max %.0f), p99 %.0f ms (min %.0f, max %.0f), max %.0f ms",
-		median(p50), minOf(p50), maxOf(p50), median(p99), minOf(p99), maxOf(p99), maxOf(mx)))
+	sc.Notes = append(sc.Notes, fmt.Sprintf("commit -> request p50 %.0f ms (min %.0f, max %.0f), p99 %.0f ms (min %.0f, max %.0f), max %.0f ms; replication alone p99 %.0f ms",
+		median(p50), minOf(p50), maxOf(p50), median(p99), minOf(p99), maxOf(p99), maxOf(mx), median(r99)))
 	return sc, nil
 }
 
@@ -474,6 +499,13 @@ func (b *bench) followDelayRound(ctx context.Context, n int) (*runResult, error)
 	if err != nil {
 		return nil, err
 	}
+	// Where the time goes: replica 1 is polled for the highest change id it
+	// has applied, so each change's delay splits into replication (commit
+	// on the primary -> applied on the replica, within the poll interval)
+	// and the follower's part.
+	pctx, stopPoll := context.WithCancel(ctx)
+	polled := make(chan []replicaSample, 1)
+	go func() { polled <- b.pollReplica(pctx) }()
 	t0 := time.Now()
 	err = writeParallel(ctx, n, func(ctx context.Context, k int) error {
 		if d := time.Until(t0.Add(time.Duration(float64(k) / fs.DelayRate * float64(time.Second)))); d > 0 {
@@ -481,38 +513,45 @@ func (b *bench) followDelayRound(ctx context.Context, n int) (*runResult, error)
 				return err
 			}
 		}
-		_, err := b.primary.ExecContext(ctx, "INSERT INTO "+followSchema+".change (topic, created) VALUES (?, NOW(6))", lo+k)
+		_, err := b.follow.writers.ExecContext(ctx, "INSERT INTO "+followSchema+".change (topic, created) VALUES (?, NOW(6))", lo+k)
 		return err
 	})
-	if err != nil {
-		return nil, fmt.Errorf("write changes: %w", err)
-	}
 	writeS := time.Since(t0).Seconds()
-	target, err := b.primaryPos(ctx)
-	if err != nil {
-		return nil, err
+	var target string
+	if err == nil {
+		target, err = b.primaryPos(ctx)
 	}
-	row, err := b.waitFollowed(ctx, target, 2*time.Minute)
+	var row followRow
+	if err == nil {
+		row, err = b.waitFollowed(ctx, target, 2*time.Minute)
+	}
+	stopPoll()
+	samples := <-polled
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("write and follow changes: %w", err)
 	}
 	cpu1, err := procCPU(pid)
 	if err != nil {
 		return nil, err
 	}
-	rows, err := b.primary.QueryContext(ctx, `SELECT TIMESTAMPDIFF(MICROSECOND, c.created, t.due) FROM `+followSchema+`.change c
+	rows, err := b.primary.QueryContext(ctx, `SELECT c.id, UNIX_TIMESTAMP(c.created), TIMESTAMPDIFF(MICROSECOND, c.created, t.due) FROM `+followSchema+`.change c
  JOIN `+followSchema+`.topic t ON t.id = c.topic WHERE c.topic BETWEEN ? AND ? AND t.required > 0`, lo, lo+n-1)
 	if err != nil {
 		return nil, err
 	}
-	var us []int64
+	var us, repl []int64
 	for rows.Next() {
-		var v int64
-		if err := rows.Scan(&v); err != nil {
+		var id, v int64
+		var created float64
+		if err := rows.Scan(&id, &created, &v); err != nil {
 			rows.Close()
 			return nil, err
 		}
 		us = append(us, v)
+		// The first sample that saw the change applied on the replica.
+		if i, _ := slices.BinarySearchFunc(samples, id, func(s replicaSample, id int64) int { return cmp.Compare(s.maxID, id) }); i < len(samples) {
+			repl = append(repl, int64((samples[i].at-created)*1e6))
+		}
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
@@ -521,12 +560,12 @@ func (b *bench) followDelayRound(ctx context.Context, n int) (*runResult, error)
 	if len(us) != n {
 		return nil, fmt.Errorf("%d of %d changed topics requested", len(us), n)
 	}
-	slices.Sort(us)
-	pct := func(p float64) float64 { return float64(us[min(len(us)-1, int(p*float64(len(us))))]) / 1000 }
 	events := row.events - before.events
 	fr := &followRun{Events: events, ChangesPerS: float64(n) / writeS, Requested: len(us),
-		DelayMS: map[string]float64{"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "max": float64(us[len(us)-1]) / 1000},
-		CPUMS:   (cpu1 - cpu0) * 1000}
+		DelayMS: percentilesMS(us), CPUMS: (cpu1 - cpu0) * 1000}
+	if len(repl) == n {
+		fr.ReplicationMS = percentilesMS(repl)
+	}
 	if events > 0 {
 		fr.CPUMSPer1000 = fr.CPUMS * 1000 / float64(events)
 	}
@@ -568,6 +607,7 @@ func (b *bench) followSummary(sum map[string]any) []target {
 		sum["follow_delay_p99_ms"] = p99
 		sum["follow_changes_per_s"] = medianOf(sc, func(r *followRun) float64 { return r.ChangesPerS })
 		sum["follow_delay_cpu_ms_per_1000_events"] = medianOf(sc, func(r *followRun) float64 { return r.CPUMSPer1000 })
+		sum["follow_replication_p99_ms"] = medianOf(sc, func(r *followRun) float64 { return r.ReplicationMS["p99"] })
 	}
 	check := func(name string, v *float64, goal string, ok func(float64) bool) target {
 		return target{Name: name, Value: v, Goal: goal, Pass: v != nil && ok(*v)}
@@ -594,4 +634,39 @@ func plural(n int, what string) string {
 		return "1 " + what
 	}
 	return commas(n) + " " + what + "s"
+}
+
+// replicaPoll paces the delay runs' poll of replica 1.
+const replicaPoll = 10 * time.Millisecond
+
+// replicaSample: at (unix seconds, the replica's clock) the replica had
+// applied the changes up to maxID.
+type replicaSample struct {
+	maxID int64
+	at    float64
+}
+
+// pollReplica samples replica 1's highest applied change id until ctx
+// ends; the samples come in increasing order.
+func (b *bench) pollReplica(ctx context.Context) []replicaSample {
+	var out []replicaSample
+	for ctx.Err() == nil {
+		var s replicaSample
+		err := b.replicas[0].QueryRowContext(ctx, "SELECT COALESCE(MAX(id), 0), UNIX_TIMESTAMP(NOW(6)) FROM "+followSchema+".change").Scan(&s.maxID, &s.at)
+		if err == nil && (len(out) == 0 || s.maxID > out[len(out)-1].maxID) {
+			out = append(out, s)
+		}
+		if sleepCtx(ctx, replicaPoll) != nil {
+			break
+		}
+	}
+	return out
+}
+
+// percentilesMS: p50, p90, p99 and max of microsecond values, in ms.
+func percentilesMS(us []int64) map[string]float64 {
+	us = slices.Clone(us)
+	slices.Sort(us)
+	pct := func(p float64) float64 { return float64(us[min(len(us)-1, int(p*float64(len(us))))]) / 1000 }
+	return map[string]float64{"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "max": float64(us[len(us)-1]) / 1000}
 }

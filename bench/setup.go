@@ -167,12 +167,8 @@ func (b *bench) runAll(ctx context.Context, dir string) (err error) {
 		step{"sync", "7. fsync cost: 1 replica x 4 with [results] sync = false", b.scenarioNoSyncSweep},
 		step{"sync", "7. fsync cost: the big result with [results] sync = false", b.scenarioNoSyncBig},
 		step{"latency", fmt.Sprintf("8. a network: 1 replica x 4 at a %v round trip to the primary", b.s.LatencyRTT), b.scenarioLatency},
-		step{"follow", "9. nonqueue follow: row events a second, 1 row per transaction",
-			func(ctx context.Context) (*scenario, error) { return b.scenarioFollowTput(ctx, b.s.Follow.SingleRows, 1) }},
-		step{"follow", fmt.Sprintf("9. nonqueue follow: row events a second, %d rows per transaction", b.s.Follow.BulkPerTx),
-			func(ctx context.Context) (*scenario, error) {
-				return b.scenarioFollowTput(ctx, b.s.Follow.BulkRows, b.s.Follow.BulkPerTx)
-			}},
+		step{"follow", "9. nonqueue follow: row events a second, 1 row per transaction", b.scenarioFollowSingle},
+		step{"follow", "9. nonqueue follow: row events a second, 1,000-row transactions", b.scenarioFollowBulk},
 		step{"follow", "9. nonqueue follow: commit -> request delay", b.scenarioFollowDelay})
 	for _, st := range steps {
 		if ctx.Err() != nil {
