@@ -55,11 +55,13 @@ type followSettings struct {
 	// with after = "0s".
 	DelayRate float64       `json:"delay_changes_per_s"`
 	DelayFor  time.Duration `json:"delay_for_ns"`
+	// Runs of each part; 0: the harness's runs per scenario.
+	Runs int `json:"runs"`
 }
 
 func defaultFollowSettings(quick bool) followSettings {
 	if quick {
-		return followSettings{SingleRows: 20_000, BulkRows: 50_000, BulkPerTx: 1000, DelayRate: 2000, DelayFor: 5 * time.Second}
+		return followSettings{SingleRows: 20_000, BulkRows: 50_000, BulkPerTx: 1000, DelayRate: 2000, DelayFor: 5 * time.Second, Runs: 1}
 	}
 	return followSettings{SingleRows: 100_000, BulkRows: 200_000, BulkPerTx: 1000, DelayRate: 2000, DelayFor: 20 * time.Second}
 }
@@ -86,6 +88,10 @@ type followRun struct {
 	// ReplicationMS: of the delay, commit on the primary -> applied on
 	// replica 1 (the follower's source), polled every replicaPoll.
 	ReplicationMS map[string]float64 `json:"replication_ms,omitempty"`
+	// FollowerMS: the rest, applied on replica 1 -> request visible on the
+	// primary (the follower's own part: its source's binlog, its reading,
+	// its commit).
+	FollowerMS map[string]float64 `json:"follower_ms,omitempty"`
 	// Requested: topics of the round requested (all of them, or an error).
 	Requested int `json:"requested"`
 }
@@ -94,8 +100,9 @@ type followRun struct {
 type followState struct {
 	config string
 	next   int // next free topic id for a delay run
-	// writers: the delay runs' pool on the primary, one connection per
-	// writer (the harness's own pool has 16).
+	// writers: the pool of the rows' writers on the primary, one
+	// connection per writer (the harness's own pool has 16); closed at
+	// the end of the delay part, the last.
 	writers *sql.DB
 	proc    *child.Process
 	starts  int
@@ -124,8 +131,7 @@ func (b *bench) followSetup(ctx context.Context) error {
 		return nil
 	}
 	fs := b.s.Follow
-	runs := b.s.Runs
-	topics := followTputTopics + runs*int(fs.DelayRate*fs.DelayFor.Seconds()) + 1000
+	topics := followTputTopics + b.followRuns()*int(fs.DelayRate*fs.DelayFor.Seconds()) + 1000
 	q, err := queue.Open(ctx, b.sb.MySQLConfig(b.sb.Primary), queue.Config{Schema: followSchema, MetaSchema: followSchema})
 	if err != nil {
 		return err
@@ -177,6 +183,15 @@ func (b *bench) followSetup(ctx context.Context) error {
 		return err
 	}
 	return b.stopFollower()
+}
+
+// followRuns is the runs of each part of scenario 9: quick mode's own
+// (1), else the harness's (-runs, default 3).
+func (b *bench) followRuns() int {
+	if b.s.Follow.Runs > 0 {
+		return b.s.Follow.Runs
+	}
+	return b.s.Runs
 }
 
 // followRow is the follower's row on the primary.
@@ -332,7 +347,7 @@ func (b *bench) scenarioFollowBulk(ctx context.Context) (*scenario, error) {
 // primary's position, both on the primary's clock; its CPU is the
 // process's whole life until then.
 func (b *bench) scenarioFollowTput(ctx context.Context, rows, rowsPerTx int) (*scenario, error) {
-	sc := &scenario{Key: fmt.Sprintf("follow_tput_%d", rowsPerTx), Kind: "follow", Topics: rows, want: b.s.Runs,
+	sc := &scenario{Key: fmt.Sprintf("follow_tput_%d", rowsPerTx), Kind: "follow", Topics: rows, want: b.followRuns(),
 		Title: fmt.Sprintf("nonqueue follow, %s per transaction", plural(rowsPerTx, "row"))}
 	defer sc.finish()
 	if err := b.followSetup(ctx); err != nil {
@@ -373,7 +388,7 @@ func (b *bench) followTputRound(ctx context.Context, rows, rowsPerTx int) (*runR
 			}
 			fmt.Fprintf(&sb, "(%d, NOW(6))", 1+j%followTputTopics)
 		}
-		_, err := b.primary.ExecContext(ctx, sb.String())
+		_, err := b.follow.writers.ExecContext(ctx, sb.String())
 		return err
 	})
 	if err != nil {
@@ -438,7 +453,7 @@ func (b *bench) followTputRound(ctx context.Context, rows, rowsPerTx int) (*runR
 func (b *bench) scenarioFollowDelay(ctx context.Context) (sc *scenario, err error) {
 	fs := b.s.Follow
 	n := int(fs.DelayRate * fs.DelayFor.Seconds())
-	sc = &scenario{Key: fmt.Sprintf("follow_delay_%.0f", fs.DelayRate), Kind: "follow", Topics: n, want: b.s.Runs,
+	sc = &scenario{Key: fmt.Sprintf("follow_delay_%.0f", fs.DelayRate), Kind: "follow", Topics: n, want: b.followRuns(),
 		Title: fmt.Sprintf("nonqueue follow, %s changes/s, after 0s", commas(int(fs.DelayRate)))}
 	defer sc.finish()
 	if err := b.followSetup(ctx); err != nil {
@@ -463,19 +478,21 @@ func (b *bench) scenarioFollowDelay(ctx context.Context) (sc *scenario, err erro
 		}
 		sc.Runs = append(sc.Runs, r)
 		fr := r.Follow
-		b.info("run %d/%d: %d changes at %.0f/s: commit -> request p50 %.0f ms, p99 %.0f ms, max %.0f ms (replication to replica1: p50 %.0f, p99 %.0f ms); follower CPU %.2f ms per 1,000 events",
-			i, sc.want, n, fr.ChangesPerS, fr.DelayMS["p50"], fr.DelayMS["p99"], fr.DelayMS["max"], fr.ReplicationMS["p50"], fr.ReplicationMS["p99"], fr.CPUMSPer1000)
+		b.info("run %d/%d: %d changes at %.0f/s: commit -> request p50 %.0f ms, p99 %.0f ms, max %.0f ms (replication to replica1: p50 %.0f, p99 %.0f ms; the follower's part: p50 %.0f, p99 %.0f ms); follower CPU %.2f ms per 1,000 events",
+			i, sc.want, n, fr.ChangesPerS, fr.DelayMS["p50"], fr.DelayMS["p99"], fr.DelayMS["max"], fr.ReplicationMS["p50"], fr.ReplicationMS["p99"],
+			fr.FollowerMS["p50"], fr.FollowerMS["p99"], fr.CPUMSPer1000)
 	}
 	sc.finish()
-	var p50, p99, mx, r99 []float64
+	var p50, p99, mx, r99, f99 []float64
 	for _, r := range sc.Runs {
 		p50 = append(p50, r.Follow.DelayMS["p50"])
 		p99 = append(p99, r.Follow.DelayMS["p99"])
 		mx = append(mx, r.Follow.DelayMS["max"])
 		r99 = append(r99, r.Follow.ReplicationMS["p99"])
+		f99 = append(f99, r.Follow.FollowerMS["p99"])
 	}
-	sc.Notes = append(sc.Notes, fmt.Sprintf("commit -> request p50 %.0f ms (min %.0f, max %.0f), p99 %.0f ms (min %.0f, max %.0f), max %.0f ms; replication alone p99 %.0f ms",
-		median(p50), minOf(p50), maxOf(p50), median(p99), minOf(p99), maxOf(p99), maxOf(mx), median(r99)))
+	sc.Notes = append(sc.Notes, fmt.Sprintf("commit -> request p50 %.0f ms (min %.0f, max %.0f), p99 %.0f ms (min %.0f, max %.0f), max %.0f ms; of which replication p99 %.0f ms, the follower's part p99 %.0f ms",
+		median(p50), minOf(p50), maxOf(p50), median(p99), minOf(p99), maxOf(p99), maxOf(mx), median(r99), median(f99)))
 	return sc, nil
 }
 
@@ -539,7 +556,7 @@ func (b *bench) followDelayRound(ctx context.Context, n int) (*runResult, error)
 	if err != nil {
 		return nil, err
 	}
-	var us, repl []int64
+	var us, repl, foll []int64
 	for rows.Next() {
 		var id, v int64
 		var created float64
@@ -550,7 +567,9 @@ func (b *bench) followDelayRound(ctx context.Context, n int) (*runResult, error)
 		us = append(us, v)
 		// The first sample that saw the change applied on the replica.
 		if i, _ := slices.BinarySearchFunc(samples, id, func(s replicaSample, id int64) int { return cmp.Compare(s.maxID, id) }); i < len(samples) {
-			repl = append(repl, int64((samples[i].at-created)*1e6))
+			r := int64((samples[i].at - created) * 1e6)
+			repl = append(repl, r)
+			foll = append(foll, v-r)
 		}
 	}
 	rows.Close()
@@ -564,7 +583,7 @@ func (b *bench) followDelayRound(ctx context.Context, n int) (*runResult, error)
 	fr := &followRun{Events: events, ChangesPerS: float64(n) / writeS, Requested: len(us),
 		DelayMS: percentilesMS(us), CPUMS: (cpu1 - cpu0) * 1000}
 	if len(repl) == n {
-		fr.ReplicationMS = percentilesMS(repl)
+		fr.ReplicationMS, fr.FollowerMS = percentilesMS(repl), percentilesMS(foll)
 	}
 	if events > 0 {
 		fr.CPUMSPer1000 = fr.CPUMS * 1000 / float64(events)
@@ -608,6 +627,7 @@ func (b *bench) followSummary(sum map[string]any) []target {
 		sum["follow_changes_per_s"] = medianOf(sc, func(r *followRun) float64 { return r.ChangesPerS })
 		sum["follow_delay_cpu_ms_per_1000_events"] = medianOf(sc, func(r *followRun) float64 { return r.CPUMSPer1000 })
 		sum["follow_replication_p99_ms"] = medianOf(sc, func(r *followRun) float64 { return r.ReplicationMS["p99"] })
+		sum["follow_follower_p99_ms"] = medianOf(sc, func(r *followRun) float64 { return r.FollowerMS["p99"] })
 	}
 	check := func(name string, v *float64, goal string, ok func(float64) bool) target {
 		return target{Name: name, Value: v, Goal: goal, Pass: v != nil && ok(*v)}

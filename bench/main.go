@@ -149,7 +149,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stderr, "nqbench: -runs wants 1..9")
 			return 2
 		}
-		s.Runs, s.SweepRuns = *runs, *runs
+		s.Runs, s.SweepRuns, s.Follow.Runs = *runs, *runs, *runs
 	}
 	switch *verify {
 	case transfer.VerifyBytes, transfer.VerifyChecksum:
