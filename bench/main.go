@@ -67,6 +67,8 @@ type settings struct {
 	// trip to the primary (scenario 8).
 	LatencyTopics int           `json:"latency_topics"`
 	LatencyRTT    time.Duration `json:"latency_rtt_ns"`
+	// Follow: scenario 10's sizes (bench/follow.go).
+	Follow followSettings `json:"follow"`
 }
 
 type topology struct {
@@ -93,6 +95,7 @@ func defaultSettings(quick bool) settings {
 		Pipeline: true,
 		PostsMin: 200, PostsMax: 400,
 		LatencyTopics: 400, LatencyRTT: time.Millisecond,
+		Follow: defaultFollowSettings(quick),
 	}
 	if quick {
 		s.SeedTopics, s.Topics, s.ScaleTopics, s.BigMB, s.SweepRuns = 60, 200, 96, 64, 1
@@ -130,7 +133,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	sweep := fs.String("sweep", "", "run only these nonqueue topologies of scenario 2, comma-separated REPLICASxINSTANCES such as 1x4,2x16 (for debugging)")
 	pipeline := fs.Bool("pipeline", true, "the workers' [worker] pipeline (their default: true); -pipeline=false runs each topic to its end before the next claim")
 	verify := fs.String("verify", transfer.VerifyBytes, "the workers' [results] verify outside the big result: bytes (their default) or checksum")
-	only := fs.String("only", "", "run only these scenarios, comma-separated: seed, ceiling, sweep, scale, big, sync, latency, scale1000 (the summary then has gaps; sync compares with sweep and big when they ran too)")
+	only := fs.String("only", "", "run only these scenarios, comma-separated: seed, ceiling, sweep, scale, big, sync, latency, scale1000, follow (the summary then has gaps; sync compares with sweep and big when they ran too)")
 	rtt := fs.Duration("rtt", time.Millisecond, "the latency scenario's round trip to the primary, whole milliseconds (0: the proxies only, to see their own cost)")
 	compare := fs.String("compare", "", "a second nonqueue binary, measured in the latency scenario alternately with the first on the same sandbox (A/B of a change)")
 	if err := fs.Parse(args); err != nil {
@@ -146,7 +149,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stderr, "nqbench: -runs wants 1..9")
 			return 2
 		}
-		s.Runs, s.SweepRuns = *runs, *runs
+		s.Runs, s.SweepRuns, s.Follow.Runs = *runs, *runs, *runs
 	}
 	switch *verify {
 	case transfer.VerifyBytes, transfer.VerifyChecksum:
@@ -194,7 +197,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		b.only = map[string]bool{}
 		for _, k := range strings.Split(*only, ",") {
 			switch k = strings.TrimSpace(k); k {
-			case "seed", "ceiling", "sweep", "scale", "big", "sync", "latency", "scale1000":
+			case "seed", "ceiling", "sweep", "scale", "big", "sync", "latency", "scale1000", "follow":
 				b.only[k] = true
 			default:
 				fmt.Fprintf(stderr, "nqbench: -only: unknown scenario %q\n", k)

@@ -214,6 +214,7 @@ func (b *bench) summary() (map[string]any, []target, int) {
 		check("overhead per topic at a 1 ms round trip, ms (overhead_ms_per_topic_rtt1ms)", overRTT, "<= 15", func(v float64) bool { return v <= 15 }),
 	}
 	targets = append(targets, b.scale1000Summary(sum, check)...)
+	targets = append(targets, b.followSummary(sum)...)
 	met := 0
 	for _, t := range targets {
 		if t.Pass {
@@ -235,7 +236,7 @@ func (b *bench) finish(runErr error) int {
 	fmt.Fprintln(w, strings.Repeat("-", 120))
 	for _, sc := range b.scenarios {
 		notes := slices.Clone(sc.Notes)
-		if sc.Kind != "seed" && sc.Kind != "ceiling" && len(sc.Runs) > 0 {
+		if sc.Kind != "seed" && sc.Kind != "ceiling" && sc.Kind != "follow" && len(sc.Runs) > 0 {
 			notes = append([]string{fmt.Sprintf("computed twice %d", sc.Duplicates)}, notes...)
 		}
 		if sc.MaxRSSMB > 0 && sc.Kind != "big" {

@@ -85,6 +85,8 @@ type runResult struct {
 	Latency *latencyRun `json:"latency,omitempty"`
 	// Scale: scenario 9's claim latency and connections (scale1000.go).
 	Scale *scaleRun `json:"scale,omitempty"`
+	// Follow: scenario 10's follower round (bench/follow.go).
+	Follow *followRun `json:"follow,omitempty"`
 }
 
 // finish computes the scenario's medians once its runs are in.

@@ -54,6 +54,8 @@ type bench struct {
 	// bigBuilt: influencer.BigSrc exists on replica 1 (scenario 5 keeps
 	// it for scenario 7, which drops it).
 	bigBuilt bool
+	// follow: scenario 10's setup and its running follower (bench/follow.go).
+	follow *followState
 
 	sb *sandbox.Sandbox
 	// primary is the application user on the primary; primaryNoBin the
@@ -165,7 +167,10 @@ func (b *bench) runAll(ctx context.Context, dir string) (err error) {
 		step{"sync", "7. fsync cost: 1 replica x 4 with [results] sync = false", b.scenarioNoSyncSweep},
 		step{"sync", "7. fsync cost: the big result with [results] sync = false", b.scenarioNoSyncBig},
 		step{"latency", fmt.Sprintf("8. a network: 1 replica x 4 at a %v round trip to the primary", b.s.LatencyRTT), b.scenarioLatency},
-		step{"scale1000", "9. 1,000 instances against one primary (scale1000.go)", b.scenarioScale1000})
+		step{"scale1000", "9. 1,000 instances against one primary (scale1000.go)", b.scenarioScale1000},
+		step{"follow", "10. nonqueue follow: row events a second, 1 row per transaction", b.scenarioFollowSingle},
+		step{"follow", "10. nonqueue follow: row events a second, 1,000-row transactions", b.scenarioFollowBulk},
+		step{"follow", "10. nonqueue follow: commit -> request delay", b.scenarioFollowDelay})
 	for _, st := range steps {
 		if ctx.Err() != nil {
 			break

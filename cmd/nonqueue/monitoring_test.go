@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"maps"
 	"os"
 	"os/exec"
@@ -101,7 +102,14 @@ func usedNames(texts ...string) map[string]string {
 // SIGTERM (SIGKILL after 30s) when t ends.
 func startWorkerProcess(t *testing.T, cfg string) string {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "work", "--config", cfg, "--instances", "1", "--metrics-listen", "127.0.0.1:0")
+	return startMetricsProcess(t, "worker", "work", "--config", cfg, "--instances", "1")
+}
+
+// startMetricsProcess runs `nonqueue ARGS... --metrics-listen 127.0.0.1:0`
+// as startWorkerProcess does; what names it in messages.
+func startMetricsProcess(t *testing.T, what string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], append(args, "--metrics-listen", "127.0.0.1:0")...)
 	cmd.Env = append(os.Environ(), "NQ_TEST_AS_NONQUEUE=1")
 	out := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
@@ -119,15 +127,15 @@ func startWorkerProcess(t *testing.T, cfg string) string {
 			<-exited
 		}
 		if t.Failed() {
-			t.Logf("worker output:\n%s", out.String())
+			t.Logf("%s output:\n%s", what, out.String())
 		}
 	})
 	var addr string
-	testdb.WaitFor(t, 60*time.Second, "the worker's metrics address in its log", func() bool {
+	testdb.WaitFor(t, 60*time.Second, "the "+what+"'s metrics address in its log", func() bool {
 		select {
 		case err := <-exited:
 			exited <- err
-			t.Fatalf("worker exited before serving metrics: %v\n%s", err, out.String())
+			t.Fatalf("%s exited before serving metrics: %v\n%s", what, err, out.String())
 		default:
 		}
 		if m := listenRe.FindStringSubmatch(out.String()); m != nil {
@@ -142,11 +150,12 @@ func startWorkerProcess(t *testing.T, cfg string) string {
 // TestMonitoringMetricNames: every nonqueue metric named in the alerting
 // rules (monitor/prometheus/alerts.yml) and in the Grafana dashboard's
 // queries (monitor/grafana/nonqueue.json) is one a real worker process
-// (`nonqueue work --metrics-listen`) or a real dashboard (/metrics)
-// exports, and the dashboard shows every nonqueue metric they export.
-// The worker runs against replica 1 of the package's sandbox until its
-// lag gate has sampled, so the replication metrics, which exist only
-// then, are exported too.
+// (`nonqueue work --metrics-listen`), a real binlog follower (`nonqueue
+// follow --metrics-listen`) or a real dashboard (/metrics) exports, and the
+// dashboard shows every nonqueue metric they export. The worker runs
+// against replica 1 of the package's sandbox until its lag gate has
+// sampled, so the replication metrics, which exist only then, are
+// exported too.
 func TestMonitoringMetricNames(t *testing.T) {
 	b := setupWork(t)
 	b.addTopics(t, 1)
@@ -161,11 +170,13 @@ func TestMonitoringMetricNames(t *testing.T) {
 	dashURL, _, stopDash := startDashboard(t, "--config", cfg, "--listen", "127.0.0.1:0")
 	defer stopDash()
 	_, dfams := scrape(t, strings.TrimSuffix(dashURL, "/")+"/metrics")
+	followAddr := startMetricsProcess(t, "follower", "follow", "--config", followConfig(t, b, cfg))
+	_, ffams := scrape(t, "http://"+followAddr+"/metrics")
 
 	// What the processes export: series name -> family.
 	exported := map[string]string{}
 	var families []string
-	for _, fams := range []map[string]*dto.MetricFamily{wfams, dfams} {
+	for _, fams := range []map[string]*dto.MetricFamily{wfams, dfams, ffams} {
 		for name, mf := range fams {
 			if !strings.HasPrefix(name, "nonqueue_") {
 				continue
@@ -193,7 +204,7 @@ func TestMonitoringMetricNames(t *testing.T) {
 	}{{alertsFile, fromRules}, {dashboardFile, fromDash}} {
 		for _, name := range slices.Sorted(maps.Keys(src.used)) {
 			if _, ok := exported[name]; !ok {
-				t.Errorf("%s uses %s, which neither the worker nor the dashboard exports; in: %s", src.file, name, src.used[name])
+				t.Errorf("%s uses %s, which neither the worker, the follower nor the dashboard exports; in: %s", src.file, name, src.used[name])
 			}
 		}
 	}
@@ -212,4 +223,27 @@ func TestMonitoringMetricNames(t *testing.T) {
 		return
 	}
 	t.Logf("%d nonqueue families exported; %d metric names in the rules, %d in the dashboard, all exported", len(families), len(fromRules), len(fromDash))
+}
+
+// followConfig writes cfg (a worker's configuration) with a follower of a
+// new source table of b's database, as `nonqueue demo` runs one, and
+// returns its path.
+func followConfig(t *testing.T, b *workBundle, cfg string) string {
+	t.Helper()
+	if _, err := b.primary.ExecContext(b.ctx, "CREATE TABLE post (id INT NOT NULL AUTO_INCREMENT PRIMARY KEY, topic BIGINT NOT NULL) ENGINE=InnoDB"); err != nil {
+		t.Fatal(err)
+	}
+	if err := env.WaitReplicas(b.ctx, b.primary); err != nil {
+		t.Fatal(err)
+	}
+	body, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := cfg + ".follow.toml"
+	body = append(body, fmt.Sprintf("\n[follower]\nname = \"monitoring\"\n\n[[follow]]\ntable = \"%s.post\"\ntopic_column = \"topic\"\n", b.db)...)
+	if err := os.WriteFile(path, body, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }

@@ -1,10 +1,16 @@
 package main
 
 import (
+	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"testing"
+	"time"
+
+	"github.com/nonqueue/nonqueue/internal/testdb"
 )
 
 // examplePath is the configuration the Debian package installs as
@@ -56,5 +62,66 @@ func TestPackageExampleOptionalKeys(t *testing.T) {
 	}
 	if err := c.validateWorker(); err != nil {
 		t.Fatalf("%s with its optional keys uncommented: %v", examplePath, err)
+	}
+}
+
+// TestPackageSystemdUnits: every unit in cmd/nonqueue/systemd/ is shipped
+// by the package (nfpm.yaml, into /lib/systemd/system/), the units run the
+// worker and the binlog follower on the configuration the package
+// installs, and systemd-analyze verify accepts each as it is (with the
+// binary at this test's path, since /usr/bin/nonqueue may not exist here;
+// .ci/package verifies the installed ones).
+func TestPackageSystemdUnits(t *testing.T) {
+	nfpm, err := os.ReadFile("package/nfpm.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	units, err := filepath.Glob("systemd/*.service")
+	if err != nil || len(units) == 0 {
+		t.Fatalf("no units in systemd/: %v", err)
+	}
+	execRe := regexp.MustCompile(`(?m)^ExecStart=/usr/bin/nonqueue (\S+) --config /etc/nonqueue/nonqueue\.toml\b`)
+	subs := map[string]string{}
+	analyze := testdb.Tool(t, "systemd-analyze", "systemd")
+	dir := t.TempDir()
+	for _, u := range units {
+		name := filepath.Base(u)
+		ship := regexp.MustCompile(`(?m)^\s*- src: cmd/nonqueue/` + regexp.QuoteMeta(u) + `\n\s*dst: /lib/systemd/system/` + regexp.QuoteMeta(name) + `\n`)
+		if !ship.Match(nfpm) {
+			t.Errorf("package/nfpm.yaml does not ship %s to /lib/systemd/system/%s", u, name)
+		}
+		body, err := os.ReadFile(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := execRe.FindSubmatch(body)
+		if m == nil {
+			t.Errorf("%s: no ExecStart=/usr/bin/nonqueue SUBCOMMAND --config /etc/nonqueue/nonqueue.toml", u)
+			continue
+		}
+		subs[string(m[1])] = name
+		self, err := filepath.Abs(os.Args[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(strings.ReplaceAll(string(body), "/usr/bin/nonqueue", self)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		// A template is verified through an instance.
+		if strings.HasSuffix(name, "@.service") {
+			p = filepath.Join(dir, strings.TrimSuffix(name, "@.service")+"@1.service")
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		out, err := exec.CommandContext(ctx, analyze, "verify", p).CombinedOutput()
+		cancel()
+		if err != nil || len(out) > 0 {
+			t.Errorf("systemd-analyze verify %s: %v\n%s", name, err, out)
+		}
+	}
+	for _, sub := range []string{"work", "follow"} {
+		if subs[sub] == "" {
+			t.Errorf("no unit runs nonqueue %s (units: %v)", sub, subs)
+		}
 	}
 }

@@ -131,7 +131,7 @@ func TestDashboardShape(t *testing.T) {
 
 // grafanaVars replaces the Grafana variables the queries use with values
 // Prometheus accepts, so promtool can check the PromQL.
-var grafanaVars = strings.NewReplacer("$__rate_interval", "5m", "$job", ".*", "$instance", ".*", "$topics_job", ".*")
+var grafanaVars = strings.NewReplacer("$__rate_interval", "5m", "$job", ".*", "$instance", ".*", "$topics_job", ".*", "$follow_job", ".*")
 
 // TestDashboardPromQL: every query is valid PromQL, checked by promtool as
 // the expressions of recording rules (promtool parses them with
