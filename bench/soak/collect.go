@@ -215,6 +215,13 @@ func (s *soak) sweep(ctx context.Context) ([]string, error) {
 	}
 	s.info("cleanup sweep: %d staging tables or files on the primary and the result tables of %d topics on the replicas before it; %d left",
 		len(before), replicaLeft, len(after))
+	for i, b := range before {
+		if i == maxDetails {
+			s.info("  …")
+			break
+		}
+		s.info("  before the sweep: %s", b)
+	}
 	return after, nil
 }
 
@@ -370,4 +377,3 @@ func tail(s string) string {
 	}
 	return s
 }
-

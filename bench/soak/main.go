@@ -21,6 +21,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -29,6 +30,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/go-sql-driver/mysql"
 
 	"github.com/nonqueue/nonqueue/internal/child"
 	"github.com/nonqueue/nonqueue/internal/netsim"
@@ -127,7 +130,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&opt.Lease, "lease", 10*time.Second, "the workers' [topics] lease")
 	fs.IntVar(&opt.MaxAttempts, "max-attempts", 5, "the workers' [topics] max_attempts")
 	fs.DurationVar(&opt.FaultEvery, "fault-every", 4*time.Second, "longest pause between two fault starts")
-	fs.DurationVar(&opt.RequestEvery, "request-every", 50*time.Millisecond, "pause between two requests")
+	fs.DurationVar(&opt.RequestEvery, "request-every", 25*time.Millisecond, "pause between two requests")
 	fs.IntVar(&opt.Readers, "readers", 2, "application readers of the result tables")
 	fs.DurationVar(&opt.Drain, "drain", 3*time.Minute, "bound of the wait for the fleet to drain after the faults")
 	fs.Int64Var(&opt.Seed, "seed", 0, "random seed (0: from the clock); printed, so a run can be repeated")
@@ -149,6 +152,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "nqsoak: the nonqueue binary %s: %v (run `make build` first)\n", *bin, err)
 		return 2
 	}
+	// The driver logs every broken idle connection to stderr; the soak
+	// breaks them on purpose.
+	_ = mysql.SetLogger(log.New(io.Discard, "", 0))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	s := &soak{opt: opt, stdout: stdout, nonqueue: nq}
