@@ -87,45 +87,50 @@ func (s *soak) runFaults(ctx context.Context) *faults {
 		if err := sleepCtx(ctx, span(rng, s.opt.FaultEvery/4, s.opt.FaultEvery)); err != nil {
 			break
 		}
-		var k faultKind
-		if i < len(order) {
-			k = f.kinds[order[i]]
-		} else {
-			n := rng.IntN(total)
-			for _, c := range f.kinds {
-				if n -= c.weight; n < 0 {
-					k = c
-					break
-				}
+		frng := rand.New(rand.NewPCG(uint64(s.opt.Seed), uint64(1000+i)))
+		if len(order) > 0 {
+			j := order[0]
+			order = order[1:]
+			// A kind whose targets are all busy comes back later.
+			if !f.start(ctx, f.kinds[j], frng) {
+				order = append(order, j)
+			}
+			continue
+		}
+		n := rng.IntN(total)
+		for _, k := range f.kinds {
+			if n -= k.weight; n < 0 {
+				f.start(ctx, k, frng)
+				break
 			}
 		}
-		f.start(ctx, k, rand.New(rand.NewPCG(uint64(s.opt.Seed), uint64(1000+i))))
 	}
 	f.active.Wait()
 	return f
 }
 
 // start injects one fault of kind k and, in the background, reverts it
-// after its span or as soon as ctx ends.
-func (f *faults) start(ctx context.Context, k faultKind, rng *rand.Rand) {
+// after its span or as soon as ctx ends. It reports false when every
+// target of k was busy (nothing injected, nothing recorded).
+func (f *faults) start(ctx context.Context, k faultKind, rng *rand.Rand) bool {
 	s := f.s
 	at := s.elapsed()
 	target, note, d, revert, err := k.inject(ctx, rng)
 	if errors.Is(err, errBusy) {
-		return
+		return false
 	}
 	rec := Fault{Kind: k.name, Target: target, At: round1(at), Note: note}
 	if err != nil {
 		rec.Err = err.Error()
 		s.info("%6.1fs  %-16s %-9s FAILED: %v", at, k.name, target, err)
 		s.log.fault(rec)
-		return
+		return true
 	}
 	if revert == nil {
 		rec.For = round1(s.elapsed() - at)
 		s.info("%6.1fs  %-16s %-9s %s (%.1fs)", at, k.name, target, note, rec.For)
 		s.log.fault(rec)
-		return
+		return true
 	}
 	s.info("%6.1fs  %-16s %-9s %s for %v", at, k.name, target, note, d.Round(100*time.Millisecond))
 	f.active.Add(1)
@@ -141,6 +146,7 @@ func (f *faults) start(ctx context.Context, k faultKind, rng *rand.Rand) {
 		rec.For = round1(s.elapsed() - at)
 		s.log.fault(rec)
 	}()
+	return true
 }
 
 func round1(x float64) float64 { return float64(int(x*10+0.5)) / 10 }
