@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/nonqueue/nonqueue/internal/netsim"
-	"github.com/nonqueue/nonqueue/queue"
 )
 
 // faultKind is one kind of fault: how often it is picked, and what it
@@ -319,25 +318,19 @@ func (f *faults) toxic(rng *rand.Rand, typ string, timeoutMS int, d time.Duratio
 	}, nil
 }
 
-// operatorRelease takes back a running claim as an operator does from the
-// dashboard (its release action calls queue.ReleaseClaim with the claim
-// the operator saw). No running topic, or a claim that moved meanwhile,
-// is recorded as a fault that did nothing.
+// operatorRelease takes back a running claim as an operator does: on the
+// dashboard, from the topic's page, with the claim the page shows (a
+// claim that moved before the form was sent is refused and recorded as a
+// fault that did nothing).
 func (s *soak) operatorRelease(ctx context.Context) (string, string, time.Duration, func(context.Context) error, error) {
-	var id, inst int64
-	var token uint64
-	err := s.primary.QueryRowContext(ctx, `SELECT topicFilterId, influencerRunning, claim_token FROM app.TopicFilter
- WHERE influencerRunning <> 0 ORDER BY RAND() LIMIT 1`).Scan(&id, &inst, &token)
+	var id int64
+	err := s.primary.QueryRowContext(ctx, "SELECT topicFilterId FROM app.TopicFilter WHERE influencerRunning <> 0 ORDER BY RAND() LIMIT 1").Scan(&id)
 	if err != nil {
 		return "topic", "", 0, nil, fmt.Errorf("find a running topic: %w", err)
 	}
 	t := fmt.Sprintf("topic%d", id)
-	err = s.q.ReleaseClaim(ctx, &queue.AdminReleaseParams{TopicID: id, InstanceID: inst, Token: token,
-		Operator: `"soak" via the dashboard`, Reason: "soak fault"})
-	if errors.Is(err, queue.ErrClaimLost) {
-		return t, fmt.Sprintf("claim %d of instance %d had ended already", token, inst), 0, nil, nil
-	}
-	return t, fmt.Sprintf("released claim %d of instance %d", token, inst), 0, nil, err
+	_, note, err := s.op.release(ctx, id)
+	return t, note, 0, nil, err
 }
 
 // longQuery holds a result table open for a while with a slow query, as a
@@ -355,13 +348,14 @@ func (s *soak) longQuery(ctx context.Context, rng *rand.Rand) (string, string, t
 			d.Seconds(), id, id))
 		done <- err
 	}()
+	// The query ends by itself; a primary restart may cut it short,
+	// which is a fault too.
 	return t, "SELECT SLEEP over both result tables", d + 100*time.Millisecond, func(context.Context) error {
 		defer cancel()
 		select {
-		case err := <-done:
-			return err
+		case <-done:
 		case <-time.After(time.Second):
-			return nil
 		}
+		return nil
 	}, nil
 }

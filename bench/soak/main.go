@@ -78,6 +78,7 @@ type soak struct {
 	replicas     []*sql.DB
 	q            *queue.Queue
 	configs      []string
+	op           *operator
 
 	kids    child.Set
 	wmu     sync.Mutex
@@ -259,6 +260,10 @@ func (s *soak) runAll(ctx context.Context, dir string) (res *Result, err error) 
 	if err := s.waitIdle(ctx); err != nil {
 		return nil, err
 	}
+	if s.op, err = s.startDashboard(ctx); err != nil {
+		return nil, err
+	}
+	s.info("dashboard on %s, operator \"soak\" logged in (releases go through its forms)", s.op.base)
 
 	s.say("soaking for %v: requests every %v, %d readers, a fault every %v-%v", s.opt.Duration, s.opt.RequestEvery,
 		s.opt.Readers, s.opt.FaultEvery/4, s.opt.FaultEvery)
