@@ -25,6 +25,9 @@ type History struct {
 	// ones that saw two calls at once.
 	Reads int
 	Torn  []Read
+	// Seen are, per reader and topic, the tags the reader saw in the
+	// order it saw them (a new entry each time the tag changed).
+	Seen []Seen
 	// StagingLeft: staging tables and files (nqtmp_, nqold_) on the
 	// primary, and result tables on the replicas, that the workers' own
 	// sweep, run with a zero window after the workers stopped, left.
@@ -98,12 +101,21 @@ type Read struct {
 	Tags  [4]*int64 `json:"tags"`
 }
 
+// Seen is a change of the published tag one reader saw for a topic.
+type Seen struct {
+	Reader int    `json:"reader"`
+	Topic  int64  `json:"topic"`
+	Tag    int64  `json:"tag"`
+	At     string `json:"at"`
+}
+
 // Fault is one injected fault.
 type Fault struct {
 	Kind   string  `json:"kind"`
 	Target string  `json:"target"`
 	At     float64 `json:"at_s"`  // seconds since the load started
 	For    float64 `json:"for_s"` // how long it lasted (0: instantaneous)
+	Wall   string  `json:"wall"`  // UTC time of day it started
 	Note   string  `json:"note,omitempty"`
 	Err    string  `json:"err,omitempty"`
 }
@@ -175,6 +187,10 @@ func Torn(t [4]*int64) bool {
 //     parked had its last claim finish done, so the call's claim token
 //     must be the topic's claim_token; and no done run in the history may
 //     have a newer token than the published one.
+//   - stale_publishes also counts a reader seeing a topic go back: an older
+//     claim's result after a newer one's (a publish is fenced on its claim
+//     being the topic's current one, so published claims only move
+//     forward).
 //   - torn_reads: reads that saw two calls in one statement.
 //   - leftovers: topics still running or still required (not parked)
 //     after the drain, parked topics whose history shows no failure, and
@@ -230,6 +246,25 @@ func Check(h *History) *Result {
 		}
 		if t.Required == 0 && t.Running == 0 && !t.Parked && c.Token != t.Token {
 			add("stale_publishes", &r.StalePublishes, "topic %d: published claim %d (tag %d, %s), but its last claim is %d", t.ID, c.Token, tag, c.Replica, t.Token)
+		}
+	}
+	type key struct {
+		reader int
+		topic  int64
+	}
+	last := map[key]Seen{}
+	for _, sn := range h.Seen {
+		k := key{sn.Reader, sn.Topic}
+		prev, ok := last[k]
+		last[k] = sn
+		if !ok {
+			continue
+		}
+		pc, ok1 := h.Calls[prev.Tag]
+		cc, ok2 := h.Calls[sn.Tag]
+		if ok1 && ok2 && cc.Token < pc.Token {
+			add("stale_publishes", &r.StalePublishes, "topic %d: reader %d saw claim %d (tag %d) at %s, then the older claim %d (tag %d) at %s",
+				sn.Topic, sn.Reader, pc.Token, prev.Tag, prev.At, cc.Token, sn.Tag, sn.At)
 		}
 	}
 	for _, q := range h.Requests {
@@ -304,15 +339,13 @@ func (h *History) indeterminate() int {
 	return n
 }
 
-// doneRuns counts the done runs in the history.
-func (h *History) doneRuns() int {
-	n := 0
+// outcomes counts the run history by outcome, for the report.
+func (h *History) outcomes() string {
+	by := map[string]int{}
 	for _, r := range h.Runs {
-		if r.Outcome == "done" {
-			n++
-		}
+		by[r.Outcome]++
 	}
-	return n
+	return countString(by)
 }
 
 // faultSummary counts the injected faults by kind, for the report.
@@ -323,6 +356,11 @@ func faultSummary(fs []Fault) string {
 			by[f.Kind]++
 		}
 	}
+	return countString(by)
+}
+
+// countString prints counts by key, keys sorted.
+func countString(by map[string]int) string {
 	var keys []string
 	for k := range by {
 		keys = append(keys, k)

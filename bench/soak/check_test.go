@@ -33,7 +33,11 @@ func clean() *History {
 			{ID: 1, Token: 7, RequestVersion: 2, ClaimedVersion: 2, Tags: pair(1001000000005)},
 			{ID: 2},
 		},
-		Reads:       2,
+		Reads: 2,
+		// Reader 0 saw the topic move forward; reader 1 saw only the
+		// newest.
+		Seen: []Seen{{Reader: 0, Topic: 1, Tag: 1001000000004, At: "t1"}, {Reader: 0, Topic: 1, Tag: 1001000000005, At: "t2"},
+			{Reader: 1, Topic: 1, Tag: 1001000000005, At: "t2"}},
 		SoakSeconds: 1,
 		Faults:      []Fault{{Kind: "worker_kill"}, {Kind: "net_reset", Err: "boom"}},
 	}
@@ -88,6 +92,12 @@ func TestCheckDetects(t *testing.T) {
 		{"unknown tag", func(h *History) {
 			h.Topics[0].Tags = pair(42)
 		}, "stale_publishes", "lost_requests"},
+		// A reader saw claim 7's result, then claim 6's: an older claim
+		// published after a newer one (and the newer was put back).
+		{"reader saw a topic go back", func(h *History) {
+			h.Seen = []Seen{{Reader: 0, Topic: 1, Tag: 1001000000005, At: "t3"}, {Reader: 0, Topic: 1, Tag: 1001000000004, At: "t4"},
+				{Reader: 0, Topic: 1, Tag: 1001000000005, At: "t5"}}
+		}, "stale_publishes", ""},
 		// A reader saw Post of one call and Dynamics of another.
 		{"torn read", func(h *History) {
 			h.Torn = append(h.Torn, Read{Topic: 1, At: "t4", Tags: [4]*int64{tag(1), tag(1), tag(2), tag(2)}})

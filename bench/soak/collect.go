@@ -97,6 +97,7 @@ func (s *soak) collect(ctx context.Context, _ *load, f *faults) (*History, error
 	h.Requests = append(h.Requests, s.log.requests...)
 	h.Torn = append(h.Torn, s.log.torn...)
 	h.Reads = s.log.reads
+	h.Seen = append(h.Seen, s.log.seen...)
 	h.Faults = append(h.Faults, s.log.faults...)
 	s.log.mu.Unlock()
 	s.info("faults: %s", faultSummary(h.Faults))
@@ -125,7 +126,7 @@ func (s *soak) collect(ctx context.Context, _ *load, f *faults) (*History, error
 			return nil, err
 		}
 	}
-	rows, err := s.primary.QueryContext(ctx, "SELECT topic_id, claim_token, outcome FROM nonqueue.run")
+	rows, err := s.primary.QueryContext(ctx, "SELECT topic_id, claim_token, outcome FROM nonqueue.run ORDER BY id")
 	if err != nil {
 		return nil, fmt.Errorf("read the run history: %w", err)
 	}

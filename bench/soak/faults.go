@@ -113,12 +113,12 @@ func (s *soak) runFaults(ctx context.Context) *faults {
 // target of k was busy (nothing injected, nothing recorded).
 func (f *faults) start(ctx context.Context, k faultKind, rng *rand.Rand) bool {
 	s := f.s
-	at := s.elapsed()
+	at, wall := s.elapsed(), stamp()
 	target, note, d, revert, err := k.inject(ctx, rng)
 	if errors.Is(err, errBusy) {
 		return false
 	}
-	rec := Fault{Kind: k.name, Target: target, At: round1(at), Note: note}
+	rec := Fault{Kind: k.name, Target: target, At: round1(at), Wall: wall, Note: note}
 	if err != nil {
 		rec.Err = err.Error()
 		s.info("%6.1fs  %-16s %-9s FAILED: %v", at, k.name, target, err)
@@ -353,7 +353,8 @@ func (s *soak) longQuery(ctx context.Context, rng *rand.Rand) (string, string, t
 	return t, "SELECT SLEEP over both result tables", d + 100*time.Millisecond, func(context.Context) error {
 		defer cancel()
 		select {
-		case <-done:
+		case err := <-done:
+			_ = err // cut short by a restart or not, the query held the tables
 		case <-time.After(time.Second):
 		}
 		return nil

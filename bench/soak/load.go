@@ -24,6 +24,7 @@ type recorder struct {
 	requests []Request
 	torn     []Read
 	reads    int
+	seen     []Seen
 	faults   []Fault
 }
 
@@ -59,6 +60,13 @@ func (r *recorder) read(rd Read, torn bool) {
 		r.torn = append(r.torn, rd)
 		r.write("reads", rd)
 	}
+}
+
+// changed records a reader's new tag for a topic.
+func (r *recorder) changed(sn Seen) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.seen = append(r.seen, sn)
 }
 
 func (r *recorder) fault(f Fault) {
@@ -102,11 +110,17 @@ func (s *soak) startLoad(ctx context.Context, wg *sync.WaitGroup) *load {
 		go func() {
 			defer wg.Done()
 			rng := rand.New(rand.NewPCG(uint64(s.opt.Seed), uint64(100+i)))
+			last := map[int64]int64{}
 			for ctx.Err() == nil {
 				id := int64(1 + rng.IntN(s.opt.Topics))
 				rd, err := s.readTopic(ctx, id)
 				if err == nil {
-					s.log.read(rd, Torn(rd.Tags))
+					torn := Torn(rd.Tags)
+					s.log.read(rd, torn)
+					if tag, _, has := single(rd.Tags); has && !torn && tag != last[id] {
+						last[id] = tag
+						s.log.changed(Seen{Reader: i, Topic: id, Tag: tag, At: rd.At})
+					}
 				} else {
 					_ = sleepCtx(ctx, 100*time.Millisecond)
 				}

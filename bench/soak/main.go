@@ -300,8 +300,8 @@ func (s *soak) runAll(ctx context.Context, dir string) (res *Result, err error) 
 	for _, d := range res.Details {
 		s.info("%s", d)
 	}
-	s.info("%d requests (%d without a known outcome, not checked), %d reads, %d calls, %d done runs, %d faults",
-		len(h.Requests), h.indeterminate(), h.Reads, len(h.Calls), h.doneRuns(), res.FaultsInjected)
+	s.info("%d requests (%d without a known outcome, not checked), %d reads (%d changes of a topic seen), %d procedure calls, runs: %s; %d faults",
+		len(h.Requests), h.indeterminate(), h.Reads, len(h.Seen), len(h.Calls), h.outcomes(), res.FaultsInjected)
 	return res, nil
 }
 
