@@ -66,7 +66,7 @@ const drainSQL = `SELECT COUNT(*) FROM app.TopicFilter
 func (s *soak) drain(ctx context.Context) (bool, error) {
 	t0 := time.Now()
 	deadline := t0.Add(s.opt.Drain)
-	last := -1
+	last, said := -1, time.Time{}
 	for {
 		var n int
 		err := s.primary.QueryRowContext(ctx, drainSQL).Scan(&n)
@@ -74,9 +74,9 @@ func (s *soak) drain(ctx context.Context) (bool, error) {
 			s.info("drained in %.1fs", time.Since(t0).Seconds())
 			return true, nil
 		}
-		if err == nil && n != last {
+		if err == nil && n != last && time.Since(said) >= 2*time.Second {
 			s.info("%d topics left", n)
-			last = n
+			last, said = n, time.Now()
 		}
 		if time.Now().After(deadline) {
 			s.info("NOT drained after %v: %d topics left (err %v)", s.opt.Drain, n, err)
