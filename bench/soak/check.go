@@ -131,6 +131,9 @@ type Result struct {
 	TopicsPerS     float64  `json:"topics_per_s"`
 	FaultsInjected int      `json:"faults_injected"`
 	Details        []string `json:"-"`
+	// Parked counts requests not served because their topic was parked
+	// by failures of later claims (reported, not a violation).
+	Parked int `json:"-"`
 }
 
 // ok is true when every count is zero.
@@ -179,7 +182,10 @@ func Torn(t [4]*int64) bool {
 //     served when the topic's published result comes from a call whose
 //     claim had claimed_version ≥ v (the claim read the row after the
 //     request committed) and that claim is the topic's last, finished done
-//     (stale_publishes checks that). Anything else is lost: no published
+//     (stale_publishes checks that). A topic parked after the drain
+//     whose last claim was made after the request failed max_attempts
+//     times on it: counted apart (parked), not lost; a request after that
+//     claim must have unparked it. Anything else is lost: no published
 //     call, or one claimed before the request.
 //   - stale_publishes: the published pair is one call's (one tag), the
 //     tag is a known call, and that call's claim is the newest finished
@@ -267,11 +273,21 @@ func Check(h *History) *Result {
 				sn.Topic, sn.Reader, pc.Token, prev.Tag, prev.At, cc.Token, sn.Tag, sn.At)
 		}
 	}
+	topics := map[int64]*Topic{}
+	for i := range h.Topics {
+		topics[h.Topics[i].ID] = &h.Topics[i]
+	}
 	for _, q := range h.Requests {
 		if q.Err != "" {
 			continue
 		}
 		c := published[q.Topic]
+		if t := topics[q.Topic]; t != nil && t.Parked && t.ClaimedVersion >= q.Version && (c == nil || c.ClaimedVersion < q.Version) {
+			// Parked by the failures of claims made after the request: the
+			// documented end of a topic that fails max_attempts times.
+			r.Parked++
+			continue
+		}
 		switch {
 		case c == nil:
 			add("lost_requests", &r.LostRequests, "topic %d: %s at %s (version %d): no run published a result", q.Topic, q.Kind, q.At, q.Version)

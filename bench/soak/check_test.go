@@ -146,8 +146,8 @@ func TestCheckUnknownOutcomeNotChecked(t *testing.T) {
 }
 
 // TestCheckParkedTopic: a parked topic with failures in its history is no
-// leftover, but a request it never served is still lost (a request after
-// the park must unpark it).
+// leftover, and a request its failing claims covered is not lost, but a
+// request after its last claim is (a request must unpark it).
 func TestCheckParkedTopic(t *testing.T) {
 	h := clean()
 	h.Topics[1].Parked, h.Topics[1].Required = true, 2
@@ -155,7 +155,15 @@ func TestCheckParkedTopic(t *testing.T) {
 	if r := Check(h); !r.ok() {
 		t.Fatalf("a parked topic with failures failed the check: %v", r.Details)
 	}
+	// A request the failing claims covered (claimed version 4): parked,
+	// not lost.
+	h.Topics[1].ClaimedVersion = 4
 	h.Requests = append(h.Requests, Request{Topic: 2, Kind: "update", Version: 4, At: "t6"})
+	if r := Check(h); !r.ok() || r.Parked != 1 {
+		t.Fatalf("a request covered by the claims that parked the topic: parked %d, %v", r.Parked, r.Details)
+	}
+	// A request after the last claim should have unparked the topic.
+	h.Requests = append(h.Requests, Request{Topic: 2, Kind: "update", Version: 5, At: "t7"})
 	if r := Check(h); r.LostRequests != 1 {
 		t.Fatalf("lost_requests %d, want 1: %v", r.LostRequests, r.Details)
 	}

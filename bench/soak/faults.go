@@ -188,9 +188,16 @@ func (f *faults) allKinds() []faultKind {
 			if err != nil {
 				return "", "", 0, nil, err
 			}
+			s.wmu.Lock()
 			w := s.workers[index(t)]
 			pid := w.proc.Pid()
-			if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			w.killed = true
+			err = syscall.Kill(pid, syscall.SIGKILL)
+			if err != nil {
+				w.killed = false
+			}
+			s.wmu.Unlock()
+			if err != nil {
 				f.free(t)
 				return t, "", 0, nil, err
 			}
@@ -205,8 +212,9 @@ func (f *faults) allKinds() []faultKind {
 			if err != nil {
 				return "", "", 0, nil, err
 			}
-			w := s.workers[index(t)]
-			pid := w.proc.Pid()
+			s.wmu.Lock()
+			pid := s.workers[index(t)].proc.Pid()
+			s.wmu.Unlock()
 			if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
 				f.free(t)
 				return t, "", 0, nil, err

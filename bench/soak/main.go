@@ -27,6 +27,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -80,9 +81,11 @@ type soak struct {
 	configs      []string
 	op           *operator
 
-	kids    child.Set
-	wmu     sync.Mutex
-	workers []*worker
+	kids     child.Set
+	wmu      sync.Mutex
+	workers  []*worker
+	stopping bool     // the workers are being stopped: exits are expected
+	exits    []string // workers that exited by themselves
 
 	log *recorder
 }
@@ -92,7 +95,7 @@ type soak struct {
 type worker struct {
 	replica  int // 0-based
 	proc     *child.Process
-	stopped  bool // SIGSTOPped now
+	killed   bool // SIGKILLed by a fault: its exit is expected
 	restarts int
 }
 
@@ -129,7 +132,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&opt.Instances, "instances", 4, "instances per replica (one `nonqueue work` process per replica)")
 	fs.DurationVar(&opt.RTT, "rtt", time.Millisecond, "round trip added to every worker connection to the primary and sshd")
 	fs.DurationVar(&opt.Lease, "lease", 10*time.Second, "the workers' [topics] lease")
-	fs.IntVar(&opt.MaxAttempts, "max-attempts", 5, "the workers' [topics] max_attempts")
+	fs.IntVar(&opt.MaxAttempts, "max-attempts", 2, "the workers' [topics] max_attempts (low, so faults park topics and requests must unpark them)")
 	fs.DurationVar(&opt.FaultEvery, "fault-every", 4*time.Second, "longest pause between two fault starts")
 	fs.DurationVar(&opt.RequestEvery, "request-every", 25*time.Millisecond, "pause between two requests")
 	fs.IntVar(&opt.Readers, "readers", 2, "application readers of the result tables")
@@ -300,8 +303,14 @@ func (s *soak) runAll(ctx context.Context, dir string) (res *Result, err error) 
 	for _, d := range res.Details {
 		s.info("%s", d)
 	}
-	s.info("%d requests (%d without a known outcome, not checked), %d reads (%d changes of a topic seen), %d procedure calls, runs: %s; %d faults",
-		len(h.Requests), h.indeterminate(), h.Reads, len(h.Seen), len(h.Calls), h.outcomes(), res.FaultsInjected)
+	s.wmu.Lock()
+	s.info("%d worker exits not caused by a fault (restarted as systemd would)", len(s.exits))
+	for _, e := range s.exits {
+		s.info("  %s", e)
+	}
+	s.wmu.Unlock()
+	s.info("%d requests (%d without a known outcome, not checked; %d on topics parked by later failures), %d reads (%d changes of a topic seen), %d procedure calls, runs: %s; %d faults",
+		len(h.Requests), h.indeterminate(), res.Parked, h.Reads, len(h.Seen), len(h.Calls), h.outcomes(), res.FaultsInjected)
 	return res, nil
 }
 
@@ -338,9 +347,43 @@ func (s *soak) startWorker(ctx context.Context, k int) error {
 	if err != nil {
 		return err
 	}
-	w.proc, w.stopped = p, false
+	w.proc, w.killed = p, false
 	w.restarts++
+	go s.supervise(ctx, w, p)
 	return ctx.Err()
+}
+
+// supervise restarts a worker process that exits by itself, 5 s later,
+// as the systemd unit does (Restart=on-failure, RestartSec=5), and records
+// the exit with the end of its log.
+func (s *soak) supervise(ctx context.Context, w *worker, p *child.Process) {
+	<-p.Done()
+	s.wmu.Lock()
+	expected := w.proc != p || w.killed || s.stopping
+	if !expected {
+		last := strings.TrimSpace(child.LogTail(p.LogPath))
+		if i := strings.LastIndexByte(last, '\n'); i >= 0 {
+			last = strings.TrimSpace(last[i+1:])
+		}
+		e := fmt.Sprintf("%6.1fs  %s exited by itself (%v): %s", s.elapsed(), p.Name, p.Err(), last)
+		s.exits = append(s.exits, e)
+		s.info("%s; restarted in 5s", e)
+	}
+	s.wmu.Unlock()
+	if expected {
+		return
+	}
+	if sleepCtx(context.WithoutCancel(ctx), 5*time.Second) == nil && !s.isStopping() {
+		if err := s.startWorker(context.WithoutCancel(ctx), w.replica); err != nil {
+			s.info("restart %s: %v", p.Name, err)
+		}
+	}
+}
+
+func (s *soak) isStopping() bool {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	return s.stopping
 }
 
 // waitIdle waits until every instance has registered as idle.
@@ -372,6 +415,7 @@ func (s *soak) waitIdle(ctx context.Context) error {
 func (s *soak) stopWorkers() {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
+	s.stopping = true
 	for _, w := range s.workers {
 		if w.proc == nil {
 			continue
