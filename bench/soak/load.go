@@ -167,6 +167,38 @@ func (s *soak) request(ctx context.Context, id int64, kind string) Request {
 	return q
 }
 
+// requestParked is the load's last step: the application re-requests
+// every topic the faults left parked, half with queue.Request, half with
+// its plain UPDATE. Each must unpark its topic, so the drain runs them
+// all; a request that leaves its topic parked is a lost request.
+func (s *soak) requestParked(ctx context.Context) (int, error) {
+	rows, err := s.primary.QueryContext(ctx, "SELECT topicFilterId FROM app.TopicFilter WHERE parked_at IS NOT NULL")
+	if err != nil {
+		return 0, fmt.Errorf("list the parked topics: %w", err)
+	}
+	var ids []int64
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			rows.Close()
+			return 0, err
+		}
+		ids = append(ids, id)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return 0, err
+	}
+	for i, id := range ids {
+		kind := "request"
+		if i%2 == 0 {
+			kind = "update"
+		}
+		s.log.request(s.request(ctx, id, kind))
+	}
+	return len(ids), nil
+}
+
 // readTopicSQL reads the tags of both result tables of a topic in one
 // statement: the server opens both tables before it runs it, so the
 // statement sees one moment of the two (a swap renames them together).

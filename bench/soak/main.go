@@ -244,9 +244,6 @@ func (s *soak) runAll(ctx context.Context, dir string) (res *Result, err error) 
 	if err := s.setup(ctx); err != nil {
 		return nil, fmt.Errorf("setup: %w", err)
 	}
-	if err := s.writeConfigs(s.route.Sandbox); err != nil {
-		return nil, err
-	}
 	base, err := s.errantGTIDs(ctx)
 	if err != nil {
 		return nil, err
@@ -285,6 +282,11 @@ func (s *soak) runAll(ctx context.Context, dir string) (res *Result, err error) 
 	if err := s.quiesce(ctx); err != nil {
 		return nil, err
 	}
+	n, err := s.requestParked(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s.info("the application re-requested the %d parked topics", n)
 	drained, err := s.drain(ctx)
 	if err != nil {
 		return nil, err

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"text/template"
 	"time"
@@ -234,8 +235,15 @@ func (s *soak) setup(ctx context.Context) error {
 		return fmt.Errorf("open the queue: %w", err)
 	}
 	s.q = q
-	if err := q.ApplySchema(ctx); err != nil {
-		return fmt.Errorf("apply nonqueue's schema to app.TopicFilter: %w", err)
+	// nonqueue's schema (protocol columns, run history, request trigger)
+	// as the binary under test applies it.
+	if err := s.writeConfigs(s.route.Sandbox); err != nil {
+		return err
+	}
+	cctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	if out, err := exec.CommandContext(cctx, s.nonqueue, "schema", "apply", "--config", s.configs[0]).CombinedOutput(); err != nil {
+		return fmt.Errorf("nonqueue schema apply: %w: %s", err, tail(string(out)))
 	}
 	for id := 1; id <= n; id++ {
 		for _, st := range []string{
