@@ -43,7 +43,8 @@ type History struct {
 	MaxAttempts int
 	// Faults are the injected faults.
 	Faults []Fault
-	// SoakSeconds is how long the load ran; Drained whether the fleet
+	// SoakSeconds is how long the load ran (topics_per_s counts the done
+	// runs that finished meanwhile); Drained whether the fleet
 	// finished everything within the drain bound.
 	SoakSeconds float64
 	Drained     bool
@@ -77,6 +78,9 @@ type Run struct {
 	Topic   int64
 	Token   uint64
 	Outcome string
+	// InSoak: it finished while the load and the faults ran (not in the
+	// drain), by the primary's clock.
+	InSoak bool
 }
 
 // Topic is a topic row on the primary after the drain, with the tags its
@@ -216,7 +220,9 @@ func Check(h *History) *Result {
 	for _, run := range h.Runs {
 		switch run.Outcome {
 		case "done":
-			done++
+			if run.InSoak {
+				done++
+			}
 			newestDone[run.Topic] = max(newestDone[run.Topic], run.Token)
 		case "failed", "reaped", "parked":
 			failures[run.Topic]++

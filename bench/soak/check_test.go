@@ -27,7 +27,8 @@ func clean() *History {
 		},
 		Runs: []Run{
 			{Topic: 1, Token: 6, Outcome: "reaped"},
-			{Topic: 1, Token: 7, Outcome: "done"},
+			{Topic: 1, Token: 7, Outcome: "done", InSoak: true},
+			{Topic: 1, Token: 8, Outcome: "lost", InSoak: true},
 		},
 		Topics: []Topic{
 			{ID: 1, Token: 7, RequestVersion: 2, ClaimedVersion: 2, Tags: pair(1001000000005)},
@@ -47,6 +48,14 @@ func TestCheckCleanHistoryPasses(t *testing.T) {
 	r := Check(clean())
 	if !r.ok() {
 		t.Fatalf("a clean history failed: %+v %v", r, r.Details)
+	}
+	// A done run of the drain does not count in topics_per_s.
+	h := clean()
+	h.Runs = append(h.Runs, Run{Topic: 2, Token: 1, Outcome: "done"})
+	h.Topics[1].Token, h.Topics[1].Tags = 1, pair(1001000000006)
+	h.Calls[1001000000006] = Call{Tag: 1001000000006, Topic: 2, Token: 1}
+	if r := Check(h); !r.ok() || r.TopicsPerS != 1 {
+		t.Errorf("with a done run in the drain: topics/s %v (want 1), %v", r.TopicsPerS, r.Details)
 	}
 	if r.FaultsInjected != 1 || r.TopicsPerS != 1 {
 		t.Errorf("faults %d (want 1: the failed one does not count), topics/s %v (want 1)", r.FaultsInjected, r.TopicsPerS)

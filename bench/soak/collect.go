@@ -44,6 +44,19 @@ func (s *soak) quiesce(ctx context.Context) error {
 	return nil
 }
 
+// primaryNow reads the primary's clock (as the run history records time),
+// retrying while it restarts.
+func (s *soak) primaryNow(ctx context.Context) (string, error) {
+	var now string
+	err := retry(ctx, time.Minute, func() error {
+		return s.primary.QueryRowContext(ctx, "SELECT CAST(NOW(6) AS CHAR)").Scan(&now)
+	})
+	if err != nil {
+		return "", fmt.Errorf("read the primary's clock: %w", err)
+	}
+	return now, nil
+}
+
 // retry calls fn until it succeeds or limit passes (the primary may be
 // restarting).
 func retry(ctx context.Context, limit time.Duration, fn func() error) error {
@@ -126,13 +139,14 @@ func (s *soak) collect(ctx context.Context, _ *load, f *faults) (*History, error
 			return nil, err
 		}
 	}
-	rows, err := s.primary.QueryContext(ctx, "SELECT topic_id, claim_token, outcome FROM nonqueue.run ORDER BY id")
+	rows, err := s.primary.QueryContext(ctx, "SELECT topic_id, claim_token, outcome, finished_at BETWEEN ? AND ? FROM nonqueue.run ORDER BY id",
+		s.window[0], s.window[1])
 	if err != nil {
 		return nil, fmt.Errorf("read the run history: %w", err)
 	}
 	for rows.Next() {
 		var r Run
-		if err := rows.Scan(&r.Topic, &r.Token, &r.Outcome); err != nil {
+		if err := rows.Scan(&r.Topic, &r.Token, &r.Outcome, &r.InSoak); err != nil {
 			rows.Close()
 			return nil, err
 		}

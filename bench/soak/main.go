@@ -80,6 +80,9 @@ type soak struct {
 	q            *queue.Queue
 	configs      []string
 	op           *operator
+	// window: when the load and the faults started and stopped, by the
+	// primary's clock.
+	window [2]string
 
 	kids     child.Set
 	wmu      sync.Mutex
@@ -267,6 +270,9 @@ func (s *soak) runAll(ctx context.Context, dir string) (res *Result, err error) 
 
 	s.say("soaking for %v: requests every %v, %d readers, a fault every %v-%v", s.opt.Duration, s.opt.RequestEvery,
 		s.opt.Readers, s.opt.FaultEvery/4, s.opt.FaultEvery)
+	if s.window[0], err = s.primaryNow(ctx); err != nil {
+		return nil, err
+	}
 	s.start = time.Now()
 	soakCtx, cancel := context.WithTimeout(ctx, s.opt.Duration)
 	defer cancel()
@@ -277,6 +283,9 @@ func (s *soak) runAll(ctx context.Context, dir string) (res *Result, err error) 
 	soakEnd := time.Now()
 	if ctx.Err() != nil {
 		return nil, ctx.Err()
+	}
+	if s.window[1], err = s.primaryNow(ctx); err != nil {
+		return nil, err
 	}
 	s.say("faults stopped (%d injected); every fault reverted; draining", faults.injected())
 	if err := s.quiesce(ctx); err != nil {
