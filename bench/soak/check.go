@@ -350,15 +350,18 @@ func tagString(t [4]*int64) string {
 	return "Post " + parts[0] + ".." + parts[1] + ", Dynamics " + parts[2] + ".." + parts[3]
 }
 
-// indeterminate counts the requests whose outcome is unknown.
-func (h *History) indeterminate() int {
-	n := 0
+// indeterminate counts the requests whose outcome is unknown, and those
+// that never reached the primary.
+func (h *History) indeterminate() (unknown, unsent int) {
 	for _, q := range h.Requests {
-		if q.Err != "" {
-			n++
+		switch {
+		case strings.HasPrefix(q.Err, notSent):
+			unsent++
+		case q.Err != "":
+			unknown++
 		}
 	}
-	return n
+	return unknown, unsent
 }
 
 // outcomes counts the run history by outcome, for the report.

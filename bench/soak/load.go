@@ -146,7 +146,7 @@ func (s *soak) request(ctx context.Context, id int64, kind string) Request {
 	defer cancel()
 	tx, err := s.q.DB().BeginTx(rctx, nil)
 	if err != nil {
-		return fail(err)
+		return fail(fmt.Errorf("%s: %w", notSent, err)) // nothing reached the primary
 	}
 	defer tx.Rollback()
 	switch kind {
@@ -198,6 +198,10 @@ func (s *soak) requestParked(ctx context.Context) (int, error) {
 	}
 	return len(ids), nil
 }
+
+// notSent starts the error of a request that never reached the primary
+// (no connection): its outcome is known, nothing happened.
+const notSent = "not sent"
 
 // readTopicSQL reads the tags of both result tables of a topic in one
 // statement: the server opens both tables before it runs it, so the

@@ -320,8 +320,9 @@ func (s *soak) runAll(ctx context.Context, dir string) (res *Result, err error) 
 		s.info("  %s", e)
 	}
 	s.wmu.Unlock()
-	s.info("%d requests (%d without a known outcome, not checked; %d on topics parked by later failures), %d reads (%d changes of a topic seen), %d procedure calls, runs: %s; %d faults",
-		len(h.Requests), h.indeterminate(), res.Parked, h.Reads, len(h.Seen), len(h.Calls), h.outcomes(), res.FaultsInjected)
+	unknown, unsent := h.indeterminate()
+	s.info("%d requests (%d not sent: no connection; %d without a known outcome, not checked; %d on topics parked by later failures), %d reads (%d changes of a topic seen), %d procedure calls, runs: %s; %d faults",
+		len(h.Requests), unsent, unknown, res.Parked, h.Reads, len(h.Seen), len(h.Calls), h.outcomes(), res.FaultsInjected)
 	return res, nil
 }
 
