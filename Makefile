@@ -4,7 +4,7 @@ GO ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build deps test vet lint bench bench-claim schema demo package clean
+.PHONY: all build deps test vet lint bench bench-claim soak schema demo package clean
 
 all: build
 
@@ -41,6 +41,17 @@ test: deps vet
 bench: build
 	$(GO) build -o bin/nqbench ./bench
 	BENCH_QUICK="$(BENCH_QUICK)" bin/nqbench
+
+# The chaos soak (bench/soak/README.md): its own sandbox, 2 replicas x 4
+# instances behind a 1 ms network, requests, readers and random overlapping
+# faults for SOAK_MINUTES (default 10), then a checker over the recorded
+# history. The last line is a JSON object of counts; any non-zero count
+# fails it.
+SOAK_MINUTES ?= 10
+soak: build
+	bash .ci/deps soak
+	$(GO) build -o bin/nqsoak ./bench/soak
+	SOAK_MINUTES="$(SOAK_MINUTES)" bin/nqsoak --nonqueue bin/nonqueue
 
 # Claim throughput at 1, 8 and 32 concurrent claimers over 10,000 due topics.
 bench-claim:

@@ -286,8 +286,12 @@ func TestReleaseKeepsAppRequest(t *testing.T) {
 				if d := a.dueSecsFromNow(t, 8); d < 3500 {
 					t.Fatalf("control release %d: due %.0fs from now, want the back-off's 3600s", i+1, d)
 				}
-				// Due again for the next failure.
-				a.exec(t, fmt.Sprintf("UPDATE %s SET `%s` = `%s` - INTERVAL 2 HOUR WHERE `%s` = 8", a.name(), a.cfg.Columns.Due, a.cfg.Columns.Due, a.cfg.Columns.ID))
+				// Due again for the next failure (not after the last: a
+				// date change of a required topic is a request, which
+				// unparks it).
+				if !wantParked {
+					a.exec(t, fmt.Sprintf("UPDATE %s SET `%s` = `%s` - INTERVAL 2 HOUR WHERE `%s` = 8", a.name(), a.cfg.Columns.Due, a.cfg.Columns.Due, a.cfg.Columns.ID))
+				}
 			}
 			if r := a.row(t, 8); !r.parked.Valid {
 				t.Fatalf("control topic not parked at the attempt limit")
@@ -448,4 +452,53 @@ func TestAppUpsertDuringRun(t *testing.T) {
 		t.Fatalf("after the finish: required %d, request version %d (claimed %d); want the upsert's request kept", r.required, r.reqVersion, c.RequestVersion)
 	}
 	a.claim(t, 7, 102)
+}
+
+// TestAppRequestUnparks: the application's plain UPDATE of a parked topic
+// is a request like `nonqueue request`: it unparks the topic and resets
+// its attempts, so the topic runs again. Found by the soak (bench/soak):
+// with topics parked by faults, the application's re-requests of them
+// were kept in request_version but the topics stayed parked, never run.
+func TestAppRequestUnparks(t *testing.T) {
+	t.Parallel()
+	for _, kind := range topicKinds {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			a := newAppTable(t, kind, func(c *queue.Config) { c.MaxAttempts = 2 }, nil)
+			fail := &queue.ReleaseParams{Error: "procedure failed", CountAttempt: true, Backoff: time.Hour}
+			a.add(t, 9, 2, -60)
+			c := a.claim(t, 9, 101)
+			if _, err := a.q.Release(a.ctx, c, fail); err != nil {
+				t.Fatalf("release 1: %v", err)
+			}
+			a.exec(t, fmt.Sprintf("UPDATE %s SET `%s` = `%s` - INTERVAL 2 HOUR WHERE `%s` = 9", a.name(), a.cfg.Columns.Due, a.cfg.Columns.Due, a.cfg.Columns.ID))
+			c = a.claim(t, 9, 101)
+			if _, err := a.q.Release(a.ctx, c, fail); err != nil {
+				t.Fatalf("release 2: %v", err)
+			}
+			before := a.row(t, 9)
+			if !before.parked.Valid || before.attempts != 2 {
+				t.Fatalf("after two failures: parked %v, attempts %d; want parked, 2", before.parked.Valid, before.attempts)
+			}
+			a.exec(t, a.appRequest(9, "NOW()"))
+			r := a.row(t, 9)
+			if r.parked.Valid || r.attempts != 0 || r.required != 2 || r.reqVersion != before.reqVersion+1 {
+				t.Fatalf("after the application's request: parked %v, attempts %d, required %d, request version %d (was %d); want unparked, 0, 2, bumped",
+					r.parked.Valid, r.attempts, r.required, r.reqVersion, before.reqVersion)
+			}
+			c = a.claim(t, 9, 102)
+			if c.Attempts != 0 {
+				t.Fatalf("claim after the request: attempts %d, want 0", c.Attempts)
+			}
+
+			// A write the trigger does not take for a request (the date
+			// alone, nothing required) leaves a parked topic parked.
+			a.exec(t, fmt.Sprintf("UPDATE %s SET `%s` = 0, `%s` = 0 WHERE `%s` = 9", a.name(), a.cfg.Columns.Required, a.cfg.Columns.Running, a.cfg.Columns.ID))
+			a.exec(t, fmt.Sprintf("UPDATE %s SET `%s` = NOW(), `%s` = 3 WHERE `%s` = 9", a.name(), a.cfg.Columns.ParkedAt, a.cfg.Columns.Attempts, a.cfg.Columns.ID))
+			a.exec(t, fmt.Sprintf("UPDATE %s SET `%s` = NOW() + INTERVAL 1 HOUR WHERE `%s` = 9", a.name(), a.cfg.Columns.Due, a.cfg.Columns.ID))
+			if r := a.row(t, 9); !r.parked.Valid || r.attempts != 3 {
+				t.Fatalf("a date change of a topic not required: parked %v, attempts %d; want still parked, 3", r.parked.Valid, r.attempts)
+			}
+		})
+	}
 }

@@ -110,10 +110,15 @@ func TestRequestTriggerSQL(t *testing.T) {
 	if last := ddl[len(ddl)-1]; last != tr.Create() {
 		t.Fatalf("last statement is not the trigger: %s", last)
 	}
-	want := "CREATE OR REPLACE TRIGGER `app`.`nq_request_TopicFilter` BEFORE UPDATE ON `app`.`TopicFilter` FOR EACH ROW\n" +
-		"SET NEW.`request_version` = NEW.`request_version` + IF(NEW.`request_version` <=> OLD.`request_version` AND " +
+	cond := "NEW.`request_version` <=> OLD.`request_version` AND " +
 		"NEW.`influencerRunning` <=> OLD.`influencerRunning` AND NEW.`influencerRecalcReqd` > 0 AND " +
-		"NOT (NEW.`influencerRecalcReqd` <=> OLD.`influencerRecalcReqd` AND NEW.`influencerRecalcDate` <=> OLD.`influencerRecalcDate`), 1, 0)"
+		"NOT (NEW.`influencerRecalcReqd` <=> OLD.`influencerRecalcReqd` AND NEW.`influencerRecalcDate` <=> OLD.`influencerRecalcDate`)"
+	// A request also unparks (attempts reset); the version is bumped
+	// last, since cond reads it.
+	want := "CREATE OR REPLACE TRIGGER `app`.`nq_request_TopicFilter` BEFORE UPDATE ON `app`.`TopicFilter` FOR EACH ROW\n" +
+		"SET NEW.`attempts` = IF(" + cond + " AND NEW.`parked_at` IS NOT NULL, 0, NEW.`attempts`), " +
+		"NEW.`parked_at` = IF(" + cond + ", NULL, NEW.`parked_at`), " +
+		"NEW.`request_version` = NEW.`request_version` + IF(" + cond + ", 1, 0)"
 	if tr.Create() != want {
 		t.Fatalf("trigger:\n%s\nwant\n%s", tr.Create(), want)
 	}

@@ -28,6 +28,18 @@ func (a *appTable) makeDue(t *testing.T, id int64) {
 	a.exec(t, fmt.Sprintf("UPDATE %s SET `%s` = NOW() - INTERVAL 5 SECOND WHERE `%s` = %d", a.name(), a.cfg.Columns.Due, a.cfg.Columns.ID, id))
 }
 
+// elapse moves topic id's due date into the past as time passing would,
+// not as a request: makeDue's write is one (the request trigger takes a
+// changed date of a required topic for the application's re-request, which
+// unparks), while a write that also changes running is one of nonqueue's
+// own steps to the trigger, so it is left alone.
+func (a *appTable) elapse(t *testing.T, id int64) {
+	t.Helper()
+	c := a.cfg.Columns
+	a.exec(t, fmt.Sprintf("UPDATE %s SET `%s` = NOW() - INTERVAL 5 SECOND, `%s` = -1 WHERE `%s` = %d", a.name(), c.Due, c.Running, c.ID, id))
+	a.exec(t, fmt.Sprintf("UPDATE %s SET `%s` = 0 WHERE `%s` = %d", a.name(), c.Running, c.ID, id))
+}
+
 // wantDueIn fails unless topic id is due about secs from now (the mapped
 // table keeps whole seconds).
 func (a *appTable) wantDueIn(t *testing.T, id int64, secs float64, what string) {
@@ -251,7 +263,7 @@ func TestRefreshFailuresKeepBackoff(t *testing.T) {
 	if parked, err := a.q.Release(a.ctx, c, fail); err != nil || !parked {
 		t.Fatalf("release at the attempt limit: parked %v, %v; want parked", parked, err)
 	}
-	a.makeDue(t, 7) // no request of nonqueue's: a parked topic stays parked
+	a.elapse(t, 7) // due, with no request: a parked topic stays parked
 	if _, err := a.q.Claim(a.ctx, &queue.ClaimParams{InstanceID: 104}); !errors.Is(err, queue.ErrNoneDue) {
 		t.Fatalf("claim of a parked refreshed topic: %v, want ErrNoneDue", err)
 	}

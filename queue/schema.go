@@ -155,7 +155,8 @@ func (t Trigger) Create() string {
 // a topic that is not one of nonqueue's own protocol steps, and that sets
 // required above 0 or changes it or the due date, into a request: it bumps
 // the request version, so a run in flight keeps the request when it
-// finishes, releases, or is reaped (docs/design.md, "Requests"). The application's own
+// finishes, releases, or is reaped, and unparks a parked topic with its
+// attempts reset, as Request does (docs/design.md, "Requests"). The application's own
 // plain UPDATE (the original system requested that way) then works like
 // `nonqueue request`, without a change to its SQL.
 //
@@ -190,8 +191,12 @@ func (c Config) RequestTrigger() Trigger {
 		newv(col.Running), oldv(col.Running),
 		newv(col.Required),
 		newv(col.Required), oldv(col.Required), newv(col.Due), oldv(col.Due))
+	// A request also unparks the topic and resets its attempts, as
+	// Request does. The assignments run in order and cond reads the
+	// request version, so the version is bumped last.
 	return Trigger{
 		Schema: c.Schema, Name: name, Table: c.Table, Timing: "BEFORE", Event: "UPDATE",
-		Body: fmt.Sprintf("SET %s = %s + IF(%s, 1, 0)", newv(col.RequestVersion), newv(col.RequestVersion), cond),
+		Body: fmt.Sprintf("SET %[2]s = IF(%[1]s AND %[3]s IS NOT NULL, 0, %[2]s), %[3]s = IF(%[1]s, NULL, %[3]s), %[4]s = %[4]s + IF(%[1]s, 1, 0)",
+			cond, newv(col.Attempts), newv(col.ParkedAt), newv(col.RequestVersion)),
 	}
 }

@@ -121,4 +121,4 @@ CREATE TABLE IF NOT EXISTS `nonqueue`.`follow` (
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
 CREATE OR REPLACE TRIGGER `nonqueue`.`nq_request_topic` BEFORE UPDATE ON `nonqueue`.`topic` FOR EACH ROW
-SET NEW.`request_version` = NEW.`request_version` + IF(NEW.`request_version` <=> OLD.`request_version` AND NEW.`running` <=> OLD.`running` AND NEW.`required` > 0 AND NOT (NEW.`required` <=> OLD.`required` AND NEW.`due` <=> OLD.`due`), 1, 0);
+SET NEW.`attempts` = IF(NEW.`request_version` <=> OLD.`request_version` AND NEW.`running` <=> OLD.`running` AND NEW.`required` > 0 AND NOT (NEW.`required` <=> OLD.`required` AND NEW.`due` <=> OLD.`due`) AND NEW.`parked_at` IS NOT NULL, 0, NEW.`attempts`), NEW.`parked_at` = IF(NEW.`request_version` <=> OLD.`request_version` AND NEW.`running` <=> OLD.`running` AND NEW.`required` > 0 AND NOT (NEW.`required` <=> OLD.`required` AND NEW.`due` <=> OLD.`due`), NULL, NEW.`parked_at`), NEW.`request_version` = NEW.`request_version` + IF(NEW.`request_version` <=> OLD.`request_version` AND NEW.`running` <=> OLD.`running` AND NEW.`required` > 0 AND NOT (NEW.`required` <=> OLD.`required` AND NEW.`due` <=> OLD.`due`), 1, 0);

@@ -464,3 +464,51 @@ func TestRestart(t *testing.T) {
 		t.Errorf("sandbox.json has pids %d/%d, running %d/%d", loaded.Primary.PID, loaded.Replicas[0].PID, sb.Primary.PID, sb.Replicas[0].PID)
 	}
 }
+
+// TestRestartSSH: RestartSSH kills sshd and its sessions (an established
+// connection breaks) and starts it again on the same port with the same
+// host key (a strict host-key check passes); the new PID is recorded, so
+// Down stops it.
+func TestRestartSSH(t *testing.T) {
+	requireBinaries(t)
+	dir := t.TempDir()
+	sb := up(t, dir, 0)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	signer, err := loadSigner(sb.SSH.KeyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hostCB, err := knownhosts.New(sb.SSH.KnownHosts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := &ssh.ClientConfig{User: sb.SSH.User, Auth: []ssh.AuthMethod{ssh.PublicKeys(signer)}, HostKeyCallback: hostCB, Timeout: 5 * time.Second}
+	addr := net.JoinHostPort(sb.SSH.Host, strconv.Itoa(sb.SSH.Port))
+	c, err := ssh.Dial("tcp", addr, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	oldPID, port := sb.SSH.PID, sb.SSH.Port
+	if err := sb.RestartSSH(ctx); err != nil {
+		t.Fatalf("RestartSSH: %v", err)
+	}
+	if sb.SSH.PID == oldPID || sb.SSH.Port != port {
+		t.Fatalf("after the restart: pid %d (was %d), port %d (was %d)", sb.SSH.PID, oldPID, sb.SSH.Port, port)
+	}
+	waitPIDsGone(t, []int{oldPID})
+	if _, _, err := c.SendRequest("keepalive@openssh.com", true, nil); err == nil {
+		t.Error("a connection made before the restart still answers")
+	}
+	if err := sshHandshake(ctx, addr, cfg); err != nil {
+		t.Fatalf("handshake after the restart: %v", err)
+	}
+	loaded, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if loaded.SSH.PID != sb.SSH.PID {
+		t.Errorf("sandbox.json has sshd pid %d, running %d", loaded.SSH.PID, sb.SSH.PID)
+	}
+}
