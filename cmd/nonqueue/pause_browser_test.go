@@ -28,8 +28,11 @@ func TestPauseInBrowser(t *testing.T) {
 		t.Skipf("%s missing; apt-get install -y chromium", chromium)
 	}
 	b := setupWork(t)
-	const topics = 120
-	b.seedPaused(t, topics, 0.1, func(int64) int64 { return 0 })
+	// About 25 s of work for the 4 instances: the browser's start, login
+	// and pause (a few seconds) must land while topics are still due, on
+	// an idle machine too.
+	const topics = 200
+	b.seedPaused(t, topics, 0.5, func(int64) int64 { return 0 })
 	const token = "browser-token-0123456789"
 	t.Setenv("NQ_PAUSE_TOKEN", token)
 	body, err := os.ReadFile(b.config(t, 0, ""))
