@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nonqueue/nonqueue/internal/netsim"
+	"github.com/nonqueue/nonqueue/transfer"
 )
 
 // ---- 8. a network between the workers and the primary ----
@@ -184,8 +185,16 @@ func (b *bench) writeConfig(path string, sb any, k int, proc string, noSync bool
 	if err != nil {
 		return err
 	}
+	// A big result is verified by its bytes (no second read of it
+	// through the primary); the others by -verify (default bytes, the
+	// workers' default too).
+	verify := b.s.Verify
+	if proc == procBig {
+		verify = transfer.VerifyBytes
+	}
 	err = workerConfig.Execute(f, map[string]any{"SB": sb, "Replica": b.sb.Replicas[k], "Proc": proc,
-		"LogDir": filepath.Join(b.dir, "runs"), "IdleWait": b.s.IdleWait.String(), "Verify": b.s.Verify, "Sync": !noSync})
+		"LogDir": filepath.Join(b.dir, "runs"), "IdleWait": b.s.IdleWait.String(), "Verify": verify, "Sync": !noSync,
+		"Pipeline": b.s.Pipeline})
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}

@@ -25,7 +25,6 @@ import (
 	"github.com/nonqueue/nonqueue/internal/sandbox"
 	"github.com/nonqueue/nonqueue/queue"
 	sqlfiles "github.com/nonqueue/nonqueue/sql"
-	"github.com/nonqueue/nonqueue/transfer"
 )
 
 // bigID is the topic whose result tables are big (scenario 5).
@@ -457,32 +456,14 @@ func (b *bench) writeConfigs() error {
 	if err := os.MkdirAll(filepath.Join(b.dir, "bench"), 0o700); err != nil {
 		return err
 	}
-	for k, r := range b.sb.Replicas {
+	for k := range b.sb.Replicas {
 		for _, c := range []struct {
 			proc   string
 			noSync bool
 		}{{procSmall, false}, {procSlow, false}, {procBig, false}, {procSmall, true}, {procBig, true}} {
-			proc := c.proc
-			p := b.configPath(k, proc, c.noSync)
-			f, err := os.OpenFile(p, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
-			if err != nil {
+			p := b.configPath(k, c.proc, c.noSync)
+			if err := b.writeConfig(p, b.sb, k, c.proc, c.noSync); err != nil {
 				return err
-			}
-			// A big result is verified by its bytes (no second read of it
-			// through the primary); the others by -verify (default bytes,
-			// the workers' default too).
-			verify := b.s.Verify
-			if proc == procBig {
-				verify = transfer.VerifyBytes
-			}
-			err = workerConfig.Execute(f, map[string]any{"SB": b.sb, "Replica": r, "Proc": proc,
-				"LogDir": filepath.Join(b.dir, "runs"), "IdleWait": b.s.IdleWait.String(), "Verify": verify, "Sync": !c.noSync,
-				"Pipeline": b.s.Pipeline})
-			if cerr := f.Close(); err == nil {
-				err = cerr
-			}
-			if err != nil {
-				return fmt.Errorf("write %s: %w", p, err)
 			}
 		}
 	}
