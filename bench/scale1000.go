@@ -318,29 +318,7 @@ func (b *bench) startScaleWorkers(ctx context.Context, key string, s scaleSettin
 		}
 		ws = append(ws, c)
 	}
-	deadline := time.Now().Add(2 * workerReadyTimeout)
-	for _, w := range ws {
-		for {
-			var idle int
-			err := b.primary.QueryRowContext(ctx, "SELECT COUNT(*) FROM nonqueue.instance WHERE pid = ? AND state = 'idle'", w.Pid()).Scan(&idle)
-			if err != nil {
-				return ws, fmt.Errorf("read the instance registry: %w", err)
-			}
-			if idle >= s.Instances {
-				break
-			}
-			if w.Exited() {
-				return ws, fmt.Errorf("%s exited at start: %v%s", w.Name, w.Err(), child.LogTail(w.LogPath))
-			}
-			if time.Now().After(deadline) {
-				return ws, fmt.Errorf("%s: %d of %d instances ready after %v (log %s)", w.Name, idle, s.Instances, 2*workerReadyTimeout, w.LogPath)
-			}
-			if err := sleepCtx(ctx, 100*time.Millisecond); err != nil {
-				return ws, err
-			}
-		}
-	}
-	return ws, nil
+	return ws, b.waitWorkersIdle(ctx, ws, s.Instances, 2*workerReadyTimeout, 100*time.Millisecond)
 }
 
 // scaleIdle counts the primary's Questions while the fleet idles (nothing

@@ -428,29 +428,35 @@ func (b *bench) startWorkersOf(ctx context.Context, key string, topo topology, b
 		}
 		ws = append(ws, c)
 	}
-	deadline := time.Now().Add(workerReadyTimeout)
+	return ws, b.waitWorkersIdle(ctx, ws, topo.Instances, workerReadyTimeout, 50*time.Millisecond)
+}
+
+// waitWorkersIdle waits until each worker process has registered
+// instances idle instances, failing early when one exits.
+func (b *bench) waitWorkersIdle(ctx context.Context, ws []*child.Process, instances int, timeout, poll time.Duration) error {
+	deadline := time.Now().Add(timeout)
 	for _, w := range ws {
 		for {
 			var idle int
 			err := b.primary.QueryRowContext(ctx, "SELECT COUNT(*) FROM nonqueue.instance WHERE pid = ? AND state = 'idle'", w.Pid()).Scan(&idle)
 			if err != nil {
-				return ws, fmt.Errorf("read the instance registry: %w", err)
+				return fmt.Errorf("read the instance registry: %w", err)
 			}
-			if idle >= topo.Instances {
+			if idle >= instances {
 				break
 			}
 			if w.Exited() {
-				return ws, fmt.Errorf("%s exited at start: %v%s", w.Name, w.Err(), child.LogTail(w.LogPath))
+				return fmt.Errorf("%s exited at start: %v%s", w.Name, w.Err(), child.LogTail(w.LogPath))
 			}
 			if time.Now().After(deadline) {
-				return ws, fmt.Errorf("%s: %d of %d instances ready after %v (log %s)", w.Name, idle, topo.Instances, workerReadyTimeout, w.LogPath)
+				return fmt.Errorf("%s: %d of %d instances ready after %v (log %s)", w.Name, idle, instances, timeout, w.LogPath)
 			}
-			if err := sleepCtx(ctx, 50*time.Millisecond); err != nil {
-				return ws, err
+			if err := sleepCtx(ctx, poll); err != nil {
+				return err
 			}
 		}
 	}
-	return ws, nil
+	return nil
 }
 
 // stopWorkers reads each worker's peak RSS, then stops it (SIGTERM, then
