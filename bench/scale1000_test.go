@@ -10,7 +10,8 @@ func TestScale1000Summary(t *testing.T) {
 	check := func(name string, v *float64, goal string, ok func(float64) bool) target {
 		return target{Name: name, Value: v, Goal: goal, Pass: v != nil && ok(*v)}
 	}
-	keys := []string{"scale_efficiency_1000", "scale_claim_p99_ms", "primary_cpu_ms_per_topic_1000", "idle_queries_per_s_per_process"}
+	keys := []string{"scale_efficiency_1000", "scale_claim_p99_ms", "primary_cpu_ms_per_topic_1000", "idle_queries_per_s_per_process",
+		"primary_swap_floor_ms_per_topic", "primary_select1_ms"}
 	b := &bench{}
 	sum := map[string]any{}
 	if ts := b.scale1000Summary(sum, check); len(ts) != 3 || ts[0].Pass {
@@ -22,7 +23,7 @@ func TestScale1000Summary(t *testing.T) {
 		}
 	}
 	sc := &scenario{Kind: "scale1000", Topics: 3000, MedianS: 3.2, TopicsPerS: 3000 / 3.2,
-		Scale: &scaleSummary{Instances: 1000, Processes: 8, IdleQueriesPerSPerProc: 1.5},
+		Scale: &scaleSummary{Instances: 1000, Processes: 8, IdleQueriesPerSPerProc: 1.5, SwapFloor: &swapFloor{TotalMS: 1.25, Select1MS: 0.05}},
 		Runs:  []*runResult{{Seconds: 3.2, CPUMSPerTopic: map[string]float64{"primary": 0.8}, Scale: &scaleRun{ClaimP50MS: 2, ClaimP99MS: 40, PrimaryConns: 300, PrimaryConnsPerProcs: 38}}}}
 	sc.finishScale(sc.Scale)
 	b.scenarios = []*scenario{sc}
@@ -32,7 +33,7 @@ func TestScale1000Summary(t *testing.T) {
 		t.Errorf("efficiency %v, want 3000/3.2/1000", e)
 	}
 	if *sum["scale_claim_p99_ms"].(*float64) != 40 || *sum["primary_cpu_ms_per_topic_1000"].(*float64) != 0.8 ||
-		*sum["idle_queries_per_s_per_process"].(*float64) != 1.5 || sum["scale_primary_connections_per_process"] != 38 {
+		*sum["idle_queries_per_s_per_process"].(*float64) != 1.5 || *sum["primary_swap_floor_ms_per_topic"].(*float64) != 1.25 || sum["scale_primary_connections_per_process"] != 38 {
 		t.Errorf("summary %v", sum)
 	}
 	for _, tg := range ts {

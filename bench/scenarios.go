@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"errors"
@@ -578,7 +579,7 @@ func (b *bench) nqRound(ctx context.Context, ws []*child.Process, lo, hi int, to
 		if time.Now().After(deadline) {
 			return nil, fmt.Errorf("%d of %d topics done after %v", done, n, limit)
 		}
-		if err := sleepCtx(ctx, pollInterval); err != nil {
+		if err := sleepCtx(ctx, cmp.Or(b.roundPoll, pollInterval)); err != nil {
 			return nil, err
 		}
 	}

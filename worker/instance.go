@@ -85,6 +85,9 @@ type Instance struct {
 
 	// park is the pool's idle park (nil: each instance polls on its own).
 	park *idlePark
+	// leases renews the leases of the pool's claims together (nil: each
+	// run renews its own, Queue.Heartbeat).
+	leases *queue.Leases
 }
 
 // registryRefresh is how often an instance whose state does not change
@@ -343,28 +346,7 @@ func (in *Instance) compute(hard context.Context, claim *queue.Claim, run *monit
 	// The run's own context: cancelled by hard shutdown or when the lease
 	// is lost (the heartbeat finds the claim gone).
 	ctx, cancel := context.WithCancelCause(hard)
-	hbDone := make(chan struct{})
-	go func() {
-		defer close(hbDone)
-		t := time.NewTicker(in.cfg.HeartbeatInterval)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				err := in.deps.Queue.Heartbeat(ctx, claim)
-				if errors.Is(err, queue.ErrClaimLost) {
-					cancel(err)
-					return
-				}
-				if err != nil && ctx.Err() == nil {
-					log.WarnContext(ctx, "heartbeat failed", "err", err)
-				}
-			}
-		}
-	}()
-	stop := func() { cancel(nil); <-hbDone }
+	stop := in.keepLease(ctx, cancel, claim, log)
 	defer func() {
 		if f == nil {
 			stop()
@@ -615,4 +597,38 @@ func sleep(ctx context.Context, d time.Duration) {
 	case <-ctx.Done():
 	case <-t.C:
 	}
+}
+
+// keepLease keeps claim's lease for the run of ctx: with the pool's
+// keeper, with the others' in one statement per beat; alone, with a
+// heartbeat of its own every HeartbeatInterval. A lost claim cancels the
+// run (cancel, with ErrClaimLost). The returned stop ends the run's
+// context and the keeping.
+func (in *Instance) keepLease(ctx context.Context, cancel context.CancelCauseFunc, claim *queue.Claim, log *slog.Logger) (stop func()) {
+	if in.leases != nil {
+		release := in.leases.Keep(claim, cancel)
+		return func() { release(); cancel(nil) }
+	}
+	hbDone := make(chan struct{})
+	go func() {
+		defer close(hbDone)
+		t := time.NewTicker(in.cfg.HeartbeatInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				err := in.deps.Queue.Heartbeat(ctx, claim)
+				if errors.Is(err, queue.ErrClaimLost) {
+					cancel(err)
+					return
+				}
+				if err != nil && ctx.Err() == nil {
+					log.WarnContext(ctx, "heartbeat failed", "err", err)
+				}
+			}
+		}
+	}()
+	return func() { cancel(nil); <-hbDone }
 }

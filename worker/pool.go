@@ -52,12 +52,23 @@ func (p *Pool) Run(soft, hard context.Context) error {
 	defer closeBounded("drop the last swapped-out tables", dropper.Close)
 	host, _ := os.Hostname()
 	park := newIdlePark()
+	// One lease renewal per beat for all of the process's claims; kept
+	// through the grace period (hard), until the last run is over.
+	leases := p.Deps.Queue.NewLeases(p.Config.HeartbeatInterval, log)
+	leaseCtx, stopLeases := context.WithCancel(hard)
+	var leaseDone sync.WaitGroup
+	leaseDone.Add(1)
+	go func() {
+		defer leaseDone.Done()
+		leases.Run(leaseCtx)
+	}()
+	defer func() { stopLeases(); leaseDone.Wait() }()
 	for _, n := range p.Numbers {
 		id, err := p.Config.InstanceID(p.ServerID, n)
 		if err != nil {
 			return err
 		}
-		in := &Instance{ID: id, Number: n, serverID: p.ServerID, cfg: p.Config, deps: p.Deps, runs: runs, dropper: dropper, park: park, log: log.With("instance_id", id)}
+		in := &Instance{ID: id, Number: n, serverID: p.ServerID, cfg: p.Config, deps: p.Deps, runs: runs, dropper: dropper, park: park, leases: leases, log: log.With("instance_id", id)}
 		if err := p.Deps.History.Register(soft, monitor.InstanceInfo{
 			ID: id, Host: host, PID: os.Getpid(), Version: p.Version, ReplicaServerID: p.ServerID,
 		}); err != nil {
