@@ -49,9 +49,9 @@ type bench struct {
 	// roundPoll, when set, replaces pollInterval in nqRound: scenario 9's
 	// rounds hold thousands of runs, and the harness's count of them must
 	// not cost the primary a share of what the scenario measures.
-	roundPoll time.Duration
-	interrupted                    bool
-	only                           map[string]bool // nil: every scenario
+	roundPoll   time.Duration
+	interrupted bool
+	only        map[string]bool // nil: every scenario
 	// compare: a second nonqueue binary for scenario 8's A/B rounds.
 	compare string
 	// bigBuilt: influencer.BigSrc exists on replica 1 (scenario 5 keeps
