@@ -2,6 +2,7 @@ package transfer_test
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -156,5 +157,92 @@ func TestDropperRetriesAfterBackupBlock(t *testing.T) {
 	if err := d.Close(ctx); err != nil {
 		t.Fatalf("Dropper.Close: %v", err)
 	}
+	b.assertNoStaging(t)
+}
+
+// Close tries the tables waiting for a retry once more: a DROP that failed
+// while a table was locked, the lock gone right before the process stops,
+// and the table is dropped by Close, not left to CleanupPrimary. Before
+// the retries Close had forgotten it.
+func TestDropperCloseRetriesPending(t *testing.T) {
+	t.Parallel()
+	b := setup(t, func(c *transfer.Config) { c.SwapTries = 1 })
+	mc := env.Primary(b.schema)
+	mc.Params = map[string]string{"sql_log_bin": "0"}
+	const table = "nqold_78_Dynamics_1" // as a swapped-out table is named
+	if _, err := testdb.Open(t, mc).ExecContext(b.ctx, "CREATE TABLE "+table+" (id INT) ENGINE=MyISAM"); err != nil {
+		t.Fatal(err)
+	}
+	locker, err := b.openPrimary(t).Conn(b.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer locker.Close()
+	if _, err := locker.ExecContext(b.ctx, "LOCK TABLES "+table+" READ"); err != nil {
+		t.Fatalf("lock %s: %v", table, err)
+	}
+	d := b.sh.NewDropper(b.primary)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		d.Close(ctx)
+	})
+	d.Add(table)
+	b.awaitFailedDrop(t, table)
+	if _, err := locker.ExecContext(b.ctx, "UNLOCK TABLES"); err != nil {
+		t.Fatalf("unlock: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(b.ctx, 30*time.Second)
+	defer cancel()
+	if err := d.Close(ctx); err != nil {
+		t.Fatalf("Dropper.Close: %v", err)
+	}
+	if got := b.oldTables(t, b.primary); len(got) != 0 {
+		t.Fatalf("swapped-out tables after Dropper.Close: %v (the failed DROP was not tried again)", got)
+	}
+	b.assertNoStaging(t)
+}
+
+// A Ship fenced out under the lock removes its staging tables; when their
+// DROP fails (one is locked), they go to the dropper's retries, and the
+// retry drops them once the lock is gone. (Ship also removes their files
+// over SFTP right away, so here the retry finds them gone from disk: it
+// is what drops them when SSH is down as well.)
+func TestFailedShipRetriesStagingDrop(t *testing.T) {
+	t.Parallel()
+	b := setup(t, func(c *transfer.Config) { c.SwapTries = 1 })
+	const topic = 33
+	b.makeResult(t, topic, 1)
+	d := b.sh.NewDropper(b.primary)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		d.Close(ctx)
+	})
+	locker, err := b.openPrimary(t).Conn(b.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer locker.Close()
+	staging := transfer.StagingName("nqtmp_", 1, b.cfg.TableNames(topic)[0])
+	errLost := errors.New("claim lost")
+	p := b.params(topic, 1)
+	p.Dropper = d
+	p.Fence = func(ctx context.Context) error {
+		if _, err := locker.ExecContext(ctx, "LOCK TABLES "+staging+" READ"); err != nil {
+			t.Errorf("lock %s: %v", staging, err)
+		}
+		return errLost
+	}
+	if _, err := b.sh.Ship(b.ctx, p); !errors.Is(err, transfer.ErrFenced) {
+		t.Fatalf("Ship = %v, want ErrFenced", err)
+	}
+	if n := d.Pending(); n != len(b.cfg.TableNames(topic)) {
+		t.Fatalf("%d tables wait for a retry of their DROP, want the %d staging tables", n, len(b.cfg.TableNames(topic)))
+	}
+	if _, err := locker.ExecContext(b.ctx, "UNLOCK TABLES"); err != nil {
+		t.Fatalf("unlock: %v", err)
+	}
+	testdb.WaitFor(t, 15*time.Second, "the retry of the staging tables' DROP", func() bool { return d.Pending() == 0 })
 	b.assertNoStaging(t)
 }
