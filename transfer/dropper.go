@@ -36,7 +36,21 @@ type Dropper struct {
 
 	mu      sync.Mutex
 	retries *dropRetries
+	noted   int  // retries.pending() as last added to the Shipper's pendingDrops
 	closed  bool // Close took the retries: later failures are CleanupPrimary's
+}
+
+// PendingDrops is how many tables on the primary wait for a retry of
+// their DROP in the Shipper's droppers: a gauge for monitoring (a number
+// that stays up means the primary keeps refusing drops: a backup, a lock,
+// a server down). Safe for concurrent use.
+func (s *Shipper) PendingDrops() int { return int(s.pendingDrops.Load()) }
+
+// note brings the Shipper's count of pending drops up to date; d.mu held.
+func (d *Dropper) note() {
+	n := d.retries.pending()
+	d.s.pendingDrops.Add(int64(n - d.noted))
+	d.noted = n
 }
 
 // Dropper limits: how long a table may wait for company and how many one
@@ -62,10 +76,10 @@ func (s *Shipper) NewDropper(primary *sql.DB) *Dropper {
 // to CleanupPrimary. It is idempotent; tables handed over after Close are
 // dropped at once, and left to CleanupPrimary if that fails.
 func (d *Dropper) Close(ctx context.Context) error {
+	d.stop() // what falls due meanwhile gets the last try below
 	if err := d.b.Close(ctx); err != nil {
-		return fmt.Errorf("drop swapped-out tables: %w", err)
+		return fmt.Errorf("drop swapped-out tables (those waiting for a retry are left to CleanupPrimary): %w", err)
 	}
-	d.stop()
 	select {
 	case <-d.done:
 	case <-ctx.Done():
@@ -74,6 +88,7 @@ func (d *Dropper) Close(ctx context.Context) error {
 	d.mu.Lock()
 	d.closed = true
 	groups := d.retries.all()
+	d.note()
 	d.mu.Unlock()
 	if len(groups) == 0 {
 		return nil
@@ -114,6 +129,7 @@ func (d *Dropper) retry(ctx context.Context, names []string, err error) {
 	}
 	over := d.retries.add(names, time.Now())
 	pending := d.retries.pending()
+	d.note()
 	d.mu.Unlock()
 	select {
 	case d.wake <- struct{}{}:
@@ -175,6 +191,7 @@ func (d *Dropper) retryDue(ctx context.Context) {
 		gaveUp = d.retries.failed(due[n], isLockWaitTimeout(err), due[n+1:], time.Now())
 	}
 	pending := d.retries.pending()
+	d.note()
 	d.mu.Unlock()
 	log := d.s.logger
 	if dropped > 0 {

@@ -237,12 +237,12 @@ func TestFailedShipRetriesStagingDrop(t *testing.T) {
 	if _, err := b.sh.Ship(b.ctx, p); !errors.Is(err, transfer.ErrFenced) {
 		t.Fatalf("Ship = %v, want ErrFenced", err)
 	}
-	if n := d.Pending(); n != len(b.cfg.TableNames(topic)) {
+	if n := b.sh.PendingDrops(); n != len(b.cfg.TableNames(topic)) {
 		t.Fatalf("%d tables wait for a retry of their DROP, want the %d staging tables", n, len(b.cfg.TableNames(topic)))
 	}
 	if _, err := locker.ExecContext(b.ctx, "UNLOCK TABLES"); err != nil {
 		t.Fatalf("unlock: %v", err)
 	}
-	testdb.WaitFor(t, 15*time.Second, "the retry of the staging tables' DROP", func() bool { return d.Pending() == 0 })
+	testdb.WaitFor(t, 15*time.Second, "the retry of the staging tables' DROP", func() bool { return b.sh.PendingDrops() == 0 })
 	b.assertNoStaging(t)
 }

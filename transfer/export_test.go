@@ -42,12 +42,5 @@ func TopicOf(c Config, name string) (int64, bool) { return c.topicOf(name) }
 // out.
 func (d *Dropper) Add(names ...string) { d.b.Add(names...) }
 
-// Pending is how many tables wait for a retry of their DROP.
-func (d *Dropper) Pending() int {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.retries.pending()
-}
-
 // SwapPause exposes Config.swapPause to the external tests.
 func SwapPause(c Config, n int) time.Duration { return c.swapPause(n) }
