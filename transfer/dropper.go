@@ -103,7 +103,11 @@ func (d *Dropper) Close(ctx context.Context) error {
 		log.WarnContext(ctx, "drop tables on the primary at stop; CleanupPrimary will", "count", len(left), "tables", sample(left), "err", err)
 		return nil
 	}
-	log.InfoContext(ctx, "dropped tables on the primary at stop, after a failed drop", "groups", len(groups))
+	dropped := 0
+	for _, g := range groups {
+		dropped += len(g.names)
+	}
+	log.InfoContext(ctx, "dropped tables on the primary at stop, after a failed drop", "count", dropped)
 	return nil
 }
 

@@ -246,3 +246,75 @@ func TestFailedShipRetriesStagingDrop(t *testing.T) {
 	testdb.WaitFor(t, 15*time.Second, "the retry of the staging tables' DROP", func() bool { return b.sh.PendingDrops() == 0 })
 	b.assertNoStaging(t)
 }
+
+// One held table does not keep the others of its DROP waiting: the
+// retries split a group that fails on a lock, so while LOCK TABLES holds
+// one swapped-out table, the other three of its batch are dropped (within
+// about 20 s: the halves are tried at the growing pauses), and the held one
+// waits, and goes at Close once its lock is gone.
+func TestDropperRetriesIsolateHeldTable(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	topics := []int64{34, 35}
+	for _, topic := range topics {
+		b.makeResult(t, topic, 1)
+		if _, err := b.sh.Ship(b.ctx, b.params(topic, 1)); err != nil {
+			t.Fatalf("Ship %d v1: %v", topic, err)
+		}
+	}
+	dropPool := testdb.Open(t, env.Primary(b.schema))
+	dropPool.SetMaxOpenConns(1)
+	hold, err := dropPool.Conn(b.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := b.sh.NewDropper(dropPool)
+	t.Cleanup(func() {
+		hold.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		d.Close(ctx)
+	})
+	var old []string
+	for _, topic := range topics {
+		b.makeResult(t, topic, 2)
+		p := b.params(topic, 2)
+		p.Dropper = d
+		if _, err := b.sh.Ship(b.ctx, p); err != nil {
+			t.Fatalf("Ship %d v2: %v", topic, err)
+		}
+		for _, n := range b.cfg.TableNames(topic) {
+			old = append(old, "nqold_2_"+n)
+		}
+	}
+	locker, err := b.openPrimary(t).Conn(b.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer locker.Close()
+	held := old[0]
+	if _, err := locker.ExecContext(b.ctx, "LOCK TABLES "+held+" READ"); err != nil {
+		t.Fatalf("lock %s: %v", held, err)
+	}
+	start := time.Now()
+	hold.Close()
+	testdb.WaitFor(t, 60*time.Second, "the swapped-out tables but the held one dropped", func() bool {
+		got := b.oldTables(t, b.primary)
+		return len(got) == 1 && got[0] == held
+	})
+	t.Logf("the other %d swapped-out tables dropped %v after the first DROP, while %s is held", len(old)-1, time.Since(start).Round(time.Millisecond), held)
+	// The count is brought up to date when a round of retries ends.
+	testdb.WaitFor(t, 5*time.Second, "the held table alone waiting for a retry", func() bool { return b.sh.PendingDrops() == 1 })
+	if _, err := locker.ExecContext(b.ctx, "UNLOCK TABLES"); err != nil {
+		t.Fatalf("unlock: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(b.ctx, 30*time.Second)
+	defer cancel()
+	if err := d.Close(ctx); err != nil {
+		t.Fatalf("Dropper.Close: %v", err)
+	}
+	if n := b.sh.PendingDrops(); n != 0 {
+		t.Fatalf("%d tables wait for a retry after Close", n)
+	}
+	b.assertNoStaging(t)
+}
