@@ -191,7 +191,7 @@ const (
 // published and the staging tables and files are removed (on a detached
 // context); the error says which step failed. After the swap, Ship
 // returns its Shipment even with an error (ErrCommit, or a failed drop of
-// an old table, which is only logged and left for CleanupPrimary). A transfer that fails because the
+// an old table, which is only logged, and retried by the Dropper if there is one, else left for CleanupPrimary). A transfer that fails because the
 // SSH connection dropped is retried once on a new connection.
 func (s *Shipper) Ship(ctx context.Context, p *ShipParams) (*Shipment, error) {
 	if err := s.checkParams(p); err != nil {
