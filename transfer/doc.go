@@ -38,7 +38,8 @@
 // query of that table queue behind it, so it waits at most Config.LockWait,
 // gives way, and is tried again after a pause (gh-ost bounds its cut-over
 // the same way); after Config.SwapTries tries the publish fails with
-// ErrTableBusy. Drops on the primary are bounded alike. Any failure before the swap removes the
+// ErrTableBusy. Drops on the primary are bounded alike; a Dropper retries
+// the ones that fail, for a while (see Dropper). Any failure before the swap removes the
 // staging tables and files, so a half-copied table never goes live; what a
 // crash leaves behind carries a reserved prefix (nqtmp_, nqold_) and is
 // removed by CleanupPrimary; result tables a crash left on the replica are

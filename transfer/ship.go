@@ -70,7 +70,9 @@ type ShipParams struct {
 	// next run's procedure replaces the tables anyway).
 	DropReplica bool
 	// Dropper, if set, drops the swapped-out live tables in the background
-	// (batched); nil drops them before Ship returns.
+	// (batched, a failed DROP retried), and retries the DROP of staging
+	// tables a failed Ship could not drop; nil drops them before Ship
+	// returns, leaving a failure to CleanupPrimary.
 	Dropper *Dropper
 	// ReplicaSession, if set, is the run's session holding the topic's
 	// replica lock (LockReplica): the export and the DropReplica drop run
@@ -189,7 +191,7 @@ const (
 // published and the staging tables and files are removed (on a detached
 // context); the error says which step failed. After the swap, Ship
 // returns its Shipment even with an error (ErrCommit, or a failed drop of
-// an old table, which is only logged and left for CleanupPrimary). A transfer that fails because the
+// an old table, which is only logged, and retried by the Dropper if there is one, else left for CleanupPrimary). A transfer that fails because the
 // SSH connection dropped is retried once on a new connection.
 func (s *Shipper) Ship(ctx context.Context, p *ShipParams) (*Shipment, error) {
 	if err := s.checkParams(p); err != nil {
@@ -221,7 +223,7 @@ func (s *Shipper) Ship(ctx context.Context, p *ShipParams) (*Shipment, error) {
 	backup := ""
 	defer func() {
 		if !published {
-			s.removeStaging(ctx, prim, p.Primary, tables, log)
+			s.removeStaging(ctx, prim, p.Primary, p.Dropper, tables, log)
 			if backup != "" {
 				os.RemoveAll(backup)
 			}
@@ -363,9 +365,11 @@ func isNoSuchTable(err error) bool {
 // removeStaging drops the staging tables on the primary and removes any
 // file left under their names, on a detached context. It uses the pinned
 // session while that still works (a pool of one connection must not wait
-// for itself) and a new one otherwise. Failures are logged: CleanupPrimary
+// for itself) and a new one otherwise. Tables whose DROP failed go to the
+// dropper's retries when there is one (their names carry the claim token:
+// nothing else uses them); other failures are logged, and CleanupPrimary
 // catches what is left.
-func (s *Shipper) removeStaging(ctx context.Context, prim *session, primary *sql.DB, tables []*stagedTable, log *slog.Logger) {
+func (s *Shipper) removeStaging(ctx context.Context, prim *session, primary *sql.DB, d *Dropper, tables []*stagedTable, log *slog.Logger) {
 	cctx, cancel := cleanup.Context(ctx)
 	defer cancel()
 	tmp := make([]string, len(tables))
@@ -385,7 +389,11 @@ func (s *Shipper) removeStaging(ctx context.Context, prim *session, primary *sql
 			sess.close(cctx)
 		}
 	}
-	if err != nil {
+	switch {
+	case err == nil:
+	case d != nil:
+		d.retry(cctx, tmp, err)
+	default:
 		log.WarnContext(cctx, "drop staging tables on the primary", "tables", tmp, "err", err)
 	}
 	l, err := s.cleanupLink(cctx)

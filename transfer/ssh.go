@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pkg/sftp"
@@ -42,6 +43,10 @@ type Shipper struct {
 	// it get its error instead of a dial each (see dialPause).
 	dialErr   error
 	dialErrAt time.Time
+
+	// Tables whose DROP waits for a retry in one of the Shipper's
+	// droppers (PendingDrops).
+	pendingDrops atomic.Int64
 
 	// With VerifyBytes: whether cksum runs on both hosts, once probed.
 	cksumMu             sync.Mutex

@@ -55,10 +55,11 @@ func checkMetricsListen(addr string) error {
 // busy port fails the start instead of a later scrape. The endpoint has
 // no authentication: a non-loopback addr is served but warned about. The
 // metrics read q's claim counters, gate's last sample, the reasons gate
-// and throttle hold work back, and pause's last read (nil: no
-// nonqueue_paused) at scrape time;
+// and throttle hold work back, pause's last read (nil: no
+// nonqueue_paused) and pendingDrops (nil: no nonqueue_pending_drops) at
+// scrape time;
 // runs, instance states and reaped leases arrive through the hooks.
-func startWorkerMetrics(ctx context.Context, addr string, q *queue.Queue, gate *monitor.Gate, throttle *monitor.Throttle, pause *monitor.PauseWatch, log *slog.Logger) (*workerMetrics, error) {
+func startWorkerMetrics(ctx context.Context, addr string, q *queue.Queue, gate *monitor.Gate, throttle *monitor.Throttle, pause *monitor.PauseWatch, pendingDrops func() int, log *slog.Logger) (*workerMetrics, error) {
 	wm := &workerMetrics{}
 	if addr == "" {
 		return wm, nil
@@ -81,6 +82,7 @@ func startWorkerMetrics(ctx context.Context, addr string, q *queue.Queue, gate *
 	if pause != nil {
 		wc.PausesFunc = pause.InForce
 	}
+	wc.PendingDropsFunc = pendingDrops
 	m, err := metrics.NewWorker(reg, wc)
 	if err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)

@@ -167,6 +167,7 @@ var workerFamilies = map[string]dto.MetricType{
 	"nonqueue_replication_lag_seconds":       dto.MetricType_GAUGE,
 	"nonqueue_replication_running":           dto.MetricType_GAUGE,
 	"nonqueue_instances":                     dto.MetricType_GAUGE,
+	"nonqueue_pending_drops":                 dto.MetricType_GAUGE,
 	"go_goroutines":                          dto.MetricType_GAUGE,
 	"process_cpu_seconds_total":              dto.MetricType_COUNTER,
 	"promhttp_metric_handler_requests_total": dto.MetricType_COUNTER,
@@ -178,7 +179,7 @@ var workerFamilies = map[string]dto.MetricType{
 // stopped both by Stop and by the end of its context.
 func TestMetricsServer(t *testing.T) {
 	logger := slog.New(slog.DiscardHandler)
-	off, err := startWorkerMetrics(context.Background(), "", &queue.Queue{}, &monitor.Gate{}, nil, nil, logger)
+	off, err := startWorkerMetrics(context.Background(), "", &queue.Queue{}, &monitor.Gate{}, nil, nil, nil, logger)
 	if err != nil || off.observer() != nil || off.stateFunc() != nil || off.reapedFunc() != nil {
 		t.Fatalf("metrics off: %v, hooks %v %v", err, off.observer() != nil, off.stateFunc() != nil)
 	}
@@ -192,13 +193,13 @@ func TestMetricsServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer busy.Close()
-	if _, err := startWorkerMetrics(context.Background(), busy.Addr().String(), &queue.Queue{}, &monitor.Gate{}, nil, nil, logger); err == nil {
+	if _, err := startWorkerMetrics(context.Background(), busy.Addr().String(), &queue.Queue{}, &monitor.Gate{}, nil, nil, nil, logger); err == nil {
 		t.Error("start on a busy port succeeded")
 	}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	wm, err := startWorkerMetrics(ctx, "127.0.0.1:0", &queue.Queue{}, &monitor.Gate{}, nil, nil, logger)
+	wm, err := startWorkerMetrics(ctx, "127.0.0.1:0", &queue.Queue{}, &monitor.Gate{}, nil, nil, func() int { return 0 }, logger)
 	if err != nil {
 		t.Fatal(err)
 	}

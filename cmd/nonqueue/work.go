@@ -336,7 +336,7 @@ func runWork(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		logger.Warn("check the replica's GTID domain", "err", err)
 	}
 	// On hard, not ctx: scrapes keep working through the grace period.
-	wm, err := startWorkerMetrics(hard, *metricsListen, n.queue, n.gate, n.throttle, n.pause, logger)
+	wm, err := startWorkerMetrics(hard, *metricsListen, n.queue, n.gate, n.throttle, n.pause, n.shipper.PendingDrops, logger)
 	if err != nil {
 		return err
 	}

@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -255,6 +256,26 @@ nonqueue_throttled{reason="throttle_url"} 1
 	}
 }
 
+// TestWorkerPendingDrops: nonqueue_pending_drops is the dropper's count
+// at scrape time.
+func TestWorkerPendingDrops(t *testing.T) {
+	t.Parallel()
+	reg := prometheus.NewPedanticRegistry()
+	var pending atomic.Int64
+	if _, err := NewWorker(reg, WorkerConfig{PendingDropsFunc: func() int { return int(pending.Load()) }}); err != nil {
+		t.Fatal(err)
+	}
+	head := `# HELP nonqueue_pending_drops Tables on the primary (swapped out, or a failed run's staging tables) whose DROP failed and waits for a retry; after 15 minutes of retries they are left to the periodic sweep.
+# TYPE nonqueue_pending_drops gauge
+`
+	for _, n := range []int64{0, 130, 0} {
+		pending.Store(n)
+		if err := testutil.GatherAndCompare(reg, strings.NewReader(head+fmt.Sprintf("nonqueue_pending_drops %d\n", n)), "nonqueue_pending_drops"); err != nil {
+			t.Errorf("%d pending: %v", n, err)
+		}
+	}
+}
+
 // TestWorkerClaimsAndReaped: claims come from the queue's counters at
 // scrape time (no copy to drift), reaped leases from the reaper hook.
 func TestWorkerClaimsAndReaped(t *testing.T) {
@@ -348,7 +369,7 @@ func TestWorkerOptionalSources(t *testing.T) {
 			t.Errorf("%s missing", name)
 		}
 	}
-	for _, name := range []string{"nonqueue_claims_total", "nonqueue_replication_running", "nonqueue_paused"} {
+	for _, name := range []string{"nonqueue_claims_total", "nonqueue_replication_running", "nonqueue_paused", "nonqueue_pending_drops"} {
 		if fams[name] != nil {
 			t.Errorf("%s present without a source", name)
 		}

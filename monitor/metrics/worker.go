@@ -102,6 +102,10 @@ type WorkerConfig struct {
 	// gate's); it backs nonqueue_throttled{reason}. Same rules as
 	// ClaimStatsFunc.
 	ThrottledFunc func() []string
+	// PendingDropsFunc returns how many tables on the primary wait for a
+	// retry of their DROP, normally (*transfer.Shipper).PendingDrops; it
+	// backs nonqueue_pending_drops. Same rules as ClaimStatsFunc.
+	PendingDropsFunc func() int
 	// ReplicaStaleAfter: a sample older than this is reported as unknown
 	// (the replication metrics are absent), so a stopped gate does not
 	// show its last lag forever; default 30s.
@@ -127,8 +131,8 @@ type Worker struct {
 // nonqueue_run_phase_duration_seconds{phase},
 // nonqueue_bytes_shipped_total, nonqueue_leases_reaped_total and
 // nonqueue_instances{state}, plus nonqueue_claims_total{result},
-// nonqueue_throttled{reason} and the replication metrics when cfg has
-// their source. It returns reg's error
+// nonqueue_throttled{reason}, nonqueue_pending_drops and the replication
+// metrics when cfg has their source. It returns reg's error
 // when a name is already registered there (a second Worker in one
 // registry), and registers nothing then.
 func NewWorker(reg prometheus.Registerer, cfg WorkerConfig) (*Worker, error) {
@@ -174,6 +178,12 @@ func NewWorker(reg prometheus.Registerer, cfg WorkerConfig) (*Worker, error) {
 	}
 	if cfg.ThrottledFunc != nil {
 		cs = append(cs, newThrottledCollector(cfg.ThrottledFunc))
+	}
+	if f := cfg.PendingDropsFunc; f != nil {
+		cs = append(cs, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: Namespace, Name: "pending_drops",
+			Help: "Tables on the primary (swapped out, or a failed run's staging tables) whose DROP failed and waits for a retry; after 15 minutes of retries they are left to the periodic sweep.",
+		}, func() float64 { return float64(f()) }))
 	}
 	if cfg.ReplicaStatusFunc != nil {
 		cs = append(cs, newReplicationCollector(cfg.ReplicaStatusFunc, cmp.Or(cfg.ReplicaStaleAfter, DefaultReplicaStaleAfter)))
