@@ -98,6 +98,13 @@ type Config struct {
 	// fenced finish. false runs each topic to its end before the next
 	// claim.
 	Pipeline *bool `toml:"pipeline"`
+	// StartTimeout bounds how long `nonqueue work` waits at start-up for
+	// its primary, replica and the primary's sshd to be reachable before it
+	// exits with the last error; 0, the default, waits as long as it takes,
+	// as a daemon whose host may boot before its database should. Only
+	// transient failures are waited out (a wrong password fails at once).
+	// The command uses it; instances do not.
+	StartTimeout time.Duration `toml:"start_timeout"`
 }
 
 // Pipelined reports whether Pipeline is on (nil: the default, on).
@@ -143,6 +150,8 @@ func (c Config) Validate(lease time.Duration) error {
 		return &ConfigError{"log_dir", errors.New("is required")}
 	case c.MaxProcs < 0:
 		return &ConfigError{"max_procs", fmt.Errorf("%d: want 1 or more", c.MaxProcs)}
+	case c.StartTimeout < 0:
+		return &ConfigError{"start_timeout", fmt.Errorf("%v: want 0 (wait as long as it takes) or a positive duration", c.StartTimeout)}
 	}
 	return nil
 }

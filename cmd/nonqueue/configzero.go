@@ -28,6 +28,7 @@ var zeroMeansDefault = map[string]bool{
 // its own.
 var zeroAllowed = map[string]bool{
 	"topics.refresh_interval": true, // 0: no periodic refresh (also the default)
+	"worker.start_timeout":    true, // 0: wait for the servers as long as it takes (also the default)
 }
 
 var durationType = reflect.TypeFor[time.Duration]()

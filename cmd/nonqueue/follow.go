@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +11,8 @@ import (
 	"net/http"
 	"os"
 	"strings"
+
+	"github.com/go-sql-driver/mysql"
 
 	"github.com/nonqueue/nonqueue/monitor/metrics"
 	"github.com/nonqueue/nonqueue/queue"
@@ -88,24 +91,25 @@ func runFollow(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if len(c.Follow) == 0 {
 		return &ConfigError{Key: "follow", Err: errors.New("no [[follow]] table: nothing to follow")}
 	}
-	q, err := openQueue(ctx, c)
-	if err != nil {
-		return err
-	}
-	defer q.Close()
 	srv, section := c.followSource()
 	mc, err := srv.MySQL(section)
 	if err != nil {
 		return err
 	}
-	sourceDB, err := openPool(mc, 4)
+	// Like a worker, a follower waits for servers not up yet
+	// (openWithRetry); once following, Run rides out their restarts.
+	conns, err := openWithRetry(ctx, log, "follower start", 0, func(ctx context.Context) (*followConns, error) {
+		return openFollowConns(ctx, c, mc, section, srv.addr())
+	})
 	if err != nil {
-		return fmt.Errorf("open %s: %w", section, err)
+		if ctx.Err() != nil {
+			log.Info("stopped while waiting for the servers")
+			return nil // a stop, as after following
+		}
+		return err
 	}
-	defer sourceDB.Close()
-	if err := sourceDB.PingContext(ctx); err != nil {
-		return fmt.Errorf("connect to %s %s: %w", section, srv.addr(), err)
-	}
+	defer conns.close()
+	q, sourceDB := conns.q, conns.source
 	host, _ := os.Hostname()
 	f, err := follow.New(c.Follower, c.Follow, follow.Deps{
 		Queue:    q,
@@ -125,6 +129,38 @@ func runFollow(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	defer stop()
 	fmt.Fprintf(stdout, "following %s as %q (%d tables); Ctrl-C to stop\n", section+" "+srv.addr(), f.Config().Name, len(c.Follow))
 	return f.Run(ctx)
+}
+
+// followConns are the connections a follower opens at start: the queue on
+// the primary and a pool on its source.
+type followConns struct {
+	q      *queue.Queue
+	source *sql.DB
+}
+
+// openFollowConns opens and checks the follower's connections; on error
+// it closes what it opened.
+func openFollowConns(ctx context.Context, c *Config, mc *mysql.Config, section, addr string) (*followConns, error) {
+	q, err := openQueue(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	source, err := openPool(mc, 4)
+	if err != nil {
+		q.Close()
+		return nil, fmt.Errorf("open %s: %w", section, err)
+	}
+	if err := source.PingContext(ctx); err != nil {
+		source.Close()
+		q.Close()
+		return nil, fmt.Errorf("connect to %s %s: %w", section, addr, err)
+	}
+	return &followConns{q: q, source: source}, nil
+}
+
+func (fc *followConns) close() {
+	fc.source.Close()
+	fc.q.Close()
 }
 
 // serveFollowMetrics serves the follower's metrics on addr at /metrics

@@ -214,10 +214,10 @@ func openNode(ctx context.Context, c *Config, instances int, log *slog.Logger) (
 		return nil, fmt.Errorf("connect to replica %s: %w", c.Replica.addr(), err)
 	}
 	if n.flavor, err = flavor.Detect(ctx, n.replica); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("replica %s: %w", c.Replica.addr(), err)
 	}
 	if err := n.replica.QueryRowContext(ctx, "SELECT @@server_id, @@datadir").Scan(&n.serverID, &n.datadir); err != nil {
-		return nil, fmt.Errorf("read replica server_id and datadir: %w", err)
+		return nil, fmt.Errorf("read replica %s's server_id and datadir: %w", c.Replica.addr(), err)
 	}
 	if n.shipper, err = transfer.NewShipper(c.transferConfig(), log); err != nil {
 		return nil, err
@@ -325,8 +325,16 @@ func runWork(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	})
 	defer stopGrace()
 
-	n, err := openNode(ctx, c, len(numbers), logger)
+	// A worker host may boot before its primary: wait for the servers
+	// (docs/operations.md, "Running workers").
+	n, err := openWithRetry(ctx, logger, "worker start", c.Worker.StartTimeout, func(ctx context.Context) (*node, error) {
+		return openNode(ctx, c, len(numbers), logger)
+	})
 	if err != nil {
+		if ctx.Err() != nil {
+			logger.Info("stopped while waiting for the servers")
+			return nil // a stop, as after instances ran
+		}
 		return err
 	}
 	defer n.close()
