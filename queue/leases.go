@@ -86,7 +86,13 @@ func (l *Leases) Run(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		if err := l.Renew(ctx); err != nil && ctx.Err() == nil {
+		// Bounded: one session that hangs (a half-open connection) must
+		// not hold up every claim's renewal until the leases run out. The
+		// next beat, on another session, is due at once then.
+		bctx, cancel := context.WithTimeout(ctx, max(2*l.interval, time.Second))
+		err := l.Renew(bctx)
+		cancel()
+		if err != nil && ctx.Err() == nil {
 			l.log.WarnContext(ctx, "renew leases failed; the next beat tries again", "claims", l.Held(), "err", err)
 		}
 	}

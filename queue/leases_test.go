@@ -1,11 +1,17 @@
 package queue_test
 
 import (
+	"bytes"
+	"context"
 	"errors"
+	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/nonqueue/nonqueue/internal/netsim"
+	"github.com/nonqueue/nonqueue/internal/testdb"
 	"github.com/nonqueue/nonqueue/queue"
 )
 
@@ -112,4 +118,86 @@ func TestLeasesRenewTogether(t *testing.T) {
 			t.Errorf("finish topic %d: %v", c.TopicID, err)
 		}
 	}
+}
+
+// TestLeasesBeatIsBounded: when the primary's connections hang (a
+// half-open network: toxiproxy's timeout toxic holds every byte), a beat
+// gives up within twice the interval and says so, instead of holding up
+// every later renewal until the leases run out; once the network is back,
+// the next beats renew the lease again.
+func TestLeasesBeatIsBounded(t *testing.T) {
+	t.Parallel()
+	b := setup(t, func(c *queue.Config) { c.Lease = 10 * time.Second })
+	b.seed(t, dueTopics(1)...)
+	mc := env.Primary(b.cfg.Schema)
+	n, err := netsim.New(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	link, err := n.Add("primary", mc.Addr, netsim.MySQL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mc.Addr = link.Addr()
+	q, err := queue.Open(b.ctx, mc, b.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { q.Close() })
+	c, err := q.Claim(b.ctx, &queue.ClaimParams{InstanceID: 101})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs syncBuffer
+	l := q.NewLeases(200*time.Millisecond, slog.New(slog.NewTextHandler(&logs, nil)))
+	l.Keep(c, func(err error) { t.Errorf("claim reported lost: %v", err) })
+	ctx, cancel := context.WithCancel(b.ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); l.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	if _, err := link.Proxy().Toxics.AddToxicJson(strings.NewReader(`{"name":"hang","type":"timeout","stream":"downstream","toxicity":1,"attributes":{"timeout":0}}`)); err != nil {
+		t.Fatal(err)
+	}
+	hung := time.Now()
+	testdb.WaitFor(t, 10*time.Second, "a beat to give up on the hung network", func() bool {
+		return strings.Contains(logs.String(), "renew leases failed")
+	})
+	// The bound is max(2 x interval, 1 s); allow for a loaded machine.
+	if waited := time.Since(hung); waited > 5*time.Second {
+		t.Errorf("the first failed beat was reported after %v", waited)
+	}
+	if err := link.Proxy().Toxics.RemoveToxic(context.Background(), "hang"); err != nil {
+		t.Fatal(err)
+	}
+	var before time.Time
+	if err := b.db.QueryRowContext(b.ctx, "SELECT lease_until FROM topic WHERE id = ?", c.TopicID).Scan(&before); err != nil {
+		t.Fatal(err)
+	}
+	testdb.WaitFor(t, 15*time.Second, "a renewal once the network is back", func() bool {
+		var now time.Time
+		if err := b.db.QueryRowContext(b.ctx, "SELECT lease_until FROM topic WHERE id = ?", c.TopicID).Scan(&now); err != nil {
+			t.Fatal(err)
+		}
+		return now.After(before)
+	})
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger and a reader at once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
