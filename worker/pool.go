@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nonqueue/nonqueue/internal/transient"
 	"github.com/nonqueue/nonqueue/monitor"
 	"github.com/nonqueue/nonqueue/queue"
 )
@@ -69,7 +70,7 @@ func (p *Pool) Run(soft, hard context.Context) error {
 			return err
 		}
 		in := &Instance{ID: id, Number: n, serverID: p.ServerID, cfg: p.Config, deps: p.Deps, runs: runs, dropper: dropper, park: park, leases: leases, log: log.With("instance_id", id)}
-		if err := p.Deps.History.Register(soft, monitor.InstanceInfo{
+		if err := p.register(soft, log, monitor.InstanceInfo{
 			ID: id, Host: host, PID: os.Getpid(), Version: p.Version, ReplicaServerID: p.ServerID,
 		}); err != nil {
 			return err
@@ -157,6 +158,26 @@ func (p *Pool) Run(soft, hard context.Context) error {
 	}
 	log.Info("instances stopped", "count", len(instances))
 	return nil
+}
+
+// register records an instance in the registry. A failure that may cure
+// itself (the primary restarting, a pooled connection it cut) is waited
+// out, as the process's start waits for its servers, from 1 s doubling to
+// 30 s until soft ends; anything else fails the start.
+func (p *Pool) register(soft context.Context, log *slog.Logger, info monitor.InstanceInfo) error {
+	wait := time.Second
+	for {
+		err := p.Deps.History.Register(soft, info)
+		if err == nil || !transient.Is(err) || soft.Err() != nil {
+			return err
+		}
+		log.WarnContext(soft, "register instance: the primary is not reachable; retrying", "instance_id", info.ID, "err", err, "retry_in", wait)
+		sleep(soft, wait)
+		if soft.Err() != nil {
+			return fmt.Errorf("register instance %d: %w", info.ID, err)
+		}
+		wait = min(2*wait, 30*time.Second)
+	}
 }
 
 // sweepInterval is how often a process looks for what crashed runs left.
