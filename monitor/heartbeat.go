@@ -11,6 +11,7 @@ import (
 	"github.com/nonqueue/nonqueue/internal/ident"
 	"github.com/nonqueue/nonqueue/internal/meta"
 	"github.com/nonqueue/nonqueue/internal/startstop"
+	"github.com/nonqueue/nonqueue/internal/transient"
 )
 
 // HeartbeatTable is the heartbeat table's name inside the meta schema;
@@ -84,15 +85,21 @@ func (h *Heartbeat) logger() *slog.Logger {
 
 // Start validates the fields, writes once synchronously (so a Gate started
 // right after can see a row soon and a misconfiguration surfaces at once),
-// then launches the loop and returns. A failed first write is returned and
-// nothing is started. Starting a running Heartbeat is an error.
+// then launches the loop and returns. A first write that fails for good
+// (no table, no privilege) is returned and nothing is started; one that
+// may cure itself (the primary restarting) is logged, and the loop writes
+// again: until a row arrives the lag gate stays closed, which is what it
+// should do without a proof. Starting a running Heartbeat is an error.
 func (h *Heartbeat) Start(ctx context.Context) error {
 	stmt, interval, err := h.check()
 	if err != nil {
 		return err
 	}
 	if err := h.write(ctx, stmt, interval); err != nil {
-		return err
+		if !transient.Is(err) {
+			return err
+		}
+		h.logger().WarnContext(ctx, "first lag heartbeat write failed; the loop writes again", "err", err)
 	}
 	if err := h.loop.Start(ctx, func(ctx context.Context) { h.run(ctx, stmt, interval) }); err != nil {
 		return fmt.Errorf("start heartbeat: %w", err)
