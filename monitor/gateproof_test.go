@@ -41,12 +41,13 @@ func TestGateProof(t *testing.T) {
 		t.Fatalf("Check with an unreached position = %v (proof fresh %v), want ErrReplicaBehind", err, g.ProofFresh())
 	}
 
-	// The primary's real position, which the replica has: open.
-	if err := env.WaitReplicas(b.ctx, b.primary); err != nil {
-		t.Fatal(err)
-	}
+	// The primary's real position, once the replica has it: open. (Read
+	// first, then waited for: other tests write on the primary meanwhile.)
 	at := time.Now()
 	if err := b.primary.QueryRowContext(b.ctx, b.flavor.PrimaryPosQuery()).Scan(&pos); err != nil {
+		t.Fatal(err)
+	}
+	if err := env.WaitReplicas(b.ctx, b.primary); err != nil {
 		t.Fatal(err)
 	}
 	g.Prove(pos, at)
