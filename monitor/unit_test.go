@@ -5,10 +5,10 @@ import (
 	"errors"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/nonqueue/nonqueue/internal/testdb"
 	"github.com/nonqueue/nonqueue/monitor"
 )
 
@@ -129,7 +129,7 @@ func TestRecordRunsNone(t *testing.T) {
 // dropped; Close still returns once the writer is done.
 func TestRunWriterLogsFailures(t *testing.T) {
 	t.Parallel()
-	var log syncBuffer
+	var log testdb.SyncBuffer
 	h := &monitor.History{Schema: "not a schema"}
 	w := monitor.NewRunWriter(h, slog.New(slog.NewTextHandler(&log, nil)), time.Hour)
 	for i := range 3 {
@@ -143,22 +143,4 @@ func TestRunWriterLogsFailures(t *testing.T) {
 	if s := log.String(); !strings.Contains(s, "record runs") || !strings.Contains(s, "runs=3") {
 		t.Fatalf("log: %q, want one failed batch of 3 runs", s)
 	}
-}
-
-// syncBuffer is a log destination safe for the writer's goroutine.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf strings.Builder
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

@@ -10,8 +10,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	"github.com/nonqueue/nonqueue/internal/ident"
 )
 
 // Leases renews the leases of every claim a process holds with one
@@ -119,18 +117,14 @@ func (l *Leases) Renew(ctx context.Context) error {
 // renew renews one batch of claims.
 func (l *Leases) renew(ctx context.Context, claims []*Claim) error {
 	q := l.q
-	c := q.cfg.Columns
-	quote := ident.Quote
 	ids := make([]string, len(claims))
 	fences := make([]string, len(claims))
 	for i, cl := range claims {
 		ids[i] = strconv.FormatInt(cl.TopicID, 10)
-		fences[i] = fmt.Sprintf("(%s = %d AND %s = %d AND %s = %d)",
-			quote(c.ID), cl.TopicID, quote(c.Running), cl.InstanceID, quote(c.ClaimToken), cl.Token)
+		fences[i] = "(" + bindInts(q.sql.fence, cl.TopicID, cl.InstanceID, int64(cl.Token)) + ")"
 	}
 	in := strings.Join(ids, ", ")
-	stmt := fmt.Sprintf("UPDATE /* nonqueue heartbeat */ %s SET %s = NOW(6), %s = NOW(6) + INTERVAL %d MICROSECOND WHERE %s IN (%s) AND (%s)",
-		q.table(), quote(c.HeartbeatAt), quote(c.LeaseUntil), q.cfg.Lease.Microseconds(), quote(c.ID), in, strings.Join(fences, " OR "))
+	stmt := fmt.Sprintf(q.sql.renewMany, q.cfg.Lease.Microseconds(), in, strings.Join(fences, " OR "))
 	res, err := q.db.ExecContext(ctx, stmt)
 	if err != nil {
 		return fmt.Errorf("renew %d leases: %w", len(claims), err)
@@ -145,8 +139,7 @@ func (l *Leases) renew(ctx context.Context, claims []*Claim) error {
 	// Some claims are gone: read which still hold (renewed just now; a
 	// claim's token never comes back, so a row that matches now matched
 	// the renewal).
-	rows, err := q.db.QueryContext(ctx, fmt.Sprintf("SELECT /* nonqueue heartbeat */ %s, %s, %s FROM %s WHERE %s IN (%s)",
-		quote(c.ID), quote(c.Running), quote(c.ClaimToken), q.table(), quote(c.ID), in))
+	rows, err := q.db.QueryContext(ctx, fmt.Sprintf(q.sql.holdersMany, in))
 	if err != nil {
 		return fmt.Errorf("renew %d leases: %d matched; read which: %w", len(claims), n, err)
 	}

@@ -1,7 +1,6 @@
 package queue_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -149,7 +148,7 @@ func TestLeasesBeatIsBounded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var logs syncBuffer
+	var logs testdb.SyncBuffer
 	l := q.NewLeases(200*time.Millisecond, slog.New(slog.NewTextHandler(&logs, nil)))
 	l.Keep(c, func(err error) { t.Errorf("claim reported lost: %v", err) })
 	ctx, cancel := context.WithCancel(b.ctx)
@@ -182,22 +181,4 @@ func TestLeasesBeatIsBounded(t *testing.T) {
 		}
 		return now.After(before)
 	})
-}
-
-// syncBuffer is a bytes.Buffer safe for a logger and a reader at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

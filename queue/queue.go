@@ -197,13 +197,17 @@ func firstLine(s string) string {
 // travel as arguments.
 type statements struct {
 	claim, claimRead, heartbeat, holds, release, finish string
-	finishCol, finishNoCol                              string // finish's variants (refresh.go)
-	releasedParked                                      string
-	claimPick, claimMark, primaryPos                    string
-	dueProbe, expiredProbe                              string
-	reapFind, reapTake, reapRecord                      string
-	request, requestCreate                              string
-	activeArgs                                          []any
+	// The lease keeper's (leases.go): one claim's fence with its three
+	// placeholders, and the renewal and read of many claims, their lists
+	// written in with fmt (%d lease µs, %s ids, %s fences; %s ids).
+	fence, renewMany, holdersMany    string
+	finishCol, finishNoCol           string // finish's variants (refresh.go)
+	releasedParked                   string
+	claimPick, claimMark, primaryPos string
+	dueProbe, expiredProbe           string
+	reapFind, reapTake, reapRecord   string
+	request, requestCreate           string
+	activeArgs                       []any
 }
 
 // claimDueMargin is how far before the claim's own second the claim moves
@@ -284,6 +288,10 @@ func buildStatements(cfg Config, f flavor.Flavor) statements {
 		heartbeat: r.Replace(`UPDATE /* nonqueue heartbeat */ {t} SET {hb} = NOW(6), {lease} = NOW(6) + INTERVAL ? MICROSECOND
  WHERE {fence}`),
 		holds: r.Replace(`SELECT /* nonqueue fence */ 1 FROM {t} WHERE {fence}`),
+		fence: fence,
+		renewMany: r.Replace(`UPDATE /* nonqueue heartbeat */ {t} SET {hb} = NOW(6), {lease} = NOW(6) + INTERVAL %d MICROSECOND
+ WHERE {id} IN (%s) AND (%s)`),
+		holdersMany: r.Replace(`SELECT /* nonqueue heartbeat */ {id}, {running}, {token} FROM {t} WHERE {id} IN (%s)`),
 		// Assignments run left to right on the updated values (MariaDB and
 		// MySQL single-table UPDATE), so attempts is bumped before parked
 		// reads it. A request that arrived during the run ({reqv} <>

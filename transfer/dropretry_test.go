@@ -98,17 +98,25 @@ func TestDropperRetriesFailedDrop(t *testing.T) {
 	if _, err := locker.ExecContext(b.ctx, "UNLOCK TABLES"); err != nil {
 		t.Fatalf("unlock: %v", err)
 	}
+	b.awaitRetriedDrop(t, d, unlocked, "the lock went")
+	b.assertLive(t, topic, 2)
+}
+
+// awaitRetriedDrop waits up to 15 s for the swapped-out tables to be gone
+// after what blocked their DROP went (at since), then closes the dropper
+// and checks nothing is left.
+func (b *bundle) awaitRetriedDrop(t *testing.T, d *transfer.Dropper, since time.Time, what string) {
+	t.Helper()
 	if !testdb.Poll(15*time.Second, func() bool { return len(b.oldTables(t, b.primary)) == 0 }) {
-		t.Fatalf("swapped-out tables still there 15s after the lock went: %v (the failed DROP was not retried)", b.oldTables(t, b.primary))
+		t.Fatalf("swapped-out tables still there 15s after %s: %v (the failed DROP was not retried)", what, b.oldTables(t, b.primary))
 	}
-	t.Logf("swapped-out tables dropped %v after the lock went", time.Since(unlocked).Round(time.Millisecond))
+	t.Logf("swapped-out tables dropped %v after %s", time.Since(since).Round(time.Millisecond), what)
 	ctx, cancel := context.WithTimeout(b.ctx, 30*time.Second)
 	defer cancel()
 	if err := d.Close(ctx); err != nil {
 		t.Fatalf("Dropper.Close: %v", err)
 	}
 	b.assertNoStaging(t)
-	b.assertLive(t, topic, 2)
 }
 
 // The same with a backup's DDL block (BACKUP STAGE BLOCK_DDL, as
@@ -147,17 +155,7 @@ func TestDropperRetriesAfterBackupBlock(t *testing.T) {
 		t.Fatalf("swapped-out tables during the backup: %v, want all of %v", got, old)
 	}
 	endBackup()
-	ended0 := time.Now()
-	if !testdb.Poll(15*time.Second, func() bool { return len(b.oldTables(t, b.primary)) == 0 }) {
-		t.Fatalf("swapped-out tables still there 15s after the backup ended: %v (the failed DROP was not retried)", b.oldTables(t, b.primary))
-	}
-	t.Logf("swapped-out tables dropped %v after the backup ended", time.Since(ended0).Round(time.Millisecond))
-	ctx, cancel := context.WithTimeout(b.ctx, 30*time.Second)
-	defer cancel()
-	if err := d.Close(ctx); err != nil {
-		t.Fatalf("Dropper.Close: %v", err)
-	}
-	b.assertNoStaging(t)
+	b.awaitRetriedDrop(t, d, time.Now(), "the backup ended")
 }
 
 // Close tries the tables waiting for a retry once more: a DROP that failed

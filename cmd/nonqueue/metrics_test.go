@@ -17,7 +17,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -56,23 +55,8 @@ func requireProm(t *testing.T) string {
 	return promtool
 }
 
-// syncBuffer is a bytes.Buffer safe for a logger and a reader at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer is the package tests' name for testdb.SyncBuffer.
+type syncBuffer = testdb.SyncBuffer
 
 // scrape GETs url and returns the body and the parsed families.
 func scrape(t *testing.T, u string) (string, map[string]*dto.MetricFamily) {
